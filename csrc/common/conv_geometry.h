@@ -1,0 +1,28 @@
+#pragma once
+#include <cstdint>
+
+namespace convext {
+
+// A 2-D convolution in the terms of its forward pass: `input` (N, C_in, H, W) is convolved with
+// a weight (C_out, C_in / groups, KH, KW) into `output` (N, C_out, OH, OW). A transposed
+// convolution is this convolution's input gradient, so it is described by the same geometry with
+// the roles of input and output swapped. Plain data: the CPU kernels see no ATen types.
+struct ConvGeometry {
+  int64_t N, C_in, C_out, groups;
+  int64_t H, W, OH, OW, KH, KW;
+  int64_t sH, sW, pH, pW, dH, dW;
+
+  int64_t C_in_g() const { return C_in / groups; }
+  int64_t C_out_g() const { return C_out / groups; }
+  // Length of one im2col column: the reduction length of the forward GEMM.
+  int64_t patch() const { return C_in_g() * KH * KW; }
+};
+
+// A strided 4-D view (N, C, H, W) of a tensor in any memory format.
+template <typename T>
+struct View4 {
+  T* data;
+  int64_t sN, sC, sH, sW;
+};
+
+}  // namespace convext

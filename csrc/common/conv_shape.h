@@ -1,0 +1,26 @@
+#pragma once
+// Argument checks (with torch's wording) and shape math for conv2d and conv_transpose2d.
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+#include "common/conv_geometry.h"
+
+namespace convext {
+
+ConvGeometry check_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
+// Geometry of the forward convolution whose input gradient this transposed convolution is.
+ConvGeometry check_conv_transpose2d(const at::Tensor& input, const at::Tensor& weight,
+                                    const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, at::IntArrayRef output_padding,
+                                    int64_t groups, at::IntArrayRef dilation);
+
+// torch's rule for conv outputs and grads: channels_last when input or weight suggests it.
+bool conv_prefers_channels_last(const at::Tensor& input, const at::Tensor& weight);
+
+at::MemoryFormat conv_memory_format(bool channels_last);
+
+}  // namespace convext

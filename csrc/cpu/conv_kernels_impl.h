@@ -1,0 +1,377 @@
+// The CPU convolution kernels, compiled once per SIMD instruction set.
+//
+// Included only by conv_kernels_<isa>.cpp, after its `#pragma GCC target`, with CONVEXT_ISA_NS
+// (the namespace), CONVEXT_VEC_BYTES (SIMD register width) and CONVEXT_MR (microkernel rows)
+// defined. It includes no header: every header is parsed before the pragma, so inline code from
+// other libraries stays portable, and everything defined here lives in the ISA's own namespace, so
+// the per-ISA copies never meet at link time.
+//
+// Method: each pass is a GEMM over im2col panels built on the fly, one tile of output positions
+// at a time (never a whole im2col buffer), fed to a register-blocked MR x NR microkernel written
+// with GCC vector extensions, which the pragma lowers to that ISA's registers.
+//   forward:     y[oc, p]  = sum_k  w[oc, k] * patch[k, p]     (k = input channel, kernel row, col)
+//   input_grad:  col[k, p] = sum_oc w[oc, k] * gy[oc, p], then col is scattered into gx
+//   weight_grad: gw[oc, k] = sum_p  gy[oc, p] * patch[k, p]
+
+namespace convext::cpu::CONVEXT_ISA_NS {
+namespace {
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+
+constexpr int kMR = CONVEXT_MR;
+template <typename A> constexpr int kVL = CONVEXT_VEC_BYTES / sizeof(A);
+template <typename A> constexpr int kNR = 2 * kVL<A>;  // microkernel columns: two registers
+
+// Bytes of packed operands a tile aims for: about half of a core's L2.
+constexpr int64_t kTileBytes = 256 * 1024;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+inline bool inside(int64_t i, int64_t n) { return static_cast<uint64_t>(i) < static_cast<uint64_t>(n); }
+
+template <typename A>
+void fill_zero(A* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) p[i] = A(0);
+}
+
+// Length of a tile along a dimension of `total`, a multiple of `align`: as long as kTileBytes
+// allows, then halved until `outer_items` x tiles gives every thread several work items.
+int64_t tile_length(int64_t bytes_per_unit, int64_t total, int64_t align, int64_t outer_items) {
+  int64_t t = max64(align, kTileBytes / max64(bytes_per_unit, 1) / align * align);
+  t = min64(t, round_up(max64(total, 1), align));
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  while (t > align && outer_items * ceil_div(total, t) < want) t = round_up(t / 2, align);
+  return t;
+}
+
+// 64-byte aligned scratch memory owned by one chunk of parallel work.
+template <typename A>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n)
+      : p_(static_cast<A*>(std::aligned_alloc(64, round_up(max64(n, 1) * sizeof(A), 64)))) {
+    if (p_ == nullptr) throw std::bad_alloc();
+  }
+  ~Scratch() { std::free(p_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  A* get() const { return p_; }
+
+ private:
+  A* p_;
+};
+
+template <typename A>
+struct Vec {
+  typedef A type __attribute__((vector_size(CONVEXT_VEC_BYTES), may_alias));
+};
+
+// Broadcast: GCC folds the subtraction of +0 (exact for every value) and keeps the broadcast.
+template <typename V, typename A>
+inline V splat(A s) {
+  return s - V{};
+}
+
+// c[MR][NR] = sum over k of a[k][0..MR) (outer product) b[k][0..NR), accumulated in registers.
+// a, b and c are 64-byte aligned.
+template <typename A>
+inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b, A* __restrict c) {
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  V acc0[kMR], acc1[kMR];
+#pragma GCC unroll 16
+  for (int m = 0; m < kMR; ++m) acc0[m] = acc1[m] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    const V b0 = *reinterpret_cast<const V*>(b);
+    const V b1 = *reinterpret_cast<const V*>(b + VL);
+#pragma GCC unroll 16
+    for (int m = 0; m < kMR; ++m) {
+      const V am = splat<V>(a[m]);
+      acc0[m] += am * b0;
+      acc1[m] += am * b1;
+    }
+    a += kMR;
+    b += 2 * VL;
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < kMR; ++m) {
+    *reinterpret_cast<V*>(c + m * 2 * VL) = acc0[m];
+    *reinterpret_cast<V*>(c + m * 2 * VL + VL) = acc1[m];
+  }
+}
+
+// Where each output position of a tile reads its patch: top-left input row/col and its offset in
+// the output-shaped tensor `o`.
+struct TilePositions {
+  int64_t* ih0;
+  int64_t* iw0;
+  int64_t* out_offset;
+
+  template <typename T>
+  void fill(const ConvGeometry& g, const View4<T>& o, int64_t p0, int64_t count) {
+    for (int64_t t = 0; t < count; ++t) {
+      const int64_t oh = (p0 + t) / g.OW, ow = (p0 + t) % g.OW;
+      ih0[t] = oh * g.sH - g.pH;
+      iw0[t] = ow * g.sW - g.pW;
+      out_offset[t] = oh * o.sH + ow * o.sW;
+    }
+  }
+};
+
+// Gathers patch values (zero outside the input, past `valid` positions, or past patch row K)
+// for patch rows [k0, k0 + k_count) and positions [0, positions) of image n, group grp, into
+// out[at(k - k0, t)].
+template <typename T, typename A, typename At>
+void pack_patches(const ConvGeometry& g, const View4<const T>& x, int64_t n, int64_t grp,
+                  const TilePositions& pos, int64_t valid, int64_t positions, int64_t k0,
+                  int64_t k_count, At at, A* out) {
+  const int64_t KHW = g.KH * g.KW, K = g.patch();
+  for (int64_t kr = 0; kr < k_count; ++kr) {
+    const int64_t k = k0 + kr;
+    if (k >= K) {
+      for (int64_t t = 0; t < positions; ++t) out[at(kr, t)] = A(0);
+      continue;
+    }
+    const int64_t ic = k / KHW, ki = (k % KHW) / g.KW, kj = k % g.KW;
+    const T* plane = x.data + n * x.sN + (grp * g.C_in_g() + ic) * x.sC;
+    const int64_t dy = ki * g.dH, dx = kj * g.dW;
+    for (int64_t t = 0; t < positions; ++t) {
+      A v = A(0);
+      if (t < valid) {
+        const int64_t ih = pos.ih0[t] + dy, iw = pos.iw0[t] + dx;
+        if (inside(ih, g.H) && inside(iw, g.W)) v = static_cast<A>(plane[ih * x.sH + iw * x.sW]);
+      }
+      out[at(kr, t)] = v;
+    }
+  }
+}
+
+template <typename T>
+void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
+                  View4<T> y) {
+  using A = typename AccOf<T>::type;
+  constexpr int NR = kNR<A>;
+  const int64_t Mg = g.C_out_g(), K = g.patch(), KHW = g.KH * g.KW, P = g.OH * g.OW;
+  const int64_t m_blocks = ceil_div(Mg, kMR);
+
+  // Weights packed once as [group][row block][k][MR], rows past Mg zero.
+  Scratch<A> wpack(g.groups * m_blocks * K * kMR);
+  at::parallel_for(0, g.groups * m_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t grp = idx / m_blocks, mb = idx % m_blocks;
+      A* dst = wpack.get() + idx * K * kMR;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t ic = k / KHW, ki = (k % KHW) / g.KW, kj = k % g.KW;
+        for (int m = 0; m < kMR; ++m) {
+          const int64_t oc = mb * kMR + m;
+          dst[k * kMR + m] =
+              oc < Mg ? static_cast<A>(w.data[(grp * Mg + oc) * w.sN + ic * w.sC + ki * w.sH + kj * w.sW])
+                      : A(0);
+        }
+      }
+    }
+  });
+
+  const int64_t PT = tile_length(K * sizeof(A), P, NR, g.N * g.groups);
+  const int64_t tiles = ceil_div(P, PT);
+  at::parallel_for(0, g.N * g.groups * tiles, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> panel(K * PT);
+    Scratch<int64_t> pos_mem(3 * PT);
+    TilePositions pos{pos_mem.get(), pos_mem.get() + PT, pos_mem.get() + 2 * PT};
+    alignas(64) A tile[kMR * NR];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t p0 = (item % tiles) * PT, grp = (item / tiles) % g.groups;
+      const int64_t n = item / tiles / g.groups;
+      const int64_t pt = min64(PT, P - p0), panels = ceil_div(pt, NR);
+      pos.fill(g, y, p0, pt);
+      pack_patches(g, x, n, grp, pos, pt, panels * NR, 0, K,
+                   [&](int64_t k, int64_t t) { return (t / NR) * K * NR + k * NR + t % NR; },
+                   panel.get());
+      for (int64_t j = 0; j < panels; ++j) {
+        const int64_t cols = min64(NR, pt - j * NR);
+        for (int64_t mb = 0; mb < m_blocks; ++mb) {
+          microkernel<A>(K, wpack.get() + (grp * m_blocks + mb) * K * kMR,
+                         panel.get() + j * K * NR, tile);
+          const int64_t rows = min64(kMR, Mg - mb * kMR);
+          for (int64_t m = 0; m < rows; ++m) {
+            const int64_t oc = grp * Mg + mb * kMR + m;
+            const A b = bias ? static_cast<A>(bias[oc]) : A(0);
+            T* out = y.data + n * y.sN + oc * y.sC;
+            for (int64_t t = 0; t < cols; ++t) {
+              out[pos.out_offset[j * NR + t]] = static_cast<T>(tile[m * NR + t] + b);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w, const T* bias,
+                     View4<T> gx) {
+  using A = typename AccOf<T>::type;
+  constexpr int NR = kNR<A>;
+  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW;
+  const int64_t P = g.OH * g.OW, HW = g.H * g.W;
+  const int64_t threads = at::get_num_threads();
+
+  // Work item: (image, group, block of input channels); blocks own disjoint parts of gx, so the
+  // scatter needs no atomics, and are split finer when there are few images and groups.
+  int64_t block = ceil_div(Cg, min64(Cg, ceil_div(4 * threads, g.N * g.groups)));
+  while (block > 1 && block * HW > (int64_t(1) << 22)) block = ceil_div(block, 2);
+  const int64_t blocks = ceil_div(Cg, block);
+  const int64_t PT = tile_length(Mg * sizeof(A), P, NR, blocks * g.N * g.groups);
+  const int64_t row_blocks_max = ceil_div(block * KHW, kMR);
+
+  at::parallel_for(0, g.N * g.groups * blocks, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> wpack(row_blocks_max * Mg * kMR);
+    Scratch<A> panel(Mg * PT);
+    Scratch<A> acc(block * HW);
+    Scratch<int64_t> pos_mem(3 * PT);
+    TilePositions pos{pos_mem.get(), pos_mem.get() + PT, pos_mem.get() + 2 * PT};
+    alignas(64) A tile[kMR * NR];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t ic0 = (item % blocks) * block, grp = (item / blocks) % g.groups;
+      const int64_t n = item / blocks / g.groups;
+      const int64_t nic = min64(block, Cg - ic0), rows = nic * KHW;
+      const int64_t row_blocks = ceil_div(rows, kMR);
+
+      // w^T for this channel block: [row block][oc][MR], row = (channel, kernel row, col).
+      for (int64_t rb = 0; rb < row_blocks; ++rb) {
+        for (int64_t oc = 0; oc < Mg; ++oc) {
+          const T* wo = w.data + (grp * Mg + oc) * w.sN;
+          for (int m = 0; m < kMR; ++m) {
+            const int64_t r = rb * kMR + m;
+            A v = A(0);
+            if (r < rows) {
+              const int64_t ic = ic0 + r / KHW, ki = (r % KHW) / g.KW, kj = r % g.KW;
+              v = static_cast<A>(wo[ic * w.sC + ki * w.sH + kj * w.sW]);
+            }
+            wpack.get()[(rb * Mg + oc) * kMR + m] = v;
+          }
+        }
+      }
+      fill_zero(acc.get(), nic * HW);
+
+      for (int64_t p0 = 0; p0 < P; p0 += PT) {
+        const int64_t pt = min64(PT, P - p0), panels = ceil_div(pt, NR);
+        pos.fill(g, gy, p0, pt);
+        for (int64_t oc = 0; oc < Mg; ++oc) {
+          const T* src = gy.data + n * gy.sN + (grp * Mg + oc) * gy.sC;
+          for (int64_t t = 0; t < panels * NR; ++t) {
+            panel.get()[(t / NR) * Mg * NR + oc * NR + t % NR] =
+                t < pt ? static_cast<A>(src[pos.out_offset[t]]) : A(0);
+          }
+        }
+        for (int64_t j = 0; j < panels; ++j) {
+          const int64_t cols = min64(NR, pt - j * NR);
+          for (int64_t rb = 0; rb < row_blocks; ++rb) {
+            microkernel<A>(Mg, wpack.get() + rb * Mg * kMR, panel.get() + j * Mg * NR, tile);
+            const int64_t nrows = min64(kMR, rows - rb * kMR);
+            for (int64_t m = 0; m < nrows; ++m) {
+              const int64_t r = rb * kMR + m;
+              A* plane = acc.get() + (r / KHW) * HW;
+              const int64_t dy = ((r % KHW) / g.KW) * g.dH, dx = (r % g.KW) * g.dW;
+              for (int64_t t = 0; t < cols; ++t) {
+                const int64_t ih = pos.ih0[j * NR + t] + dy, iw = pos.iw0[j * NR + t] + dx;
+                if (inside(ih, g.H) && inside(iw, g.W)) plane[ih * g.W + iw] += tile[m * NR + t];
+              }
+            }
+          }
+        }
+      }
+
+      for (int64_t icl = 0; icl < nic; ++icl) {
+        const int64_t c = grp * Cg + ic0 + icl;
+        const A b = bias ? static_cast<A>(bias[c]) : A(0);
+        T* dst = gx.data + n * gx.sN + c * gx.sC;
+        const A* src = acc.get() + icl * HW;
+        for (int64_t h = 0; h < g.H; ++h) {
+          for (int64_t x = 0; x < g.W; ++x) dst[h * gx.sH + x * gx.sW] = static_cast<T>(src[h * g.W + x] + b);
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy, View4<T> gw) {
+  using A = typename AccOf<T>::type;
+  constexpr int NR = kNR<A>;
+  const int64_t Mg = g.C_out_g(), K = g.patch(), KHW = g.KH * g.KW, P = g.OH * g.OW;
+  const int64_t m_blocks = ceil_div(Mg, kMR);
+  // The reduction runs over positions, PT at a time; the work items split the patch rows, so
+  // each item owns its part of gw and sums in a fixed order (deterministic for any thread count).
+  const int64_t PT = min64(256, max64(P, 1));
+  const int64_t KB = tile_length(PT * sizeof(A), K, NR, g.groups);
+  const int64_t k_blocks = ceil_div(K, KB);
+
+  at::parallel_for(0, g.groups * k_blocks, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> apack(m_blocks * PT * kMR);
+    Scratch<A> bpack(KB * PT);
+    Scratch<A> acc(m_blocks * kMR * KB);
+    Scratch<int64_t> pos_mem(3 * PT);
+    TilePositions pos{pos_mem.get(), pos_mem.get() + PT, pos_mem.get() + 2 * PT};
+    alignas(64) A tile[kMR * NR];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t k0 = (item % k_blocks) * KB, grp = item / k_blocks;
+      const int64_t kn = min64(KB, K - k0), col_panels = ceil_div(kn, NR);
+      fill_zero(acc.get(), m_blocks * kMR * KB);
+      for (int64_t n = 0; n < g.N; ++n) {
+        for (int64_t p0 = 0; p0 < P; p0 += PT) {
+          const int64_t pt = min64(PT, P - p0);
+          pos.fill(g, gy, p0, pt);
+          for (int64_t mb = 0; mb < m_blocks; ++mb) {
+            for (int m = 0; m < kMR; ++m) {
+              const int64_t oc = mb * kMR + m;
+              A* dst = apack.get() + mb * pt * kMR + m;
+              if (oc >= Mg) {
+                for (int64_t t = 0; t < pt; ++t) dst[t * kMR] = A(0);
+                continue;
+              }
+              const T* src = gy.data + n * gy.sN + (grp * Mg + oc) * gy.sC;
+              for (int64_t t = 0; t < pt; ++t) dst[t * kMR] = static_cast<A>(src[pos.out_offset[t]]);
+            }
+          }
+          pack_patches(g, x, n, grp, pos, pt, pt, k0, col_panels * NR,
+                       [&](int64_t k, int64_t t) { return (k / NR) * pt * NR + t * NR + k % NR; },
+                       bpack.get());
+          for (int64_t j = 0; j < col_panels; ++j) {
+            for (int64_t mb = 0; mb < m_blocks; ++mb) {
+              microkernel<A>(pt, apack.get() + mb * pt * kMR, bpack.get() + j * pt * NR, tile);
+              for (int m = 0; m < kMR; ++m) {
+                A* row = acc.get() + (mb * kMR + m) * KB + j * NR;
+                for (int r = 0; r < NR; ++r) row[r] += tile[m * NR + r];
+              }
+            }
+          }
+        }
+      }
+      for (int64_t oc = 0; oc < Mg; ++oc) {
+        T* dst = gw.data + (grp * Mg + oc) * gw.sN;
+        for (int64_t kr = 0; kr < kn; ++kr) {
+          const int64_t k = k0 + kr, ic = k / KHW, ki = (k % KHW) / g.KW, kj = k % g.KW;
+          dst[ic * gw.sC + ki * gw.sH + kj * gw.sW] = static_cast<T>(acc.get()[oc * KB + kr]);
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+ConvKernels<T> kernels_for() {
+  return {&conv_forward<T>, &conv_input_grad<T>, &conv_weight_grad<T>};
+}
+
+}  // namespace
+
+ConvKernelSet conv_kernel_set() {
+  return {kernels_for<float>(), kernels_for<double>(), kernels_for<c10::Half>(),
+          kernels_for<c10::BFloat16>()};
+}
+
+}  // namespace convext::cpu::CONVEXT_ISA_NS

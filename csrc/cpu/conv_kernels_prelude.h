@@ -1,0 +1,11 @@
+#pragma once
+// Headers the per-ISA kernel files need, parsed before their `#pragma GCC target` so that the
+// inline code in them is compiled for the baseline ISA.
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+
+#include "cpu/conv_kernels.h"
+#include "cpu/isa.h"

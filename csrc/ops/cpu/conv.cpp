@@ -1,0 +1,139 @@
+// CPU kernels of the convolution ops: argument checks, output allocation in the memory format
+// torch returns, then the per-ISA kernels of cpu/conv_kernels.h.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "common/conv_shape.h"
+#include "cpu/conv_kernels.h"
+
+namespace convext {
+namespace {
+
+template <typename T>
+View4<T> view4(const at::Tensor& t) {
+  return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+template <typename T>
+View4<const T> cview4(const at::Tensor& t) {
+  return {static_cast<const T*>(t.const_data_ptr()), t.stride(0), t.stride(1), t.stride(2),
+          t.stride(3)};
+}
+
+at::Tensor empty_conv_output(const at::Tensor& like, at::IntArrayRef sizes, bool channels_last) {
+  return at::empty(sizes, like.options().memory_format(conv_memory_format(channels_last)));
+}
+
+#define CONVEXT_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                      std::optional<bool> channels_last) {
+  const ConvGeometry g = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  const bool cl = channels_last.value_or(conv_prefers_channels_last(input, weight));
+  at::Tensor out = empty_conv_output(input, {g.N, g.C_out, g.OH, g.OW}, cl);
+  const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+  CONVEXT_DISPATCH_FLOATING(input.scalar_type(), "conv2d", [&] {
+    if (out.numel() == 0) return;
+    cpu::conv_kernels_for<scalar_t>().forward(g, cview4<scalar_t>(input), cview4<scalar_t>(weight),
+                                              b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                                              view4<scalar_t>(out));
+  });
+  return out;
+}
+
+at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef output_padding,
+                                int64_t groups, at::IntArrayRef dilation,
+                                std::optional<bool> channels_last) {
+  const ConvGeometry g = check_conv_transpose2d(input, weight, bias, stride, padding,
+                                                output_padding, groups, dilation);
+  const bool cl = channels_last.value_or(conv_prefers_channels_last(input, weight));
+  at::Tensor out = empty_conv_output(input, {g.N, g.C_in, g.H, g.W}, cl);
+  const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
+  CONVEXT_DISPATCH_FLOATING(input.scalar_type(), "conv_transpose2d", [&] {
+    if (out.numel() == 0) return;
+    cpu::conv_kernels_for<scalar_t>().input_grad(
+        g, cview4<scalar_t>(input), cview4<scalar_t>(weight),
+        b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, view4<scalar_t>(out));
+  });
+  return out;
+}
+
+at::Tensor conv2d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& grad_output,
+                                  at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  int64_t groups, bool channels_last) {
+  TORCH_CHECK(input.dim() == 4 && grad_output.dim() == 4,
+              "conv2d_weight_grad: expected 4-D input and grad_output, got ", input.sizes(),
+              " and ", grad_output.sizes());
+  TORCH_CHECK(input.scalar_type() == grad_output.scalar_type(),
+              "conv2d_weight_grad: input and grad_output must have the same dtype");
+  TORCH_CHECK(input.size(0) == grad_output.size(0),
+              "conv2d_weight_grad: input and grad_output have different batch sizes");
+  TORCH_CHECK(kernel_size.size() == 2 && kernel_size[0] > 0 && kernel_size[1] > 0,
+              "conv2d_weight_grad: kernel_size must be two positive ints, got ", kernel_size);
+  TORCH_CHECK(groups > 0 && input.size(1) % groups == 0 && grad_output.size(1) % groups == 0,
+              "conv2d_weight_grad: groups=", groups, " must divide the ", input.size(1),
+              " input and ", grad_output.size(1), " output channels");
+  ConvGeometry g{};
+  g.N = input.size(0);
+  g.C_in = input.size(1);
+  g.C_out = grad_output.size(1);
+  g.groups = groups;
+  g.H = input.size(2), g.W = input.size(3);
+  g.OH = grad_output.size(2), g.OW = grad_output.size(3);
+  g.KH = kernel_size[0], g.KW = kernel_size[1];
+  g.sH = stride[0], g.sW = stride[1];
+  g.pH = padding[0], g.pW = padding[1];
+  g.dH = dilation[0], g.dW = dilation[1];
+  at::Tensor out = empty_conv_output(input, {g.C_out, g.C_in / groups, g.KH, g.KW}, channels_last);
+  CONVEXT_DISPATCH_FLOATING(input.scalar_type(), "conv2d_weight_grad", [&] {
+    if (out.numel() == 0) return;
+    cpu::conv_kernels_for<scalar_t>().weight_grad(g, cview4<scalar_t>(input),
+                                                  cview4<scalar_t>(grad_output),
+                                                  view4<scalar_t>(out));
+  });
+  return out;
+}
+
+at::Tensor conv_bias_grad_cpu(const at::Tensor& grad_output) {
+  TORCH_CHECK(grad_output.dim() == 4, "conv_bias_grad: expected a 4-D grad_output, got ",
+              grad_output.sizes());
+  const int64_t C = grad_output.size(1);
+  at::Tensor out = at::empty({C}, grad_output.options());
+  CONVEXT_DISPATCH_FLOATING(grad_output.scalar_type(), "conv_bias_grad", [&] {
+    const auto go = cview4<scalar_t>(grad_output);
+    const int64_t N = grad_output.size(0), H = grad_output.size(2), W = grad_output.size(3);
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        double sum = 0;  // a sum over N*H*W terms: double keeps it exact enough for every dtype
+        for (int64_t n = 0; n < N; ++n) {
+          const scalar_t* plane = go.data + n * go.sN + c * go.sC;
+          for (int64_t h = 0; h < H; ++h) {
+            for (int64_t w = 0; w < W; ++w) sum += static_cast<double>(plane[h * go.sH + w * go.sW]);
+          }
+        }
+        dst[c] = static_cast<scalar_t>(sum);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(convext, CPU, m) {
+  m.impl("conv2d", &conv2d_cpu);
+  m.impl("conv_transpose2d", &conv_transpose2d_cpu);
+  m.impl("conv2d_weight_grad", &conv2d_weight_grad_cpu);
+  m.impl("conv_bias_grad", &conv_bias_grad_cpu);
+}
+
+}  // namespace convext

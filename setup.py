@@ -1,0 +1,63 @@
+"""Builds convext's C++ (and, when available, CUDA) extension against the installed torch.
+
+Switches (environment variables):
+  CONVEXT_CUDA=0|1        force the CUDA kernels off or on (default: on when torch has CUDA and
+                          nvcc is found)
+  TORCH_CUDA_ARCH_LIST    GPU architectures to compile for (default below when unset)
+  MAX_JOBS                parallel compile jobs (read by torch's ninja build)
+"""
+import glob
+import os
+import shutil
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCH_LIST = "8.0;8.6;8.9;9.0"
+
+
+def want_cuda() -> bool:
+    forced = os.environ.get("CONVEXT_CUDA")
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise SystemExit(f"CONVEXT_CUDA must be 0 or 1, got {forced!r}")
+        if forced == "1" and torch.version.cuda is None:
+            raise SystemExit("CONVEXT_CUDA=1 but the installed torch has no CUDA support")
+        return forced == "1"
+    nvcc_found = shutil.which("nvcc") is not None or bool(os.environ.get("CUDA_HOME"))
+    return torch.version.cuda is not None and nvcc_found
+
+
+def sources(pattern: str) -> list:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
+
+
+def extension():
+    with_cuda = want_cuda()
+    cxx_flags = [
+        "-O3",
+        "-fopenmp",
+        # -std=c++17 turns contraction off; the kernels rely on fused multiply-add.
+        "-ffp-contract=fast",
+        f'-DCONVEXT_TORCH_VERSION="{torch.__version__}"',
+    ]
+    srcs = sources("csrc/**/*.cpp")
+    kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=[os.path.join(ROOT, "csrc")])
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
+        cxx_flags.append("-DCONVEXT_WITH_CUDA")
+        kwargs["extra_compile_args"] = {
+            "cxx": cxx_flags,
+            "nvcc": ["-O3", "-DCONVEXT_WITH_CUDA", "--use_fast_math", "-lineinfo"],
+        }
+        return CUDAExtension("convext._C", srcs + sources("csrc/**/*.cu"), **kwargs)
+    kwargs["extra_compile_args"] = {"cxx": cxx_flags}
+    return CppExtension("convext._C", srcs, **kwargs)
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension},
+)
