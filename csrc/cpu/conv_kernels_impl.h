@@ -149,9 +149,143 @@ void pack_patches(const ConvGeometry& g, const View4<const T>& x, int64_t n, int
   }
 }
 
+// Depthwise convolution (one input channel per group, a few output channels each) as direct
+// row-wise loops: a GEMM would be MR times wasteful there. Each input plane is first staged,
+// zero-padded and in the accumulation type, so the inner loops need no bounds checks and
+// vectorise along the row.
+bool use_depthwise(const ConvGeometry& g) { return g.C_in_g() == 1 && g.C_out_g() <= 4; }
+
+struct PaddedPlane {
+  int64_t rows, cols;
+  explicit PaddedPlane(const ConvGeometry& g)
+      : rows(max64(g.H + 2 * g.pH, (g.OH - 1) * g.sH + (g.KH - 1) * g.dH + 1)),
+        cols(max64(g.W + 2 * g.pW, (g.OW - 1) * g.sW + (g.KW - 1) * g.dW + 1)) {}
+  int64_t size() const { return rows * cols; }
+
+  template <typename T, typename A>
+  void load(const ConvGeometry& g, const T* plane, int64_t sH, int64_t sW, A* dst) const {
+    fill_zero(dst, size());
+    for (int64_t h = 0; h < g.H; ++h) {
+      A* row = dst + (h + g.pH) * cols + g.pW;
+      for (int64_t w = 0; w < g.W; ++w) row[w] = static_cast<A>(plane[h * sH + w * sW]);
+    }
+  }
+};
+
+template <typename T>
+void depthwise_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
+                       View4<T> y) {
+  using A = typename AccOf<T>::type;
+  const PaddedPlane padded(g);
+  const int64_t Mg = g.C_out_g();
+  at::parallel_for(0, g.N * g.C_in, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> xp(padded.size());
+    Scratch<A> acc(g.OW);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / g.C_in, c = item % g.C_in;
+      padded.load(g, x.data + n * x.sN + c * x.sC, x.sH, x.sW, xp.get());
+      for (int64_t m = 0; m < Mg; ++m) {
+        const int64_t oc = c * Mg + m;
+        const T* wk = w.data + oc * w.sN;
+        const A b = bias ? static_cast<A>(bias[oc]) : A(0);
+        T* out = y.data + n * y.sN + oc * y.sC;
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          A* a = acc.get();
+          for (int64_t ow = 0; ow < g.OW; ++ow) a[ow] = b;
+          for (int64_t ki = 0; ki < g.KH; ++ki) {
+            for (int64_t kj = 0; kj < g.KW; ++kj) {
+              const A wv = static_cast<A>(wk[ki * w.sH + kj * w.sW]);
+              const A* src = xp.get() + (oh * g.sH + ki * g.dH) * padded.cols + kj * g.dW;
+              for (int64_t ow = 0; ow < g.OW; ++ow) a[ow] += wv * src[ow * g.sW];
+            }
+          }
+          for (int64_t ow = 0; ow < g.OW; ++ow) out[oh * y.sH + ow * y.sW] = static_cast<T>(a[ow]);
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void depthwise_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
+                          const T* bias, View4<T> gx) {
+  using A = typename AccOf<T>::type;
+  const PaddedPlane padded(g);
+  const int64_t Mg = g.C_out_g();
+  at::parallel_for(0, g.N * g.C_in, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> gp(padded.size());
+    Scratch<A> row(g.OW);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / g.C_in, c = item % g.C_in;
+      fill_zero(gp.get(), padded.size());
+      for (int64_t m = 0; m < Mg; ++m) {
+        const int64_t oc = c * Mg + m;
+        const T* wk = w.data + oc * w.sN;
+        const T* src = gy.data + n * gy.sN + oc * gy.sC;
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          A* r = row.get();
+          for (int64_t ow = 0; ow < g.OW; ++ow) r[ow] = static_cast<A>(src[oh * gy.sH + ow * gy.sW]);
+          for (int64_t ki = 0; ki < g.KH; ++ki) {
+            for (int64_t kj = 0; kj < g.KW; ++kj) {
+              const A wv = static_cast<A>(wk[ki * w.sH + kj * w.sW]);
+              A* dst = gp.get() + (oh * g.sH + ki * g.dH) * padded.cols + kj * g.dW;
+              for (int64_t ow = 0; ow < g.OW; ++ow) dst[ow * g.sW] += wv * r[ow];
+            }
+          }
+        }
+      }
+      const A b = bias ? static_cast<A>(bias[c]) : A(0);
+      T* out = gx.data + n * gx.sN + c * gx.sC;
+      for (int64_t h = 0; h < g.H; ++h) {
+        const A* src = gp.get() + (h + g.pH) * padded.cols + g.pW;
+        for (int64_t x = 0; x < g.W; ++x) out[h * gx.sH + x * gx.sW] = static_cast<T>(src[x] + b);
+      }
+    }
+  });
+}
+
+template <typename T>
+void depthwise_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
+                           View4<T> gw) {
+  using A = typename AccOf<T>::type;
+  const PaddedPlane padded(g);
+  const int64_t Mg = g.C_out_g(), KHW = g.KH * g.KW;
+  // One output channel per item: each owns its gw slice and sums in a fixed order.
+  at::parallel_for(0, g.C_out, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> xp(padded.size());
+    Scratch<A> row(g.OW);
+    Scratch<A> acc(KHW);
+    for (int64_t oc = begin; oc < end; ++oc) {
+      const int64_t c = oc / Mg;
+      fill_zero(acc.get(), KHW);
+      for (int64_t n = 0; n < g.N; ++n) {
+        padded.load(g, x.data + n * x.sN + c * x.sC, x.sH, x.sW, xp.get());
+        const T* src = gy.data + n * gy.sN + oc * gy.sC;
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          A* r = row.get();
+          for (int64_t ow = 0; ow < g.OW; ++ow) r[ow] = static_cast<A>(src[oh * gy.sH + ow * gy.sW]);
+          for (int64_t ki = 0; ki < g.KH; ++ki) {
+            for (int64_t kj = 0; kj < g.KW; ++kj) {
+              const A* in = xp.get() + (oh * g.sH + ki * g.dH) * padded.cols + kj * g.dW;
+              A sum = A(0);
+              for (int64_t ow = 0; ow < g.OW; ++ow) sum += r[ow] * in[ow * g.sW];
+              acc.get()[ki * g.KW + kj] += sum;
+            }
+          }
+        }
+      }
+      T* dst = gw.data + oc * gw.sN;
+      for (int64_t ki = 0; ki < g.KH; ++ki) {
+        for (int64_t kj = 0; kj < g.KW; ++kj) dst[ki * gw.sH + kj * gw.sW] = static_cast<T>(acc.get()[ki * g.KW + kj]);
+      }
+    }
+  });
+}
+
 template <typename T>
 void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                   View4<T> y) {
+  if (use_depthwise(g)) return depthwise_forward(g, x, w, bias, y);
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
   const int64_t Mg = g.C_out_g(), K = g.patch(), KHW = g.KH * g.KW, P = g.OH * g.OW;
@@ -213,6 +347,7 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
 template <typename T>
 void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w, const T* bias,
                      View4<T> gx) {
+  if (use_depthwise(g)) return depthwise_input_grad(g, gy, w, bias, gx);
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
   const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW;
@@ -300,6 +435,7 @@ void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
 
 template <typename T>
 void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy, View4<T> gw) {
+  if (use_depthwise(g)) return depthwise_weight_grad(g, x, gy, gw);
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
   const int64_t Mg = g.C_out_g(), K = g.patch(), KHW = g.KH * g.KW, P = g.OH * g.OW;

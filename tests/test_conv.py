@@ -1,0 +1,385 @@
+"""conv2d and conv_transpose2d against torch: values, grads, memory formats, errors, autograd
+to second order, the dispatcher checks (opcheck), torch.compile and export."""
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+
+import convext
+import convext.functional as CF
+from utils import FLOAT_DTYPES, LAYOUTS, assert_close_to_reference, make_layout, same_layout
+
+# --- forward and grads over an argument grid -------------------------------------------------
+
+KERNELS = [(1, 1), (3, 3), (2, 3)]
+STRIDES = [1, 2, (2, 1)]
+PADDINGS = [0, 1, (1, 2)]
+DILATIONS = [1, 2]
+GROUPS = ["1", "2", "depthwise"]
+
+
+def _check_against_torch(torch_fn, convext_fn, x, w, b, dtype, layout):
+    """Runs both on the same inputs (x laid out as `layout`): outputs and grads against torch in
+    float64, and (float32 and float64, where torch runs natively) memory formats against torch's
+    in dtype."""
+    tensors = [make_layout(x.to(dtype), layout), w.to(dtype), None if b is None else b.to(dtype)]
+    tensors = [t.requires_grad_() if t is not None else None for t in tensors]
+    out = convext_fn(*tensors)
+    gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    wrt = [t for t in tensors if t is not None]
+    grads = torch.autograd.grad(out, wrt, gy)
+
+    ref_in = [t.detach().double().requires_grad_() if t is not None else None for t in tensors]
+    ref_out = torch_fn(*ref_in)
+    ref_grads = torch.autograd.grad(ref_out, [t for t in ref_in if t is not None], gy.double())
+    assert out.dtype == dtype and out.shape == ref_out.shape
+    assert_close_to_reference(out, ref_out)
+    for g, rg in zip(grads, ref_grads):
+        assert g.dtype == dtype
+        assert_close_to_reference(g, rg)
+
+    if dtype in (torch.float32, torch.float64):
+        native_in = [t.detach().requires_grad_() if t is not None else None for t in tensors]
+        native_out = torch_fn(*native_in)
+        native_grads = torch.autograd.grad(native_out, [t for t in native_in if t is not None], gy)
+        assert same_layout(out, native_out), (out.stride(), native_out.stride())
+        for g, ng in zip(grads, native_grads):
+            assert same_layout(g, ng), (g.stride(), ng.stride())
+
+
+def _groups(spec, channels):
+    return channels if spec == "depthwise" else int(spec)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("kernel,stride,padding,dilation,groups",
+                         list(itertools.product(KERNELS, STRIDES, PADDINGS, DILATIONS, GROUPS)))
+def test_conv2d_matches_torch(kernel, stride, padding, dilation, groups, dtype, layout):
+    g = _groups(groups, 4)
+    out_channels = 8 if groups == "depthwise" else 6  # depthwise with a channel multiplier of 2
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 7, 8, generator=gen)
+    w = torch.randn(out_channels, 4 // g, *kernel, generator=gen)
+    b = torch.randn(out_channels, generator=gen)
+    args = (stride, padding, dilation, g)
+    _check_against_torch(lambda *t: F.conv2d(*t, *args), lambda *t: CF.conv2d(*t, *args),
+                         x, w, b, dtype, layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("kernel,stride,padding,output_padding,dilation,groups", [
+    (k, s, p, op, d, g)
+    for k, s, p, op, d, g in itertools.product(KERNELS, STRIDES, [0, 1], [0, 1], DILATIONS,
+                                                GROUPS)
+    # torch's rule: output_padding below stride or dilation, in each dim
+    if all(op < max(si, d) for si in ((s, s) if isinstance(s, int) else s))
+])
+def test_conv_transpose2d_matches_torch(kernel, stride, padding, output_padding, dilation, groups,
+                                        dtype, layout):
+    g = _groups(groups, 4)
+    out_per_group = 2 if groups == "depthwise" else 6 // g
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 5, 6, generator=gen)
+    w = torch.randn(4, out_per_group, *kernel, generator=gen)
+    b = torch.randn(out_per_group * g, generator=gen)
+    args = (stride, padding, output_padding, g, dilation)
+    _check_against_torch(lambda *t: F.conv_transpose2d(*t, *args),
+                         lambda *t: CF.conv_transpose2d(*t, *args), x, w, b, dtype, layout)
+
+
+@pytest.mark.parametrize("fn", ["conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("x_cl,w_cl", [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("gy_cl", [False, True])
+def test_memory_format_follows_input_and_weight(fn, x_cl, w_cl, gy_cl):
+    # torch: channels_last output and grads when input or weight is channels_last; the
+    # grad_output's format does not matter.
+    x = torch.randn(2, 4, 6, 6)
+    w = torch.randn(4, 4, 3, 3)
+    if x_cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if w_cl:
+        w = w.contiguous(memory_format=torch.channels_last)
+    results = []
+    for f in (getattr(F, fn), getattr(CF, fn)):
+        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = f(xs, ws, None, 1, 1)
+        gy = torch.ones_like(y, memory_format=torch.channels_last if gy_cl else torch.contiguous_format)
+        results.append((y, *torch.autograd.grad(y, (xs, ws), gy)))
+    for ours, theirs in zip(results[1], results[0]):
+        assert same_layout(ours, theirs)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fn", [CF.conv2d, CF.conv_transpose2d])
+def test_grad_of_only_what_is_needed(fn):
+    x = torch.randn(2, 4, 6, 6)
+    w = torch.randn(4, 4, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    gw, gb = torch.autograd.grad(fn(x, w, b).sum(), (w, b))
+    assert gw.shape == w.shape and gb.shape == b.shape
+    gx_only = torch.autograd.grad(fn(x.requires_grad_(), w.detach(), None).sum(), x)[0]
+    assert gx_only.shape == x.shape
+
+
+# --- batch shapes -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn,w_shape", [(CF.conv2d, (6, 4, 3, 3)), (CF.conv_transpose2d, (4, 6, 3, 3))])
+def test_unbatched_input(fn, w_shape):
+    x, w = torch.randn(4, 7, 7, requires_grad=True), torch.randn(w_shape, requires_grad=True)
+    ref = getattr(F, fn.__name__)
+    out = fn(x, w, None, 2, 1)
+    assert out.dim() == 3
+    torch.testing.assert_close(out, ref(x, w, None, 2, 1), rtol=1e-4, atol=1e-4)
+    g_ours = torch.autograd.grad(out.sum(), (x, w))
+    g_ref = torch.autograd.grad(ref(x, w, None, 2, 1).sum(), (x, w))
+    for a, b in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fn,w_shape", [(CF.conv2d, (6, 4, 3, 3)), (CF.conv_transpose2d, (4, 6, 3, 3))])
+def test_batch_size_zero(fn, w_shape):
+    x = torch.randn(0, 4, 7, 7, requires_grad=True)
+    w = torch.randn(w_shape, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    out = fn(x, w, b, 1, 1)
+    ref = getattr(F, fn.__name__)(x, w, b, 1, 1)
+    assert out.shape == ref.shape
+    gx, gw, gb = torch.autograd.grad(out.sum(), (x, w, b))
+    assert gx.shape == x.shape
+    assert torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
+
+
+def test_large_patch_tiles():
+    # A reduction long enough to span several tiles and all microkernel row blocks.
+    x = torch.randn(1, 70, 20, 19, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(37, 70, 3, 3, dtype=torch.float64, requires_grad=True)
+    out, ref = CF.conv2d(x, w, None, 1, 1), F.conv2d(x, w, None, 1, 1)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
+        torch.testing.assert_close(a, b)
+
+
+# --- padding='same' / 'valid' -----------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("kernel,dilation", [((3, 3), 1), ((4, 2), 1), ((4, 5), (1, 2)), ((2, 2), 3)])
+def test_string_padding(kernel, dilation):
+    x = torch.randn(2, 3, 9, 10, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, *kernel, dtype=torch.float64, requires_grad=True)
+    for padding in ("same", "valid"):
+        out = CF.conv2d(x, w, None, 1, padding, dilation)
+        ref = F.conv2d(x, w, None, 1, padding, dilation)
+        torch.testing.assert_close(out, ref)
+        for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
+            torch.testing.assert_close(a, b)
+
+
+# --- errors: type and message as torch's --------------------------------------------------------
+
+def _x(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+ERROR_CASES = {
+    "channels": lambda f: f.conv2d(_x(2, 5, 8, 8), _x(4, 3, 3, 3)),
+    "kernel_too_big": lambda f: f.conv2d(_x(2, 3, 2, 2), _x(4, 3, 3, 3)),
+    "negative_padding": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), padding=-1),
+    "zero_stride": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), stride=0),
+    "zero_dilation": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), dilation=0),
+    "negative_dilation": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), dilation=-1),
+    "zero_groups": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), groups=0),
+    "groups_divide_weight": lambda f: f.conv2d(_x(2, 6, 8, 8), _x(4, 2, 3, 3), groups=3),
+    "groups_exceed_weight": lambda f: f.conv2d(_x(2, 6, 8, 8), _x(2, 1, 3, 3), groups=6),
+    "input_2d": lambda f: f.conv2d(_x(8, 8), _x(4, 3, 3, 3)),
+    "input_5d": lambda f: f.conv2d(_x(1, 2, 3, 8, 8), _x(4, 3, 3, 3)),
+    "weight_3d": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3)),
+    "bias_size": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), _x(5)),
+    "bias_dtype": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), _x(4, dtype=torch.float64)),
+    "weight_dtype": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3, dtype=torch.float64)),
+    "stride_3": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), stride=[1, 1, 1]),
+    "padding_3": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), padding=[1, 1, 1]),
+    "same_strided": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), padding="same", stride=2),
+    "padding_string": lambda f: f.conv2d(_x(2, 3, 8, 8), _x(4, 3, 3, 3), padding="full"),
+    "T_output_padding": lambda f: f.conv_transpose2d(_x(2, 3, 8, 8), _x(3, 4, 3, 3), stride=2, output_padding=2),
+    "T_output_too_small": lambda f: f.conv_transpose2d(_x(1, 3, 1, 1), _x(3, 4, 3, 3), padding=3),
+    "T_channels": lambda f: f.conv_transpose2d(_x(1, 5, 4, 4), _x(3, 4, 3, 3)),
+    "T_bias": lambda f: f.conv_transpose2d(_x(1, 3, 4, 4), _x(3, 4, 3, 3), _x(3)),
+    "T_string_padding": lambda f: f.conv_transpose2d(_x(1, 3, 4, 4), _x(3, 4, 3, 3), padding="same"),
+    "T_input_2d": lambda f: f.conv_transpose2d(_x(4, 4), _x(3, 4, 3, 3)),
+    "T_groups": lambda f: f.conv_transpose2d(_x(1, 4, 4, 4), _x(4, 4, 3, 3), groups=3),
+    "T_negative_output_padding": lambda f: f.conv_transpose2d(_x(1, 3, 4, 4), _x(3, 4, 3, 3), output_padding=-1),
+    "T_weight_dtype": lambda f: f.conv_transpose2d(_x(1, 3, 4, 4), _x(3, 4, 3, 3, dtype=torch.float64)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_errors_match_torch(case):
+    with pytest.raises(Exception) as expected:
+        ERROR_CASES[case](F)
+    with pytest.raises(expected.type) as got:
+        ERROR_CASES[case](CF)
+    assert str(got.value).split("\n")[0] == str(expected.value).split("\n")[0]
+
+
+@pytest.mark.parametrize("fn", [CF.conv2d, CF.conv_transpose2d])
+@pytest.mark.parametrize("dtype,name", [(torch.long, "Long"), (torch.bool, "Bool")])
+def test_non_floating_dtypes_are_not_implemented(fn, dtype, name):
+    # torch also computes int64 convs on CPU (and names an internal kernel for bool); convext's
+    # kernels are floating-point only and say so with the same exception type.
+    with pytest.raises(NotImplementedError, match=f"\"{fn.__name__}\" not implemented for '{name}'"):
+        fn(torch.ones(1, 3, 4, 4, dtype=dtype), torch.ones(3, 3, 3, 3, dtype=dtype))
+
+
+# --- autograd to second order -----------------------------------------------------------------
+
+GRADCHECK_CASES = [
+    # (op, input shape, weight shape, bias, stride, padding, dilation, groups, output_padding)
+    ("conv2d", (2, 4, 7, 6), (6, 2, 3, 2), True, (2, 1), 1, (1, 2), 2, None),
+    ("conv2d", (1, 3, 6, 6), (5, 3, 1, 1), False, 1, 0, 1, 1, None),
+    ("conv2d", (2, 4, 6, 7), (8, 1, 3, 3), True, 2, (1, 0), 1, 4, None),  # depthwise x2
+    ("conv_transpose2d", (2, 4, 4, 5), (4, 3, 3, 2), True, (2, 3), 1, (1, 3), 2, (1, 2)),
+    ("conv_transpose2d", (1, 4, 5, 4), (4, 1, 3, 3), False, 2, 1, 1, 4, 1),  # depthwise
+    ("conv_transpose2d", (1, 2, 4, 4), (2, 3, 3, 3), True, 1, 1, 2, 1, 1),  # output_padding >= stride
+]
+
+
+def _gradcheck_fn(case):
+    op, xs, ws, has_bias, stride, padding, dilation, groups, output_padding = case
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(xs, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(ws, dtype=torch.float64, generator=gen, requires_grad=True)
+    out_channels = ws[0] if op == "conv2d" else ws[1] * groups
+    b = torch.randn(out_channels, dtype=torch.float64, generator=gen, requires_grad=True) if has_bias else None
+    if op == "conv2d":
+        fn = lambda x, w, b: CF.conv2d(x, w, b, stride, padding, dilation, groups)  # noqa: E731
+    else:
+        fn = lambda x, w, b: CF.conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation)  # noqa: E731
+    return fn, (x, w, b)
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_gradcheck(case):
+    fn, inputs = _gradcheck_fn(case)
+    assert gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_gradgradcheck(case):
+    fn, inputs = _gradcheck_fn(case)
+    assert gradgradcheck(fn, inputs)
+
+
+# --- the dispatcher ops: opcheck, torch.compile, torch.export ------------------------------------
+
+def _opcheck_samples():
+    x = torch.randn(2, 4, 9, 8, requires_grad=True)
+    xcl = torch.randn(2, 4, 9, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+    wg = torch.randn(6, 2, 3, 3, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    wt = torch.randn(4, 3, 3, 3, requires_grad=True)
+    gy = torch.randn(2, 6, 5, 8, requires_grad=True)
+    ops = torch.ops.convext
+    return [
+        (ops.conv2d.default, (x, w, b, [2, 1], [1, 1], [1, 1], 1)),
+        (ops.conv2d.default, (xcl, wg, None, [1, 1], [0, 1], [2, 1], 2)),
+        (ops.conv_transpose2d.default, (x, wt, None, [2, 2], [1, 1], [1, 0], 1, [1, 1])),
+        (ops.conv_transpose2d.default, (xcl, wt, torch.randn(3, requires_grad=True), [1, 1], [0, 0], [0, 0], 1, [1, 1])),
+        (ops.conv2d_weight_grad.default, (x, gy, [3, 3], [2, 1], [1, 1], [1, 1], 1, False)),
+        (ops.conv_bias_grad.default, (gy,)),
+    ]
+
+
+@pytest.mark.parametrize("op,args", _opcheck_samples(), ids=lambda v: str(v) if not isinstance(v, tuple) else "")
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+class _SmallNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = convext.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.dw = convext.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.up = convext.nn.ConvTranspose2d(8, 4, 2, stride=2)
+
+    def forward(self, x):
+        return self.up(torch.relu(self.dw(self.conv(x))))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph(dynamic):
+    torch._dynamo.reset()
+    net = _SmallNet()
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    compiled = torch.compile(net, fullgraph=True, dynamic=dynamic)
+    out, ref = compiled(x), net(x)
+    torch.testing.assert_close(out, ref)
+    g_c = torch.autograd.grad(out.square().sum(), [x, *net.parameters()])
+    g_e = torch.autograd.grad(ref.square().sum(), [x, *net.parameters()])
+    for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_export():
+    net = _SmallNet()
+    x = torch.randn(2, 3, 16, 16)
+    program = torch.export.export(net, (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "convext.conv2d.default" in targets and "convext.conv_transpose2d.default" in targets
+    torch.testing.assert_close(program.module()(x), net(x))
+
+
+# --- every SIMD build of the kernels ----------------------------------------------------------
+
+_ISA_SCRIPT = textwrap.dedent("""
+    import torch, torch.nn.functional as F, convext, convext.functional as CF
+    print(convext.build_info()["cpu_isa"])
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for groups, cin, cout in ((1, 12, 20), (3, 12, 9), (12, 12, 12)):
+            x = torch.randn(2, cin, 11, 13, generator=g).to(dtype).requires_grad_()
+            w = torch.randn(cout, cin // groups, 3, 3, generator=g).to(dtype).requires_grad_()
+            outs = []
+            for f in (F.conv2d, CF.conv2d):
+                xs, ws = x.double().detach().requires_grad_(), w.double().detach().requires_grad_()
+                if f is CF.conv2d:
+                    xs, ws = x.detach().requires_grad_(), w.detach().requires_grad_()
+                y = f(xs, ws, None, (2, 1), 1, 1, groups)
+                outs.append((y, *torch.autograd.grad(y.sum(), (xs, ws))))
+            for ref, ours in zip(*outs):
+                tol = 1e-4 if dtype != torch.bfloat16 else 3e-2
+                torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol * max(1, ref.abs().max().item()))
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_each_isa_build(isa):
+    if isa not in convext.build_info()["cpu_isas_compiled"]:
+        pytest.skip(f"{isa} kernels not compiled on this platform")
+    env = dict(os.environ, CONVEXT_CPU_ISA=isa)
+    result = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    used, status = result.stdout.split()
+    # The cap never raises the ISA above what the CPU has.
+    order = ["generic", "avx2", "avx512"]
+    assert order.index(used) <= order.index(isa) and status == "ok"
+    if order.index(isa) <= order.index(convext.build_info()["cpu_isa"]):
+        assert used == isa
+
+
+def test_build_info():
+    info = convext.build_info()
+    assert info["torch"] == torch.__version__
+    assert info["openmp"] is True
+    assert isinstance(info["cuda"], bool)
+    assert info["cpu_isa"] in info["cpu_isas_compiled"]
