@@ -57,6 +57,18 @@ void check_same_device(const at::Tensor& input, const at::Tensor& other, const c
 
 }  // namespace
 
+ConvGeometry conv_geometry(int64_t N, int64_t C_in, int64_t C_out, int64_t groups, int64_t KH,
+                           int64_t KW, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation) {
+  ConvGeometry g{};
+  g.N = N, g.C_in = C_in, g.C_out = C_out, g.groups = groups;
+  g.KH = KH, g.KW = KW;
+  g.sH = stride[0], g.sW = stride[1];
+  g.pH = padding[0], g.pW = padding[1];
+  g.dH = dilation[0], g.dW = dilation[1];
+  return g;
+}
+
 ConvGeometry check_conv2d(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
@@ -80,18 +92,9 @@ ConvGeometry check_conv2d(const at::Tensor& input, const at::Tensor& weight,
               weight.size(0), " elements, but got bias of size ", bias ? bias->sizes() : at::IntArrayRef(),
               " instead");
 
-  ConvGeometry g{};
-  g.N = input.size(0);
-  g.C_in = input.size(1);
-  g.C_out = weight.size(0);
-  g.groups = groups;
-  g.H = input.size(2);
-  g.W = input.size(3);
-  g.KH = weight.size(2);
-  g.KW = weight.size(3);
-  g.sH = stride[0], g.sW = stride[1];
-  g.pH = padding[0], g.pW = padding[1];
-  g.dH = dilation[0], g.dW = dilation[1];
+  ConvGeometry g = conv_geometry(input.size(0), input.size(1), weight.size(0), groups,
+                                 weight.size(2), weight.size(3), stride, padding, dilation);
+  g.H = input.size(2), g.W = input.size(3);
   const int64_t padded_h = g.H + 2 * g.pH, padded_w = g.W + 2 * g.pW;
   const int64_t extent_h = g.dH * (g.KH - 1) + 1, extent_w = g.dW * (g.KW - 1) + 1;
   if (padded_h < extent_h || padded_w < extent_w) {
@@ -139,18 +142,10 @@ ConvGeometry check_conv_transpose2d(const at::Tensor& input, const at::Tensor& w
               " stride_height: ", stride[0], " stride_width: ", stride[1],
               " dilation_height: ", dilation[0], " dilation_width: ", dilation[1]);
 
-  ConvGeometry g{};
-  g.N = input.size(0);
-  g.C_out = input.size(1);  // the forward conv's output is this op's input
-  g.C_in = weight.size(1) * groups;
-  g.groups = groups;
-  g.OH = input.size(2);
-  g.OW = input.size(3);
-  g.KH = weight.size(2);
-  g.KW = weight.size(3);
-  g.sH = stride[0], g.sW = stride[1];
-  g.pH = padding[0], g.pW = padding[1];
-  g.dH = dilation[0], g.dW = dilation[1];
+  // The forward conv's output is this op's input.
+  ConvGeometry g = conv_geometry(input.size(0), weight.size(1) * groups, input.size(1), groups,
+                                 weight.size(2), weight.size(3), stride, padding, dilation);
+  g.OH = input.size(2), g.OW = input.size(3);
   g.H = (g.OH - 1) * g.sH - 2 * g.pH + g.dH * (g.KH - 1) + output_padding[0] + 1;
   g.W = (g.OW - 1) * g.sW - 2 * g.pW + g.dW * (g.KW - 1) + output_padding[1] + 1;
   TORCH_CHECK(g.H > 0 && g.W > 0, "Given input size per channel: (", g.OH, " x ", g.OW,

@@ -8,6 +8,11 @@
 
 namespace convext {
 
+// The parts of a geometry that the arguments give; the caller fills in the spatial sizes.
+ConvGeometry conv_geometry(int64_t N, int64_t C_in, int64_t C_out, int64_t groups, int64_t KH,
+                           int64_t KW, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation);
+
 ConvGeometry check_conv2d(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);

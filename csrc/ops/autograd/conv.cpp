@@ -30,6 +30,21 @@ struct ConvParams {
     ctx->saved_data["channels_last"] = channels_last;
   }
 
+  // What conv2d's and conv_transpose2d's backwards need; the format of the grads is decided here,
+  // from the forward's input and weight, as torch does.
+  static ConvParams save_forward(AutogradContext* ctx, const at::Tensor& input,
+                                 const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, int64_t groups,
+                                 std::optional<bool> channels_last) {
+    const ConvParams p{stride.vec(), padding.vec(), dilation.vec(), groups,
+                       channels_last.value_or(conv_prefers_channels_last(input, weight))};
+    p.save(ctx);
+    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->save_for_backward({input, weight});
+    return p;
+  }
+
   static ConvParams load(AutogradContext* ctx) {
     return {ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
             ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt(),
@@ -76,11 +91,8 @@ class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
                             at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, int64_t groups,
                             std::optional<bool> channels_last) {
-    const ConvParams p{stride.vec(), padding.vec(), dilation.vec(), groups,
-                       channels_last.value_or(conv_prefers_channels_last(input, weight))};
-    p.save(ctx);
-    ctx->saved_data["has_bias"] = bias.has_value();
-    ctx->save_for_backward({input, weight});
+    const ConvParams p = ConvParams::save_forward(ctx, input, weight, bias, stride, padding,
+                                                  dilation, groups, channels_last);
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::conv2d(input, weight, bias, stride, padding, dilation, groups, p.channels_last);
   }
@@ -112,11 +124,8 @@ class ConvTranspose2dFunction : public torch::autograd::Function<ConvTranspose2d
                             at::IntArrayRef stride, at::IntArrayRef padding,
                             c10::SymIntArrayRef output_padding, int64_t groups,
                             at::IntArrayRef dilation, std::optional<bool> channels_last) {
-    const ConvParams p{stride.vec(), padding.vec(), dilation.vec(), groups,
-                       channels_last.value_or(conv_prefers_channels_last(input, weight))};
-    p.save(ctx);
-    ctx->saved_data["has_bias"] = bias.has_value();
-    ctx->save_for_backward({input, weight});
+    const ConvParams p = ConvParams::save_forward(ctx, input, weight, bias, stride, padding,
+                                                  dilation, groups, channels_last);
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
                                  dilation, p.channels_last);

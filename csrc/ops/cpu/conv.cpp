@@ -81,17 +81,10 @@ at::Tensor conv2d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& gra
   TORCH_CHECK(groups > 0 && input.size(1) % groups == 0 && grad_output.size(1) % groups == 0,
               "conv2d_weight_grad: groups=", groups, " must divide the ", input.size(1),
               " input and ", grad_output.size(1), " output channels");
-  ConvGeometry g{};
-  g.N = input.size(0);
-  g.C_in = input.size(1);
-  g.C_out = grad_output.size(1);
-  g.groups = groups;
+  ConvGeometry g = conv_geometry(input.size(0), input.size(1), grad_output.size(1), groups,
+                                 kernel_size[0], kernel_size[1], stride, padding, dilation);
   g.H = input.size(2), g.W = input.size(3);
   g.OH = grad_output.size(2), g.OW = grad_output.size(3);
-  g.KH = kernel_size[0], g.KW = kernel_size[1];
-  g.sH = stride[0], g.sW = stride[1];
-  g.pH = padding[0], g.pW = padding[1];
-  g.dH = dilation[0], g.dW = dilation[1];
   at::Tensor out = empty_conv_output(input, {g.C_out, g.C_in / groups, g.KH, g.KW}, channels_last);
   CONVEXT_DISPATCH_FLOATING(input.scalar_type(), "conv2d_weight_grad", [&] {
     if (out.numel() == 0) return;
