@@ -9,7 +9,15 @@ from torch import Tensor
 
 from . import _shape
 
-__all__ = ["conv2d", "conv_transpose2d"]
+__all__ = [
+    "conv2d",
+    "conv_transpose2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
+    "max_unpool2d",
+]
 
 
 def _batched(input: Tensor, op_name: str):
@@ -105,3 +113,56 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     out = torch.ops.convext.conv_transpose2d(x, weight, bias, stride, padding, output_padding,
                                              groups, dilation)
     return out.squeeze(0) if unbatched else out
+
+
+# --- pooling -------------------------------------------------------------------------------
+
+def _pool_stride(stride, kernel_size):
+    """None, [] and () all mean "the kernel size", as in torch."""
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        return _shape.pool_pair(kernel_size)
+    return _shape.pool_pair(stride)
+
+
+def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    """Same as :func:`torch.nn.functional.max_pool2d` (note: ``ceil_mode`` comes before
+    ``return_indices``), computed by convext. Indices are int64 offsets into each H*W plane."""
+    out, indices = torch.ops.convext.max_pool2d(
+        input, _shape.pool_pair(kernel_size), _pool_stride(stride, kernel_size),
+        _shape.pool_pair(padding), _shape.pool_pair(dilation), ceil_mode)
+    return (out, indices) if return_indices else out
+
+
+def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: Optional[int] = None) -> Tensor:
+    """Same as :func:`torch.nn.functional.avg_pool2d`, computed by convext."""
+    if input.dim() < 3:
+        # torch indexes dim -3 before checking the rank, and so raises this.
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-max(input.dim(), 1)}, "
+                         f"{max(input.dim(), 1) - 1}], but got -3)")
+    return torch.ops.convext.avg_pool2d(
+        input, _shape.pool_pair(kernel_size), _pool_stride(stride, kernel_size),
+        _shape.pool_pair(padding), ceil_mode, count_include_pad, divisor_override)
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
+    """Same as :func:`torch.nn.functional.adaptive_avg_pool2d`, computed by convext; an output
+    of 1x1 takes the global average pooling path."""
+    return torch.ops.convext.adaptive_avg_pool2d(input, _shape.adaptive_output_size(output_size, input))
+
+
+def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
+    """Same as :func:`torch.nn.functional.adaptive_max_pool2d`, computed by convext."""
+    out, indices = torch.ops.convext.adaptive_max_pool2d(input, _shape.adaptive_output_size(output_size, input))
+    return (out, indices) if return_indices else out
+
+
+def max_unpool2d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
+                 output_size=None) -> Tensor:
+    """Same as :func:`torch.nn.functional.max_unpool2d`, computed by convext."""
+    kernel_size = _shape.pool_pair(kernel_size)
+    stride = _shape.pool_pair(stride) if stride is not None else kernel_size
+    size = _shape.unpool_output_size(input, kernel_size, stride, _shape.pool_pair(padding),
+                                     output_size)
+    return torch.ops.convext.max_unpool2d(input, indices, size)

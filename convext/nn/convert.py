@@ -1,12 +1,18 @@
 import torch
 
 from .conv import Conv2d, ConvTranspose2d
+from .pool import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 
 # torch layer type -> convext subclass. Exact types only: a user's subclass of a torch layer may
 # override forward, and swapping its class would drop that.
 _REPLACEMENTS = {
     torch.nn.Conv2d: Conv2d,
     torch.nn.ConvTranspose2d: ConvTranspose2d,
+    torch.nn.MaxPool2d: MaxPool2d,
+    torch.nn.AvgPool2d: AvgPool2d,
+    torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
+    torch.nn.AdaptiveMaxPool2d: AdaptiveMaxPool2d,
+    torch.nn.MaxUnpool2d: MaxUnpool2d,
 }
 
 

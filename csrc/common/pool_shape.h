@@ -1,0 +1,49 @@
+#pragma once
+// Argument checks (with torch's wording) and shape math for the pooling ops. Every pooling op
+// takes a 3-D (C, H, W) or 4-D (N, C, H, W) input, as torch's do; the kernels see 4-D views.
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+namespace convext {
+
+// Sizes of a pooling op: input planes H x W, output planes OH x OW, N x C of each, and the window
+// parameters (unused by adaptive pooling, whose windows are bins).
+struct PoolGeometry {
+  int64_t N, C, H, W, OH, OW;
+  int64_t kH, kW, sH, sW, pH, pW, dH, dW;
+};
+
+// torch's pooling_output_shape (with its checks): floor or ceil mode, and in ceil mode no
+// window may start in the right padding.
+int64_t pool_output_size(int64_t in, int64_t k, int64_t pad, int64_t stride, int64_t dilation,
+                         bool ceil_mode);
+
+PoolGeometry check_max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                              at::IntArrayRef stride, at::IntArrayRef padding,
+                              at::IntArrayRef dilation, bool ceil_mode);
+
+PoolGeometry check_avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                              at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                              std::optional<int64_t> divisor_override);
+
+// op_name is "adaptive_avg_pool2d" or "adaptive_max_pool2d": their messages differ.
+PoolGeometry check_adaptive_pool2d(const at::Tensor& input, at::IntArrayRef output_size,
+                                   const char* op_name);
+
+PoolGeometry check_max_unpool2d(const at::Tensor& input, const at::Tensor& indices,
+                                at::IntArrayRef output_size);
+
+// Geometry of a pooling backward: the forward's input sizes (H, W) and grad_output's sizes.
+PoolGeometry pool_backward_geometry(const at::Tensor& grad_output, at::IntArrayRef input_size);
+
+// torch's rule for pooling outputs and grads: the input's suggested format (4-D inputs only).
+bool pool_prefers_channels_last(const at::Tensor& input);
+
+// The 4-D view of a 3-D or 4-D tensor, and the output shape in the input's rank.
+at::Tensor as_batched(const at::Tensor& t);
+std::vector<int64_t> pool_output_sizes(const at::Tensor& input, int64_t C, int64_t H, int64_t W);
+
+}  // namespace convext

@@ -1,0 +1,555 @@
+// CPU kernels of the pooling ops. Forward passes have two loop orders: per (n, c) plane for
+// NCHW and other strides, and channels-innermost for channels_last inputs, so both read memory
+// in order. Backward passes scatter into a per-plane accumulator in the accumulation type (float
+// for half types), so each plane is owned by one thread and results are deterministic.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "common/conv_geometry.h"
+#include "common/pool_shape.h"
+
+namespace convext {
+namespace {
+
+template <typename T>
+using acc_t = at::opmath_type<T>;
+
+// The windows along one axis, per output index: input range [lo, hi) in steps of `step`, and the
+// window size `count` that an average divides by (see each constructor).
+struct Axis {
+  std::vector<int64_t> lo, hi, count;
+  int64_t step = 1;
+
+  // Max pooling: dilated windows clipped to the input (torch's start/end rule).
+  static Axis max_pool(int64_t out, int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
+    Axis a;
+    a.step = d;
+    for (int64_t o = 0; o < out; ++o) {
+      int64_t start = o * s - p;
+      const int64_t end = std::min(start + (k - 1) * d + 1, in);
+      while (start < 0) start += d;
+      a.lo.push_back(start), a.hi.push_back(end), a.count.push_back(0);
+    }
+    return a;
+  }
+
+  // Average pooling: `count` includes padding but not the ceil-mode overhang past it.
+  static Axis avg_pool(int64_t out, int64_t in, int64_t k, int64_t s, int64_t p,
+                       bool count_include_pad) {
+    Axis a;
+    for (int64_t o = 0; o < out; ++o) {
+      const int64_t start = o * s - p, end = std::min(start + k, in + p);
+      const int64_t lo = std::max<int64_t>(start, 0), hi = std::min(end, in);
+      a.lo.push_back(lo), a.hi.push_back(hi);
+      a.count.push_back(count_include_pad ? end - start : std::max<int64_t>(hi - lo, 0));
+    }
+    return a;
+  }
+
+  // Adaptive pooling: bin o spans [floor(o*in/out), ceil((o+1)*in/out)).
+  static Axis adaptive(int64_t out, int64_t in) {
+    Axis a;
+    for (int64_t o = 0; o < out; ++o) {
+      const int64_t lo = (o * in) / out, hi = ((o + 1) * in + out - 1) / out;
+      a.lo.push_back(lo), a.hi.push_back(hi), a.count.push_back(hi - lo);
+    }
+    return a;
+  }
+};
+
+struct Windows {
+  Axis h, w;
+};
+
+template <typename T>
+View4<T> view4(const at::Tensor& t4) {
+  return {static_cast<T*>(t4.data_ptr()), t4.stride(0), t4.stride(1), t4.stride(2), t4.stride(3)};
+}
+
+template <typename T>
+View4<const T> cview4(const at::Tensor& t4) {
+  return {static_cast<const T*>(t4.const_data_ptr()), t4.stride(0), t4.stride(1), t4.stride(2),
+          t4.stride(3)};
+}
+
+at::MemoryFormat pool_format(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// An output of `input`'s rank (3-D or 4-D) in the given format, and its 4-D view.
+std::pair<at::Tensor, at::Tensor> empty_pool_output(const at::Tensor& input, int64_t C, int64_t H,
+                                                    int64_t W, bool channels_last,
+                                                    at::ScalarType dtype) {
+  at::Tensor out = at::empty(pool_output_sizes(input, C, H, W),
+                             input.options().dtype(dtype).memory_format(pool_format(channels_last)));
+  return {out, as_batched(out)};
+}
+
+// NaN wins, and among NaNs the last; ties keep the first: torch's rule.
+template <typename A>
+inline bool takes_max(A v, A best) {
+  if constexpr (std::is_floating_point_v<A>) return v > best || std::isnan(v);
+  return v > best;
+}
+
+template <typename A>
+constexpr A lowest() {
+  if constexpr (std::is_floating_point_v<A>) return -std::numeric_limits<A>::infinity();
+  return std::numeric_limits<A>::lowest();
+}
+
+// --- max pooling (windows or adaptive bins), with indices -------------------------------------
+
+template <typename T>
+void max_pool_planar(View4<const T> x, View4<T> y, View4<int64_t> ind, const PoolGeometry& g,
+                     const Windows& win) {
+  using A = acc_t<T>;
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / g.C, c = plane % g.C;
+      const T* in = x.data + n * x.sN + c * x.sC;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          A best = lowest<A>();
+          int64_t best_index = win.h.lo[oh] * g.W + win.w.lo[ow];
+          for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ih += win.h.step) {
+            for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; iw += win.w.step) {
+              const A v = static_cast<A>(in[ih * x.sH + iw * x.sW]);
+              if (takes_max(v, best)) best = v, best_index = ih * g.W + iw;
+            }
+          }
+          const int64_t o = n * y.sN + c * y.sC + oh * y.sH + ow * y.sW;
+          y.data[o] = static_cast<T>(best);
+          ind.data[n * ind.sN + c * ind.sC + oh * ind.sH + ow * ind.sW] = best_index;
+        }
+      }
+    }
+  });
+}
+
+// x, y and ind are channels_last and dense: channels are contiguous at every position.
+template <typename T>
+void max_pool_channels_last(View4<const T> x, View4<T> y, View4<int64_t> ind,
+                            const PoolGeometry& g, const Windows& win) {
+  using A = acc_t<T>;
+  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> best(g.C);
+    std::vector<int64_t> best_index(g.C);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.OH, oh = row % g.OH;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        std::fill(best.begin(), best.end(), lowest<A>());
+        std::fill(best_index.begin(), best_index.end(), win.h.lo[oh] * g.W + win.w.lo[ow]);
+        for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ih += win.h.step) {
+          for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; iw += win.w.step) {
+            const T* in = x.data + n * x.sN + ih * x.sH + iw * x.sW;
+            const int64_t index = ih * g.W + iw;
+            for (int64_t c = 0; c < g.C; ++c) {
+              const A v = static_cast<A>(in[c]);
+              if (takes_max(v, best[c])) best[c] = v, best_index[c] = index;
+            }
+          }
+        }
+        T* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
+        int64_t* out_index = ind.data + n * ind.sN + oh * ind.sH + ow * ind.sW;
+        for (int64_t c = 0; c < g.C; ++c) out[c] = static_cast<T>(best[c]), out_index[c] = best_index[c];
+      }
+    }
+  });
+}
+
+// --- average pooling (windows or adaptive bins) ---------------------------------------------
+
+// divisor: 0 for "the window's count", else divisor_override.
+template <typename T>
+void avg_pool_planar(View4<const T> x, View4<T> y, const PoolGeometry& g, const Windows& win,
+                     int64_t divisor) {
+  using A = acc_t<T>;
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / g.C, c = plane % g.C;
+      const T* in = x.data + n * x.sN + c * x.sC;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          A sum = A(0);
+          for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
+            for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) sum += static_cast<A>(in[ih * x.sH + iw * x.sW]);
+          }
+          const A div = static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
+          y.data[n * y.sN + c * y.sC + oh * y.sH + ow * y.sW] = static_cast<T>(div != A(0) ? sum / div : A(0));
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void avg_pool_channels_last(View4<const T> x, View4<T> y, const PoolGeometry& g,
+                            const Windows& win, int64_t divisor) {
+  using A = acc_t<T>;
+  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> sum(g.C);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.OH, oh = row % g.OH;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        std::fill(sum.begin(), sum.end(), A(0));
+        for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
+          for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) {
+            const T* in = x.data + n * x.sN + ih * x.sH + iw * x.sW;
+            for (int64_t c = 0; c < g.C; ++c) sum[c] += static_cast<A>(in[c]);
+          }
+        }
+        const A div = static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
+        T* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
+        for (int64_t c = 0; c < g.C; ++c) out[c] = static_cast<T>(div != A(0) ? sum[c] / div : A(0));
+      }
+    }
+  });
+}
+
+// Global average pooling: one mean per plane, reading each plane (or, channels_last, each
+// image) front to back.
+template <typename T>
+void global_avg_pool(View4<const T> x, View4<T> y, const PoolGeometry& g, bool channels_last) {
+  using A = acc_t<T>;
+  const int64_t HW = g.H * g.W;
+  if (channels_last) {
+    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<A> sum(g.C);
+      for (int64_t n = begin; n < end; ++n) {
+        std::fill(sum.begin(), sum.end(), A(0));
+        const T* in = x.data + n * x.sN;
+        for (int64_t p = 0; p < HW; ++p) {
+          for (int64_t c = 0; c < g.C; ++c) sum[c] += static_cast<A>(in[p * g.C + c]);
+        }
+        for (int64_t c = 0; c < g.C; ++c) y.data[n * y.sN + c * y.sC] = static_cast<T>(sum[c] / A(HW));
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / g.C, c = plane % g.C;
+      const T* in = x.data + n * x.sN + c * x.sC;
+      A sum = A(0);
+      if (x.sW == 1 && x.sH == g.W) {
+        for (int64_t p = 0; p < HW; ++p) sum += static_cast<A>(in[p]);
+      } else {
+        for (int64_t h = 0; h < g.H; ++h) {
+          for (int64_t w = 0; w < g.W; ++w) sum += static_cast<A>(in[h * x.sH + w * x.sW]);
+        }
+      }
+      y.data[n * y.sN + c * y.sC] = static_cast<T>(sum / A(HW));
+    }
+  });
+}
+
+// Backward of an average: each output's grad, divided as in the forward, spread over its window.
+template <typename T>
+void avg_pool_backward_planar(View4<const T> gy, View4<T> gx, const PoolGeometry& g,
+                              const Windows& win, int64_t divisor) {
+  using A = acc_t<T>;
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> acc(g.H * g.W);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / g.C, c = plane % g.C;
+      std::fill(acc.begin(), acc.end(), A(0));
+      const T* src = gy.data + n * gy.sN + c * gy.sC;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const A div = static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
+          if (div == A(0)) continue;
+          const A v = static_cast<A>(src[oh * gy.sH + ow * gy.sW]) / div;
+          for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
+            for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) acc[ih * g.W + iw] += v;
+          }
+        }
+      }
+      T* dst = gx.data + n * gx.sN + c * gx.sC;
+      for (int64_t h = 0; h < g.H; ++h) {
+        for (int64_t w = 0; w < g.W; ++w) dst[h * gx.sH + w * gx.sW] = static_cast<T>(acc[h * g.W + w]);
+      }
+    }
+  });
+}
+
+// --- indexed scatter and gather (max pooling's backward, unpooling) --------------------------
+
+// Large planes (H x W) and small ones (OH x OW) of the same N x C; indices index the large plane.
+// An index out of range is reported after the loop, the last one in plane order (as torch's
+// sequential loop would), so the message does not depend on the threads.
+class IndexErrors {
+ public:
+  explicit IndexErrors(const PoolGeometry& g) : last_(g.N * g.C), seen_(g.N * g.C, 0), g_(g) {}
+
+  bool ok(int64_t plane, int64_t index) {
+    if (index >= 0 && index < g_.H * g_.W) return true;
+    last_[plane] = index, seen_[plane] = 1;
+    return false;
+  }
+
+  void raise_if_any() const {
+    for (int64_t plane = static_cast<int64_t>(seen_.size()) - 1; plane >= 0; --plane) {
+      TORCH_CHECK(!seen_[plane], "Found an invalid max index: ", last_[plane],
+                  " (output volumes are of size ", g_.H, "x", g_.W, ")");
+    }
+  }
+
+ private:
+  std::vector<int64_t> last_;
+  std::vector<char> seen_;  // one byte per plane: each written by the plane's one thread
+  const PoolGeometry& g_;
+};
+
+// Large plane = small values scattered to their indices: added (add) or assigned, the last write
+// winning, as torch's unpooling does.
+template <typename T>
+void scatter_planes(View4<const T> small, View4<const int64_t> ind, View4<T> large,
+                    const PoolGeometry& g, bool add) {
+  using A = acc_t<T>;
+  IndexErrors errors(g);
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> acc(g.H * g.W);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / g.C, c = plane % g.C;
+      std::fill(acc.begin(), acc.end(), A(0));
+      const T* src = small.data + n * small.sN + c * small.sC;
+      const int64_t* idx = ind.data + n * ind.sN + c * ind.sC;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const int64_t i = idx[oh * ind.sH + ow * ind.sW];
+          if (!errors.ok(plane, i)) continue;
+          const A v = static_cast<A>(src[oh * small.sH + ow * small.sW]);
+          acc[i] = add ? acc[i] + v : v;
+        }
+      }
+      T* dst = large.data + n * large.sN + c * large.sC;
+      for (int64_t h = 0; h < g.H; ++h) {
+        for (int64_t w = 0; w < g.W; ++w) dst[h * large.sH + w * large.sW] = static_cast<T>(acc[h * g.W + w]);
+      }
+    }
+  });
+  errors.raise_if_any();
+}
+
+template <typename T>
+void gather_planes(View4<const T> large, View4<const int64_t> ind, View4<T> small,
+                   const PoolGeometry& g) {
+  IndexErrors errors(g);
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / g.C, c = plane % g.C;
+      const T* src = large.data + n * large.sN + c * large.sC;
+      const int64_t* idx = ind.data + n * ind.sN + c * ind.sC;
+      T* dst = small.data + n * small.sN + c * small.sC;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const int64_t i = idx[oh * ind.sH + ow * ind.sW];
+          dst[oh * small.sH + ow * small.sW] =
+              errors.ok(plane, i) ? src[(i / g.W) * large.sH + (i % g.W) * large.sW] : T(0);
+        }
+      }
+    }
+  });
+  errors.raise_if_any();
+}
+
+// --- op entry points ------------------------------------------------------------------------
+
+// Op names for the dtype dispatch's error message (template arguments: it needs constants).
+constexpr char kMaxPool2d[] = "max_pool2d";
+constexpr char kAdaptiveMaxPool2d[] = "adaptive_max_pool2d";
+constexpr char kAvgPool2d[] = "avg_pool2d";
+constexpr char kAdaptiveAvgPool2d[] = "adaptive_avg_pool2d";
+constexpr char kAvgPool2dBackward[] = "avg_pool2d_backward";
+constexpr char kAdaptiveAvgPool2dBackward[] = "adaptive_avg_pool2d_backward";
+
+// Adaptive pooling takes floating types only (the shared kernels take more).
+void check_floating(const at::Tensor& input, const char* name) {
+  TORCH_CHECK_NOT_IMPLEMENTED(at::isFloatingType(input.scalar_type()), "\"", name,
+                              "\" not implemented for '", c10::toString(input.scalar_type()), "'");
+}
+
+template <const char* name>
+std::tuple<at::Tensor, at::Tensor> max_pool_impl(const at::Tensor& input, const PoolGeometry& g,
+                                                 const Windows& win) {
+  const bool cl = pool_prefers_channels_last(input);
+  auto [out, out4] = empty_pool_output(input, g.C, g.OH, g.OW, cl, input.scalar_type());
+  auto [ind, ind4] = empty_pool_output(input, g.C, g.OH, g.OW, cl, at::kLong);
+  const at::Tensor x4 = cl ? input.contiguous(at::MemoryFormat::ChannelsLast) : as_batched(input);
+  AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), name, [&] {
+    if (out.numel() == 0) return;
+    if (cl) {
+      max_pool_channels_last(cview4<scalar_t>(x4), view4<scalar_t>(out4), view4<int64_t>(ind4), g, win);
+    } else {
+      max_pool_planar(cview4<scalar_t>(x4), view4<scalar_t>(out4), view4<int64_t>(ind4), g, win);
+    }
+  });
+  return {out, ind};
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
+                                                  at::IntArrayRef kernel_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, bool ceil_mode) {
+  const PoolGeometry g = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
+  const Windows win{Axis::max_pool(g.OH, g.H, g.kH, g.sH, g.pH, g.dH),
+                    Axis::max_pool(g.OW, g.W, g.kW, g.sW, g.pW, g.dW)};
+  return max_pool_impl<kMaxPool2d>(input, g, win);
+}
+
+std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& input,
+                                                           at::IntArrayRef output_size) {
+  const PoolGeometry g = check_adaptive_pool2d(input, output_size, kAdaptiveMaxPool2d);
+  check_floating(input, kAdaptiveMaxPool2d);
+  return max_pool_impl<kAdaptiveMaxPool2d>(input, g,
+                                           {Axis::adaptive(g.OH, g.H), Axis::adaptive(g.OW, g.W)});
+}
+
+#define CONVEXT_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// divisor: 0 for the windows' own counts.
+template <const char* name>
+at::Tensor avg_pool_impl(const at::Tensor& input, const PoolGeometry& g, const Windows& win,
+                         int64_t divisor) {
+  const bool cl = pool_prefers_channels_last(input);
+  auto [out, out4] = empty_pool_output(input, g.C, g.OH, g.OW, cl, input.scalar_type());
+  const at::Tensor x4 = cl ? input.contiguous(at::MemoryFormat::ChannelsLast) : as_batched(input);
+  // torch averages int64 too (with integer division); other integer types are not implemented.
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kLong, input.scalar_type(), name, [&] {
+    if (out.numel() == 0) return;
+    const bool whole_plane = g.OH == 1 && g.OW == 1 && win.h.lo[0] == 0 && win.h.hi[0] == g.H &&
+                             win.w.lo[0] == 0 && win.w.hi[0] == g.W && win.h.count[0] == g.H &&
+                             win.w.count[0] == g.W;
+    if (whole_plane && divisor == 0) {
+      global_avg_pool(cview4<scalar_t>(x4), view4<scalar_t>(out4), g, cl);
+    } else if (cl) {
+      avg_pool_channels_last(cview4<scalar_t>(x4), view4<scalar_t>(out4), g, win, divisor);
+    } else {
+      avg_pool_planar(cview4<scalar_t>(x4), view4<scalar_t>(out4), g, win, divisor);
+    }
+  });
+  return out;
+}
+
+at::Tensor avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                          at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                          bool count_include_pad, std::optional<int64_t> divisor_override) {
+  const PoolGeometry g = check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode,
+                                          divisor_override);
+  const Windows win{Axis::avg_pool(g.OH, g.H, g.kH, g.sH, g.pH, count_include_pad),
+                    Axis::avg_pool(g.OW, g.W, g.kW, g.sW, g.pW, count_include_pad)};
+  return avg_pool_impl<kAvgPool2d>(input, g, win, divisor_override.value_or(0));
+}
+
+at::Tensor adaptive_avg_pool2d_cpu(const at::Tensor& input, at::IntArrayRef output_size) {
+  const PoolGeometry g = check_adaptive_pool2d(input, output_size, kAdaptiveAvgPool2d);
+  check_floating(input, kAdaptiveAvgPool2d);
+  return avg_pool_impl<kAdaptiveAvgPool2d>(
+      input, g, {Axis::adaptive(g.OH, g.H), Axis::adaptive(g.OW, g.W)}, 0);
+}
+
+template <const char* name>
+at::Tensor avg_pool_backward_impl(const at::Tensor& grad_output, const PoolGeometry& g,
+                                  const Windows& win, int64_t divisor, bool channels_last) {
+  auto [gx, gx4] = empty_pool_output(grad_output, g.C, g.H, g.W, channels_last,
+                                     grad_output.scalar_type());
+  const at::Tensor gy4 = as_batched(grad_output);
+  CONVEXT_DISPATCH_FLOATING(grad_output.scalar_type(), name, [&] {
+    if (gx.numel() == 0) return;
+    avg_pool_backward_planar(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g, win, divisor);
+  });
+  return gx;
+}
+
+at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, at::IntArrayRef input_size,
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                   std::optional<int64_t> divisor_override, bool channels_last) {
+  const PoolGeometry g = pool_backward_geometry(grad_output, input_size);
+  for (int i = 0; i < 2; ++i) {
+    TORCH_CHECK(grad_output.size(-2 + i) == pool_output_size(input_size[i], kernel_size[i], padding[i],
+                                                              stride[i], 1, ceil_mode),
+                "avg_pool2d_backward: grad_output of size ", grad_output.sizes(),
+                " does not match the pooled size of an input of ", input_size);
+  }
+  const Windows win{Axis::avg_pool(g.OH, g.H, kernel_size[0], stride[0], padding[0], count_include_pad),
+                    Axis::avg_pool(g.OW, g.W, kernel_size[1], stride[1], padding[1], count_include_pad)};
+  return avg_pool_backward_impl<kAvgPool2dBackward>(grad_output, g, win,
+                                                    divisor_override.value_or(0), channels_last);
+}
+
+at::Tensor adaptive_avg_pool2d_backward_cpu(const at::Tensor& grad_output,
+                                            at::IntArrayRef input_size, bool channels_last) {
+  const PoolGeometry g = pool_backward_geometry(grad_output, input_size);
+  return avg_pool_backward_impl<kAdaptiveAvgPool2dBackward>(
+      grad_output, g, {Axis::adaptive(g.OH, g.H), Axis::adaptive(g.OW, g.W)}, 0, channels_last);
+}
+
+at::Tensor max_unpool2d_cpu(const at::Tensor& input, const at::Tensor& indices,
+                            at::IntArrayRef output_size) {
+  const PoolGeometry g = check_max_unpool2d(input, indices, output_size);
+  auto [out, out4] = empty_pool_output(input, g.C, g.H, g.W, pool_prefers_channels_last(input),
+                                       input.scalar_type());
+  CONVEXT_DISPATCH_FLOATING(input.scalar_type(), "max_unpool2d", [&] {
+    if (out.numel() == 0) return;
+    scatter_planes(cview4<scalar_t>(as_batched(input)), cview4<int64_t>(as_batched(indices)),
+                   view4<scalar_t>(out4), g, /*add=*/false);
+  });
+  return out;
+}
+
+at::Tensor pool_scatter_add_cpu(const at::Tensor& values, const at::Tensor& indices,
+                                at::IntArrayRef size, bool channels_last) {
+  TORCH_CHECK(values.sizes() == indices.sizes() && indices.scalar_type() == at::kLong,
+              "pool_scatter_add: values and int64 indices must have the same shape");
+  const PoolGeometry g = pool_backward_geometry(values, size);
+  auto [out, out4] = empty_pool_output(values, g.C, g.H, g.W, channels_last, values.scalar_type());
+  CONVEXT_DISPATCH_FLOATING(values.scalar_type(), "pool_scatter_add", [&] {
+    if (out.numel() == 0) return;
+    scatter_planes(cview4<scalar_t>(as_batched(values)), cview4<int64_t>(as_batched(indices)),
+                   view4<scalar_t>(out4), g, /*add=*/true);
+  });
+  return out;
+}
+
+at::Tensor pool_gather_cpu(const at::Tensor& input, const at::Tensor& indices) {
+  TORCH_CHECK(input.dim() == indices.dim() && (input.dim() == 3 || input.dim() == 4) &&
+                  indices.scalar_type() == at::kLong,
+              "pool_gather: expected input and int64 indices of the same rank, 3 or 4");
+  const PoolGeometry g = pool_backward_geometry(indices, {input.size(-2), input.size(-1)});
+  auto [out, out4] = empty_pool_output(indices, g.C, g.OH, g.OW, false, input.scalar_type());
+  CONVEXT_DISPATCH_FLOATING(input.scalar_type(), "pool_gather", [&] {
+    if (out.numel() == 0) return;
+    gather_planes(cview4<scalar_t>(as_batched(input)), cview4<int64_t>(as_batched(indices)),
+                  view4<scalar_t>(out4), g);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(convext, CPU, m) {
+  m.impl("max_pool2d", &max_pool2d_cpu);
+  m.impl("adaptive_max_pool2d", &adaptive_max_pool2d_cpu);
+  m.impl("avg_pool2d", &avg_pool2d_cpu);
+  m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_cpu);
+  m.impl("avg_pool2d_backward", &avg_pool2d_backward_cpu);
+  m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_cpu);
+  m.impl("max_unpool2d", &max_unpool2d_cpu);
+  m.impl("pool_scatter_add", &pool_scatter_add_cpu);
+  m.impl("pool_gather", &pool_gather_cpu);
+}
+
+}  // namespace convext

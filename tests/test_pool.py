@@ -1,0 +1,401 @@
+"""The pooling ops against torch: values, indices, grads, memory formats, errors (every grid point
+either matches torch's result or torch's error), ties and NaN, autograd to second order, opcheck,
+torch.compile and export; the modules, GlobalAvgPool2d and convert()."""
+import itertools
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+
+import convext
+import convext.functional as CF
+import convext.nn as cnn
+from utils import FLOAT_DTYPES, LAYOUTS, assert_close_to_reference, make_layout, same_layout
+
+
+def _run(fn, x, kwargs):
+    """fn's outputs (a tuple), and the grad of x for a fixed grad of the first output, or the
+    exception it raised."""
+    try:
+        outs = fn(x, **kwargs)
+    except Exception as e:  # noqa: BLE001 - compared with torch's below
+        return e
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    if not x.requires_grad:
+        return outs, None
+    gy = torch.randn(outs[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return outs, torch.autograd.grad(outs[0], x, gy.to(outs[0].dtype))[0]
+
+
+def _first_line(error: Exception) -> str:
+    return re.sub(r"invalid max index: -?\d+", "invalid max index: N", str(error).split("\n")[0])
+
+
+def _check_against_torch(name, x, kwargs, layout):
+    """convext's `name` on x (laid out as `layout`) against torch's: the same error, or the same
+    values (against float64), indices, grads and memory formats."""
+    dtype = x.dtype
+    floating = dtype.is_floating_point
+    ours_in = make_layout(x, layout).requires_grad_(floating)
+    ours = _run(getattr(CF, name), ours_in, kwargs)
+    native = _run(getattr(F, name), make_layout(x, layout).requires_grad_(floating), kwargs)
+    if isinstance(native, Exception):
+        assert isinstance(ours, type(native)), f"torch raised {native!r}, convext gave {ours!r}"
+        # Which invalid index torch reports depends on its threads' race; convext reports the
+        # last in plane order.
+        assert _first_line(ours) == _first_line(native)
+        return
+    assert not isinstance(ours, Exception), f"convext raised {ours!r}"
+    (outs, grad), (native_outs, native_grad) = ours, native
+    reference = native
+    if dtype in (torch.bfloat16, torch.float16):
+        reference = _run(getattr(F, name), x.double().requires_grad_(), kwargs)
+    ref_outs, ref_grad = reference
+    assert len(outs) == len(native_outs)
+    for o, n, r in zip(outs, native_outs, ref_outs):
+        assert o.dtype == n.dtype and o.shape == n.shape
+        if o.dtype == torch.int64 and len(outs) == 2 and o is outs[1]:
+            assert torch.equal(o, n)  # indices: exact
+        elif floating:
+            assert_close_to_reference(o, r.double())
+        else:
+            assert torch.equal(o, n)
+        if o.dim() == 4:
+            assert same_layout(o, n), (o.stride(), n.stride())
+    if floating:
+        assert_close_to_reference(grad, ref_grad.double())
+        if grad.dim() == 4:
+            assert same_layout(grad, native_grad), (grad.stride(), native_grad.stride())
+
+
+def _input(dtype, shape=(2, 3, 9, 8)):
+    gen = torch.Generator().manual_seed(0)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    # Integers: small values, so windows hold ties.
+    return torch.randint(-20 if dtype != torch.uint8 else 0, 20, shape, generator=gen).to(dtype)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("kernel,stride,padding,dilation,ceil_mode", list(itertools.product(
+    [1, 2, 3, (3, 2)], [None, 1, 2, (2, 1)], [0, 1], [1, 2], [False, True])))
+def test_max_pool2d_matches_torch(kernel, stride, padding, dilation, ceil_mode, dtype, layout):
+    kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation,
+                  ceil_mode=ceil_mode, return_indices=True)
+    _check_against_torch("max_pool2d", _input(dtype), kwargs, layout)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), ((3, 2), 1, (1, 0))])
+def test_max_pool2d_integer_dtypes(kernel, stride, padding, dtype, layout):
+    kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, return_indices=True)
+    _check_against_torch("max_pool2d", _input(dtype), kwargs, layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode,count_include_pad,divisor", list(itertools.product(
+    [1, 2, 3, (3, 2)], [None, 2, (2, 1)], [0, 1], [False, True], [True, False], [None, 3, -2])))
+def test_avg_pool2d_matches_torch(kernel, stride, padding, ceil_mode, count_include_pad, divisor,
+                                  dtype, layout):
+    kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                  count_include_pad=count_include_pad, divisor_override=divisor)
+    _check_against_torch("avg_pool2d", _input(dtype), kwargs, layout)
+
+
+def test_avg_pool2d_int64():
+    # torch averages int64 with integer division; so does convext.
+    _check_against_torch("avg_pool2d", _input(torch.int64), dict(kernel_size=3, stride=1, padding=1), "contiguous")
+
+
+def test_avg_pool2d_ceil_mode_divisor():
+    # The parity page's example: the divisor counts padding but not the ceil overhang.
+    out = CF.avg_pool2d(torch.ones(1, 1, 1, 6), (1, 3), (1, 2), (0, 1), ceil_mode=True)
+    torch.testing.assert_close(out.flatten(), torch.tensor([2 / 3, 1, 1, 0.5]))
+
+
+ADAPTIVE_SIZES = [1, 2, 5, (3, None), (None, 2), (4, 7), (12, 11)]  # (12, 11): larger than input
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("output_size", ADAPTIVE_SIZES, ids=str)
+@pytest.mark.parametrize("name", ["adaptive_avg_pool2d", "adaptive_max_pool2d"])
+def test_adaptive_pools_match_torch(name, output_size, dtype, layout):
+    kwargs = dict(output_size=output_size)
+    if name == "adaptive_max_pool2d":
+        kwargs["return_indices"] = True
+    _check_against_torch(name, _input(dtype), kwargs, layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("kernel,stride,padding,output_size", [
+    (2, None, 0, None), (3, 2, 1, None), ((3, 2), (2, 1), (1, 0), None), (2, 2, 0, [9, 9]),
+    (3, 2, 1, [2, 3, 9, 8]),
+])
+def test_max_unpool2d_matches_torch(kernel, stride, padding, output_size, dtype, layout):
+    x = _input(dtype)
+    pooled, indices = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
+    # torch's own backward fails on non-dense indices ("view size is not compatible"), so only
+    # the values take the strided layout.
+    indices = indices if layout == "strided" else make_layout(indices, layout)
+    kwargs = dict(indices=indices, kernel_size=kernel, stride=stride,
+                  padding=padding, output_size=output_size)
+    _check_against_torch("max_unpool2d", pooled, kwargs, layout)
+
+
+# --- ties, NaN, infinities ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name,kwargs", [
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=1, return_indices=True)),
+    ("max_pool2d", dict(kernel_size=2, dilation=2, ceil_mode=True, return_indices=True)),
+    ("adaptive_max_pool2d", dict(output_size=(3, 5), return_indices=True)),
+])
+@pytest.mark.parametrize("fill", ["ties", "nan", "-inf"])
+def test_ties_and_nan(name, kwargs, fill, layout):
+    x = torch.zeros(2, 3, 9, 8)
+    if fill == "nan":
+        x = torch.randn(2, 3, 9, 8)
+        x[0, 0, 2, 3] = x[1, 2, 5, 5] = x[1, 2, 5, 6] = x[0, 1, 0, 0] = float("nan")
+    elif fill == "-inf":
+        x[:] = float("-inf")
+    _check_against_torch(name, x, kwargs, layout)
+
+
+# --- batch shapes -------------------------------------------------------------------------------
+
+POOL_CALLS = [
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=1, return_indices=True)),
+    ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1)),
+    ("adaptive_avg_pool2d", dict(output_size=(3, 2))),
+    ("adaptive_avg_pool2d", dict(output_size=1)),
+    ("adaptive_max_pool2d", dict(output_size=(3, 2), return_indices=True)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", POOL_CALLS)
+@pytest.mark.parametrize("shape", [(3, 9, 8), (0, 3, 9, 8)], ids=["unbatched", "batch0"])
+def test_batch_shapes(name, kwargs, shape):
+    _check_against_torch(name, _input(torch.float32, shape), kwargs, "contiguous")
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def _x(*shape, dtype=torch.float32):
+    return torch.randn(*shape).to(dtype)
+
+
+_IDX = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+
+ERROR_CASES = {
+    "max_kernel0": lambda f: f.max_pool2d(_x(1, 2, 5, 5), 0),
+    "max_stride0": lambda f: f.max_pool2d(_x(1, 2, 5, 5), 2, 0),
+    "max_dilation0": lambda f: f.max_pool2d(_x(1, 2, 5, 5), 2, 1, 0, 0),
+    "max_pad_half": lambda f: f.max_pool2d(_x(1, 2, 5, 5), 3, 1, 2),
+    "max_pad_negative": lambda f: f.max_pool2d(_x(1, 2, 5, 5), 3, 1, -1),
+    "max_pad_dilated": lambda f: f.max_pool2d(_x(1, 2, 9, 9), 2, 1, 2, 3),
+    "max_2d": lambda f: f.max_pool2d(_x(5, 5), 2),
+    "max_5d": lambda f: f.max_pool2d(_x(1, 1, 1, 5, 5), 2),
+    "max_channels0": lambda f: f.max_pool2d(_x(2, 0, 8, 8), 2),
+    "max_height0_cl": lambda f: f.max_pool2d(_x(1, 2, 0, 4).contiguous(memory_format=torch.channels_last), 2),
+    "max_too_small": lambda f: f.max_pool2d(_x(1, 2, 2), 3),
+    "max_bool": lambda f: f.max_pool2d(_x(1, 2, 4, 4, dtype=torch.bool), 2),
+    "max_kernel3": lambda f: f.max_pool2d(_x(1, 2, 4, 4), (2, 2, 2)),
+    "max_stride3": lambda f: f.max_pool2d(_x(1, 2, 4, 4), 2, (2, 2, 2)),
+    "avg_divisor0": lambda f: f.avg_pool2d(_x(1, 2, 4, 4), 2, divisor_override=0),
+    "avg_kernel0": lambda f: f.avg_pool2d(_x(1, 2, 4, 4), 0),
+    "avg_pad_half": lambda f: f.avg_pool2d(_x(1, 2, 4, 4), 2, 1, 2),
+    "avg_too_small": lambda f: f.avg_pool2d(_x(1, 2, 2), 3),
+    "avg_2d": lambda f: f.avg_pool2d(_x(4, 4), 2),
+    "avg_bool": lambda f: f.avg_pool2d(_x(1, 2, 4, 4, dtype=torch.bool), 2),
+    "avg_int32": lambda f: f.avg_pool2d(_x(1, 2, 4, 4, dtype=torch.int32), 2),
+    "aavg_2d": lambda f: f.adaptive_avg_pool2d(_x(8, 8), 2),
+    "aavg_2d_tuple": lambda f: f.adaptive_avg_pool2d(_x(8, 8), (2, 2)),
+    "aavg_1d": lambda f: f.adaptive_avg_pool2d(_x(8), 2),
+    "aavg_len3": lambda f: f.adaptive_avg_pool2d(_x(1, 2, 8, 8), (2, 2, 2)),
+    "aavg_negative": lambda f: f.adaptive_avg_pool2d(_x(1, 2, 8, 8), (-1, 2)),
+    "aavg_height0": lambda f: f.adaptive_avg_pool2d(_x(1, 2, 0, 8), 2),
+    "aavg_int": lambda f: f.adaptive_avg_pool2d(_x(1, 2, 4, 4, dtype=torch.long), 2),
+    "amax_2d": lambda f: f.adaptive_max_pool2d(_x(8, 8), 2),
+    "amax_len0": lambda f: f.adaptive_max_pool2d(_x(1, 2, 8, 8), ()),
+    "amax_negative": lambda f: f.adaptive_max_pool2d(_x(1, 1, 1, 1), (-1, 0)),
+    "amax_height0": lambda f: f.adaptive_max_pool2d(_x(1, 2, 0, 8), 2),
+    "amax_int": lambda f: f.adaptive_max_pool2d(_x(1, 2, 4, 4, dtype=torch.long), 2),
+    "unpool_indices_shape": lambda f: f.max_unpool2d(_x(1, 1, 4, 4), _IDX[..., :1], 3, 2),
+    "unpool_output_size": lambda f: f.max_unpool2d(_x(1, 1, 4, 4), _IDX, 2, output_size=[20, 20]),
+    "unpool_indices_dtype": lambda f: f.max_unpool2d(_x(1, 1, 4, 4), _IDX.int(), 2),
+    "unpool_index_too_big": lambda f: f.max_unpool2d(_x(1, 1, 4, 4), _IDX + 100, 2),
+    "unpool_index_negative": lambda f: f.max_unpool2d(_x(1, 1, 4, 4), _IDX - 1, 2),
+    "unpool_2d": lambda f: f.max_unpool2d(_x(4, 4), _IDX[0, 0], 2),
+    "unpool_channels0": lambda f: f.max_unpool2d(_x(1, 0, 4, 4), _IDX[:, :0], 2),
+    "unpool_int": lambda f: f.max_unpool2d(_x(1, 1, 4, 4, dtype=torch.long), _IDX, 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_errors_match_torch(case):
+    with pytest.raises(Exception) as expected:
+        ERROR_CASES[case](F)
+    with pytest.raises(expected.type) as got:
+        ERROR_CASES[case](CF)
+    assert str(got.value).split("\n")[0] == str(expected.value).split("\n")[0]
+
+
+# --- autograd to second order -----------------------------------------------------------------
+
+def _distinct(*shape):
+    """Float64 values with no ties (max pooling is not differentiable at ties)."""
+    n = torch.Size(shape).numel()
+    return (torch.randperm(n, generator=torch.Generator().manual_seed(0)).double() / n).reshape(shape)
+
+
+GRAD_CASES = [
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=1)),
+    ("max_pool2d", dict(kernel_size=(2, 3), stride=1, dilation=2, ceil_mode=True)),
+    ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+    ("avg_pool2d", dict(kernel_size=2, divisor_override=-2)),
+    ("adaptive_avg_pool2d", dict(output_size=(3, 4))),
+    ("adaptive_avg_pool2d", dict(output_size=1)),
+    ("adaptive_max_pool2d", dict(output_size=(4, 3))),
+]
+
+
+@pytest.mark.parametrize("name,kwargs", GRAD_CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("check", [gradcheck, gradgradcheck], ids=["gradcheck", "gradgradcheck"])
+def test_autograd(name, kwargs, check):
+    x = _distinct(2, 2, 7, 6).requires_grad_()
+    assert check(lambda x: getattr(CF, name)(x, **kwargs), (x,))
+
+
+@pytest.mark.parametrize("check", [gradcheck, gradgradcheck], ids=["gradcheck", "gradgradcheck"])
+def test_autograd_max_unpool2d(check):
+    pooled, indices = F.max_pool2d(_distinct(2, 2, 8, 6), 2, return_indices=True)
+    assert check(lambda v: CF.max_unpool2d(v, indices, 2), (pooled.requires_grad_(),))
+
+
+# --- dispatcher: opcheck, compile, export -------------------------------------------------------
+
+def _opcheck_samples():
+    x = _distinct(2, 3, 9, 8).float().requires_grad_()
+    xcl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    pooled, indices = F.max_pool2d(x.detach(), 2, return_indices=True)
+    gy = torch.randn(2, 3, 5, 4, requires_grad=True)  # the 9x8 input pooled by 3, stride 2, pad 1
+    ops = torch.ops.convext
+    return [
+        (ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], False)),
+        (ops.max_pool2d.default, (xcl, [2, 3], [1, 2], [0, 1], [2, 1], True)),
+        (ops.adaptive_max_pool2d.default, (xcl, [4, 3])),
+        (ops.avg_pool2d.default, (x, [3, 3], [2, 2], [1, 1], True, False, None)),
+        (ops.avg_pool2d.default, (xcl, [2, 2], [2, 2], [0, 0], False, True, 3)),
+        (ops.avg_pool2d_backward.default, (gy, [9, 8], [3, 3], [2, 2], [1, 1], False, True, None, False)),
+        (ops.adaptive_avg_pool2d.default, (x, [4, 5])),
+        (ops.adaptive_avg_pool2d.default, (xcl, [1, 1])),
+        (ops.adaptive_avg_pool2d_backward.default, (gy, [9, 8], True)),
+        (ops.max_unpool2d.default, (pooled.requires_grad_(), indices, [9, 8])),
+        (ops.pool_scatter_add.default, (pooled.detach().requires_grad_(), indices, [9, 8], False)),
+        (ops.pool_gather.default, (x, indices)),
+    ]
+
+
+@pytest.mark.parametrize("op,args", _opcheck_samples(), ids=lambda v: str(v) if not isinstance(v, tuple) else "")
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+class _PoolNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = cnn.Conv2d(3, 8, 3, padding=1)
+        self.pool = cnn.MaxPool2d(3, 2, 1, return_indices=True)
+        self.unpool = cnn.MaxUnpool2d(3, 2, 1)
+        self.avg = cnn.AvgPool2d(2, ceil_mode=True)
+        self.adaptive = cnn.AdaptiveMaxPool2d((3, 3))
+        self.head = cnn.GlobalAvgPool2d(flatten=True)
+
+    def forward(self, x):
+        y, indices = self.pool(self.conv(x))
+        y = self.unpool(y, indices, output_size=x.shape[-2:])
+        return self.head(self.adaptive(self.avg(y))) + cnn.AdaptiveAvgPool2d(1)(y).flatten(1)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph(dynamic):
+    torch._dynamo.reset()
+    net = _PoolNet()
+    x = torch.randn(2, 3, 16, 15, requires_grad=True)
+    out, ref = torch.compile(net, fullgraph=True, dynamic=dynamic)(x), net(x)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out.square().sum(), x), torch.autograd.grad(ref.square().sum(), x)):
+        torch.testing.assert_close(a, b)
+
+
+def test_torch_export():
+    net = _PoolNet()
+    x = torch.randn(2, 3, 16, 15)
+    program = torch.export.export(net, (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"convext.max_pool2d.default", "convext.max_unpool2d.default",
+            "convext.adaptive_avg_pool2d.default"} <= targets
+    torch.testing.assert_close(program.module()(x), net(x))
+
+
+# --- modules and convert -----------------------------------------------------------------------
+
+MODULES = [
+    (torch.nn.MaxPool2d, cnn.MaxPool2d, dict(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=True)),
+    (torch.nn.MaxPool2d, cnn.MaxPool2d, dict(kernel_size=(2, 3), return_indices=True)),
+    (torch.nn.AvgPool2d, cnn.AvgPool2d, dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
+    (torch.nn.AvgPool2d, cnn.AvgPool2d, dict(kernel_size=2, divisor_override=3)),
+    (torch.nn.AdaptiveAvgPool2d, cnn.AdaptiveAvgPool2d, dict(output_size=(None, 3))),
+    (torch.nn.AdaptiveMaxPool2d, cnn.AdaptiveMaxPool2d, dict(output_size=4, return_indices=True)),
+]
+
+
+@pytest.mark.parametrize("torch_cls,ours_cls,kwargs", MODULES, ids=lambda v: getattr(v, "__name__", ""))
+def test_module_matches_torch(torch_cls, ours_cls, kwargs):
+    theirs, ours = torch_cls(**kwargs), ours_cls(**kwargs)
+    assert isinstance(ours, torch_cls) and repr(ours) == repr(theirs)
+    x = torch.randn(2, 3, 9, 8)
+    for xs in (x, x[0]):
+        out, ref = ours(xs), theirs(xs)
+        for o, r in zip(out if isinstance(out, tuple) else (out,), ref if isinstance(ref, tuple) else (ref,)):
+            torch.testing.assert_close(o, r)
+
+
+def test_max_unpool_module():
+    x = torch.randn(2, 3, 9, 8)
+    pooled, indices = torch.nn.MaxPool2d(2, return_indices=True)(x)
+    theirs, ours = torch.nn.MaxUnpool2d(2), cnn.MaxUnpool2d(2)
+    assert repr(ours) == repr(theirs)
+    torch.testing.assert_close(ours(pooled, indices, output_size=x.shape), theirs(pooled, indices, output_size=x.shape))
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_global_avg_pool(flatten):
+    layer = cnn.GlobalAvgPool2d(flatten=flatten)
+    assert repr(layer) == f"GlobalAvgPool2d(flatten={flatten})"
+    for x in (torch.randn(4, 16, 7, 7), torch.randn(4, 16, 7, 7).contiguous(memory_format=torch.channels_last),
+              torch.randn(16, 7, 7)):
+        expected = x.mean((-2, -1), keepdim=not flatten)
+        torch.testing.assert_close(layer(x), expected)
+
+
+def test_convert_swaps_pools():
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.MaxPool2d(2),
+        torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.AdaptiveMaxPool2d(2)),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    reference = torch.nn.Sequential(*[m for m in model])  # the same layers, before the swap
+    x = torch.randn(2, 3, 20, 20)
+    expected = reference(x)
+    convext.nn.convert(model)
+    assert [type(m) for m in model.modules()][1:] == [
+        cnn.Conv2d, cnn.MaxPool2d, torch.nn.Sequential, cnn.AvgPool2d, cnn.AdaptiveMaxPool2d,
+        cnn.AdaptiveAvgPool2d, torch.nn.Flatten]
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
