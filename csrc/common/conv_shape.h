@@ -4,7 +4,7 @@
 
 #include <optional>
 
-#include "common/conv_geometry.h"
+#include "common/geometry.h"
 
 namespace convext {
 

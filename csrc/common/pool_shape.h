@@ -7,14 +7,10 @@
 #include <optional>
 #include <vector>
 
+#include "common/geometry.h"
+
 namespace convext {
 
-// Sizes of a pooling op: input planes H x W, output planes OH x OW, N x C of each, and the window
-// parameters (unused by adaptive pooling, whose windows are bins).
-struct PoolGeometry {
-  int64_t N, C, H, W, OH, OW;
-  int64_t kH, kW, sH, sW, pH, pW, dH, dW;
-};
 
 // torch's pooling_output_shape (with its checks): floor or ceil mode, and in ceil mode no
 // window may start in the right padding.

@@ -9,7 +9,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include "common/conv_geometry.h"
+#include "common/geometry.h"
 
 namespace convext::cpu {
 

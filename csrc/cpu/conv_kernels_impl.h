@@ -1,10 +1,6 @@
 // The CPU convolution kernels, compiled once per SIMD instruction set.
 //
-// Included only by conv_kernels_<isa>.cpp, after its `#pragma GCC target`, with CONVEXT_ISA_NS
-// (the namespace), CONVEXT_VEC_BYTES (SIMD register width) and CONVEXT_MR (microkernel rows)
-// defined. It includes no header: every header is parsed before the pragma, so inline code from
-// other libraries stays portable, and everything defined here lives in the ISA's own namespace, so
-// the per-ISA copies never meet at link time.
+// Included only by kernels_<isa>.cpp (see there), after kernel_support_impl.h.
 //
 // Method: each pass is a GEMM over im2col panels built on the fly, one tile of output positions
 // at a time (never a whole im2col buffer), fed to a register-blocked MR x NR microkernel written
@@ -26,17 +22,6 @@ template <typename A> constexpr int kNR = 2 * kVL<A>;  // microkernel columns: t
 // Bytes of packed operands a tile aims for: about half of a core's L2.
 constexpr int64_t kTileBytes = 256 * 1024;
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-inline bool inside(int64_t i, int64_t n) { return static_cast<uint64_t>(i) < static_cast<uint64_t>(n); }
-
-template <typename A>
-void fill_zero(A* p, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) p[i] = A(0);
-}
-
 // Length of a tile along a dimension of `total`, a multiple of `align`: as long as kTileBytes
 // allows, then halved until `outer_items` x tiles gives every thread several work items.
 int64_t tile_length(int64_t bytes_per_unit, int64_t total, int64_t align, int64_t outer_items) {
@@ -46,23 +31,6 @@ int64_t tile_length(int64_t bytes_per_unit, int64_t total, int64_t align, int64_
   while (t > align && outer_items * ceil_div(total, t) < want) t = round_up(t / 2, align);
   return t;
 }
-
-// 64-byte aligned scratch memory owned by one chunk of parallel work.
-template <typename A>
-class Scratch {
- public:
-  explicit Scratch(int64_t n)
-      : p_(static_cast<A*>(std::aligned_alloc(64, round_up(max64(n, 1) * sizeof(A), 64)))) {
-    if (p_ == nullptr) throw std::bad_alloc();
-  }
-  ~Scratch() { std::free(p_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  A* get() const { return p_; }
-
- private:
-  A* p_;
-};
 
 template <typename A>
 struct Vec {

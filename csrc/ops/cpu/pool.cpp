@@ -1,22 +1,20 @@
-// CPU kernels of the pooling ops. Forward passes have two loop orders: per (n, c) plane for
-// NCHW and other strides, and channels-innermost for channels_last inputs, so both read memory
-// in order. Backward passes scatter into a per-plane accumulator in the accumulation type (float
-// for half types), so each plane is owned by one thread and results are deterministic.
+// CPU kernels of the pooling ops: argument checks, windows, outputs in the memory format torch
+// returns; the forward passes run the per-ISA kernels of cpu/pool_kernels.h. Backward passes
+// (here) scatter into a per-plane accumulator in the accumulation type (float for half types),
+// so each plane is owned by one thread and results are deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <tuple>
 #include <vector>
 
-#include "common/conv_geometry.h"
+#include "common/geometry.h"
 #include "common/pool_shape.h"
+#include "cpu/pool_kernels.h"
 
 namespace convext {
 namespace {
@@ -65,10 +63,14 @@ struct Axis {
     }
     return a;
   }
+
+
+  PoolAxis view() const { return {lo.data(), hi.data(), count.data(), step}; }
 };
 
 struct Windows {
   Axis h, w;
+  PoolWindows view() const { return {h.view(), w.view()}; }
 };
 
 template <typename T>
@@ -95,164 +97,7 @@ std::pair<at::Tensor, at::Tensor> empty_pool_output(const at::Tensor& input, int
   return {out, as_batched(out)};
 }
 
-// NaN wins, and among NaNs the last; ties keep the first: torch's rule.
-template <typename A>
-inline bool takes_max(A v, A best) {
-  if constexpr (std::is_floating_point_v<A>) return v > best || std::isnan(v);
-  return v > best;
-}
-
-template <typename A>
-constexpr A lowest() {
-  if constexpr (std::is_floating_point_v<A>) return -std::numeric_limits<A>::infinity();
-  return std::numeric_limits<A>::lowest();
-}
-
-// --- max pooling (windows or adaptive bins), with indices -------------------------------------
-
-template <typename T>
-void max_pool_planar(View4<const T> x, View4<T> y, View4<int64_t> ind, const PoolGeometry& g,
-                     const Windows& win) {
-  using A = acc_t<T>;
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane / g.C, c = plane % g.C;
-      const T* in = x.data + n * x.sN + c * x.sC;
-      for (int64_t oh = 0; oh < g.OH; ++oh) {
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          A best = lowest<A>();
-          int64_t best_index = win.h.lo[oh] * g.W + win.w.lo[ow];
-          for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ih += win.h.step) {
-            for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; iw += win.w.step) {
-              const A v = static_cast<A>(in[ih * x.sH + iw * x.sW]);
-              if (takes_max(v, best)) best = v, best_index = ih * g.W + iw;
-            }
-          }
-          const int64_t o = n * y.sN + c * y.sC + oh * y.sH + ow * y.sW;
-          y.data[o] = static_cast<T>(best);
-          ind.data[n * ind.sN + c * ind.sC + oh * ind.sH + ow * ind.sW] = best_index;
-        }
-      }
-    }
-  });
-}
-
-// x, y and ind are channels_last and dense: channels are contiguous at every position.
-template <typename T>
-void max_pool_channels_last(View4<const T> x, View4<T> y, View4<int64_t> ind,
-                            const PoolGeometry& g, const Windows& win) {
-  using A = acc_t<T>;
-  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> best(g.C);
-    std::vector<int64_t> best_index(g.C);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / g.OH, oh = row % g.OH;
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        std::fill(best.begin(), best.end(), lowest<A>());
-        std::fill(best_index.begin(), best_index.end(), win.h.lo[oh] * g.W + win.w.lo[ow]);
-        for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ih += win.h.step) {
-          for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; iw += win.w.step) {
-            const T* in = x.data + n * x.sN + ih * x.sH + iw * x.sW;
-            const int64_t index = ih * g.W + iw;
-            for (int64_t c = 0; c < g.C; ++c) {
-              const A v = static_cast<A>(in[c]);
-              if (takes_max(v, best[c])) best[c] = v, best_index[c] = index;
-            }
-          }
-        }
-        T* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
-        int64_t* out_index = ind.data + n * ind.sN + oh * ind.sH + ow * ind.sW;
-        for (int64_t c = 0; c < g.C; ++c) out[c] = static_cast<T>(best[c]), out_index[c] = best_index[c];
-      }
-    }
-  });
-}
-
-// --- average pooling (windows or adaptive bins) ---------------------------------------------
-
-// divisor: 0 for "the window's count", else divisor_override.
-template <typename T>
-void avg_pool_planar(View4<const T> x, View4<T> y, const PoolGeometry& g, const Windows& win,
-                     int64_t divisor) {
-  using A = acc_t<T>;
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane / g.C, c = plane % g.C;
-      const T* in = x.data + n * x.sN + c * x.sC;
-      for (int64_t oh = 0; oh < g.OH; ++oh) {
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          A sum = A(0);
-          for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
-            for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) sum += static_cast<A>(in[ih * x.sH + iw * x.sW]);
-          }
-          const A div = static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
-          y.data[n * y.sN + c * y.sC + oh * y.sH + ow * y.sW] = static_cast<T>(div != A(0) ? sum / div : A(0));
-        }
-      }
-    }
-  });
-}
-
-template <typename T>
-void avg_pool_channels_last(View4<const T> x, View4<T> y, const PoolGeometry& g,
-                            const Windows& win, int64_t divisor) {
-  using A = acc_t<T>;
-  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> sum(g.C);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / g.OH, oh = row % g.OH;
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
-        std::fill(sum.begin(), sum.end(), A(0));
-        for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
-          for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) {
-            const T* in = x.data + n * x.sN + ih * x.sH + iw * x.sW;
-            for (int64_t c = 0; c < g.C; ++c) sum[c] += static_cast<A>(in[c]);
-          }
-        }
-        const A div = static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
-        T* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
-        for (int64_t c = 0; c < g.C; ++c) out[c] = static_cast<T>(div != A(0) ? sum[c] / div : A(0));
-      }
-    }
-  });
-}
-
-// Global average pooling: one mean per plane, reading each plane (or, channels_last, each
-// image) front to back.
-template <typename T>
-void global_avg_pool(View4<const T> x, View4<T> y, const PoolGeometry& g, bool channels_last) {
-  using A = acc_t<T>;
-  const int64_t HW = g.H * g.W;
-  if (channels_last) {
-    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<A> sum(g.C);
-      for (int64_t n = begin; n < end; ++n) {
-        std::fill(sum.begin(), sum.end(), A(0));
-        const T* in = x.data + n * x.sN;
-        for (int64_t p = 0; p < HW; ++p) {
-          for (int64_t c = 0; c < g.C; ++c) sum[c] += static_cast<A>(in[p * g.C + c]);
-        }
-        for (int64_t c = 0; c < g.C; ++c) y.data[n * y.sN + c * y.sC] = static_cast<T>(sum[c] / A(HW));
-      }
-    });
-    return;
-  }
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane / g.C, c = plane % g.C;
-      const T* in = x.data + n * x.sN + c * x.sC;
-      A sum = A(0);
-      if (x.sW == 1 && x.sH == g.W) {
-        for (int64_t p = 0; p < HW; ++p) sum += static_cast<A>(in[p]);
-      } else {
-        for (int64_t h = 0; h < g.H; ++h) {
-          for (int64_t w = 0; w < g.W; ++w) sum += static_cast<A>(in[h * x.sH + w * x.sW]);
-        }
-      }
-      y.data[n * y.sN + c * y.sC] = static_cast<T>(sum / A(HW));
-    }
-  });
-}
+// --- backward kernels ----------------------------------------------------------------------
 
 // Backward of an average: each output's grad, divided as in the forward, spread over its window.
 template <typename T>
@@ -279,6 +124,35 @@ void avg_pool_backward_planar(View4<const T> gy, View4<T> gx, const PoolGeometry
       for (int64_t h = 0; h < g.H; ++h) {
         for (int64_t w = 0; w < g.W; ++w) dst[h * gx.sH + w * gx.sW] = static_cast<T>(acc[h * g.W + w]);
       }
+    }
+  });
+}
+
+// The same for dense channels_last gy and gx: one image per work item, channels innermost.
+template <typename T>
+void avg_pool_backward_channels_last(View4<const T> gy, View4<T> gx, const PoolGeometry& g,
+                                     const Windows& win, int64_t divisor) {
+  using A = acc_t<T>;
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> acc(g.H * g.W * g.C), v(g.C);
+    for (int64_t n = begin; n < end; ++n) {
+      std::fill(acc.begin(), acc.end(), A(0));
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const A div = static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
+          if (div == A(0)) continue;
+          const T* src = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW;
+          for (int64_t c = 0; c < g.C; ++c) v[c] = static_cast<A>(src[c]) / div;
+          for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
+            for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) {
+              A* dst = acc.data() + (ih * g.W + iw) * g.C;
+              for (int64_t c = 0; c < g.C; ++c) dst[c] += v[c];
+            }
+          }
+        }
+      }
+      T* out = gx.data + n * gx.sN;
+      for (int64_t i = 0; i < g.H * g.W * g.C; ++i) out[i] = static_cast<T>(acc[i]);
     }
   });
 }
@@ -342,6 +216,34 @@ void scatter_planes(View4<const T> small, View4<const int64_t> ind, View4<T> lar
   errors.raise_if_any();
 }
 
+// scatter_planes for dense channels_last small, ind and large: one image per work item.
+template <typename T>
+void scatter_channels_last(View4<const T> small, View4<const int64_t> ind, View4<T> large,
+                           const PoolGeometry& g, bool add) {
+  using A = acc_t<T>;
+  IndexErrors errors(g);
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> acc(g.H * g.W * g.C);
+    for (int64_t n = begin; n < end; ++n) {
+      std::fill(acc.begin(), acc.end(), A(0));
+      const T* src = small.data + n * small.sN;
+      const int64_t* idx = ind.data + n * ind.sN;
+      for (int64_t p = 0; p < g.OH * g.OW; ++p) {
+        for (int64_t c = 0; c < g.C; ++c) {
+          const int64_t i = idx[p * g.C + c];
+          if (!errors.ok(n * g.C + c, i)) continue;
+          const A v = static_cast<A>(src[p * g.C + c]);
+          A& dst = acc[i * g.C + c];
+          dst = add ? dst + v : v;
+        }
+      }
+      T* out = large.data + n * large.sN;
+      for (int64_t i = 0; i < g.H * g.W * g.C; ++i) out[i] = static_cast<T>(acc[i]);
+    }
+  });
+  errors.raise_if_any();
+}
+
 template <typename T>
 void gather_planes(View4<const T> large, View4<const int64_t> ind, View4<T> small,
                    const PoolGeometry& g) {
@@ -389,11 +291,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool_impl(const at::Tensor& input, const 
   const at::Tensor x4 = cl ? input.contiguous(at::MemoryFormat::ChannelsLast) : as_batched(input);
   AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), name, [&] {
     if (out.numel() == 0) return;
-    if (cl) {
-      max_pool_channels_last(cview4<scalar_t>(x4), view4<scalar_t>(out4), view4<int64_t>(ind4), g, win);
-    } else {
-      max_pool_planar(cview4<scalar_t>(x4), view4<scalar_t>(out4), view4<int64_t>(ind4), g, win);
-    }
+    cpu::pool_kernels_for<scalar_t>().max_pool(g, win.view(), cview4<scalar_t>(x4),
+                                               view4<scalar_t>(out4), view4<int64_t>(ind4), cl);
   });
   return {out, ind};
 }
@@ -432,12 +331,11 @@ at::Tensor avg_pool_impl(const at::Tensor& input, const PoolGeometry& g, const W
     const bool whole_plane = g.OH == 1 && g.OW == 1 && win.h.lo[0] == 0 && win.h.hi[0] == g.H &&
                              win.w.lo[0] == 0 && win.w.hi[0] == g.W && win.h.count[0] == g.H &&
                              win.w.count[0] == g.W;
+    const auto& kernels = cpu::pool_kernels_for<scalar_t>();
     if (whole_plane && divisor == 0) {
-      global_avg_pool(cview4<scalar_t>(x4), view4<scalar_t>(out4), g, cl);
-    } else if (cl) {
-      avg_pool_channels_last(cview4<scalar_t>(x4), view4<scalar_t>(out4), g, win, divisor);
+      kernels.global_avg_pool(g, cview4<scalar_t>(x4), view4<scalar_t>(out4), cl);
     } else {
-      avg_pool_planar(cview4<scalar_t>(x4), view4<scalar_t>(out4), g, win, divisor);
+      kernels.avg_pool(g, win.view(), cview4<scalar_t>(x4), view4<scalar_t>(out4), divisor, cl);
     }
   });
   return out;
@@ -465,10 +363,16 @@ at::Tensor avg_pool_backward_impl(const at::Tensor& grad_output, const PoolGeome
                                   const Windows& win, int64_t divisor, bool channels_last) {
   auto [gx, gx4] = empty_pool_output(grad_output, g.C, g.H, g.W, channels_last,
                                      grad_output.scalar_type());
-  const at::Tensor gy4 = as_batched(grad_output);
+  const bool cl = channels_last && grad_output.dim() == 4;
+  const at::Tensor gy4 = cl ? grad_output.contiguous(at::MemoryFormat::ChannelsLast)
+                            : as_batched(grad_output);
   CONVEXT_DISPATCH_FLOATING(grad_output.scalar_type(), name, [&] {
     if (gx.numel() == 0) return;
-    avg_pool_backward_planar(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g, win, divisor);
+    if (cl) {
+      avg_pool_backward_channels_last(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g, win, divisor);
+    } else {
+      avg_pool_backward_planar(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g, win, divisor);
+    }
   });
   return gx;
 }
@@ -516,10 +420,18 @@ at::Tensor pool_scatter_add_cpu(const at::Tensor& values, const at::Tensor& indi
               "pool_scatter_add: values and int64 indices must have the same shape");
   const PoolGeometry g = pool_backward_geometry(values, size);
   auto [out, out4] = empty_pool_output(values, g.C, g.H, g.W, channels_last, values.scalar_type());
+  const bool cl = channels_last && values.dim() == 4;
   CONVEXT_DISPATCH_FLOATING(values.scalar_type(), "pool_scatter_add", [&] {
     if (out.numel() == 0) return;
-    scatter_planes(cview4<scalar_t>(as_batched(values)), cview4<int64_t>(as_batched(indices)),
-                   view4<scalar_t>(out4), g, /*add=*/true);
+    if (cl) {
+      const auto fmt = at::MemoryFormat::ChannelsLast;
+      scatter_channels_last(cview4<scalar_t>(values.contiguous(fmt)),
+                            cview4<int64_t>(indices.contiguous(fmt)), view4<scalar_t>(out4), g,
+                            /*add=*/true);
+    } else {
+      scatter_planes(cview4<scalar_t>(as_batched(values)), cview4<int64_t>(as_batched(indices)),
+                     view4<scalar_t>(out4), g, /*add=*/true);
+    }
   });
   return out;
 }

@@ -1,11 +1,15 @@
 #pragma once
 // Headers the per-ISA kernel files need, parsed before their `#pragma GCC target` so that the
 // inline code in them is compiled for the baseline ISA.
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <new>
+#include <type_traits>
 
 #include "cpu/conv_kernels.h"
 #include "cpu/isa.h"
+#include "cpu/pool_kernels.h"

@@ -1,0 +1,60 @@
+#pragma once
+// The CPU pooling kernels' interface (forward passes; compiled per ISA like the conv kernels).
+// Windows come precomputed per output row and column (PoolWindows), so one max kernel serves
+// max_pool2d and adaptive_max_pool2d and one average kernel avg_pool2d and adaptive_avg_pool2d.
+// `channels_last`: x and the outputs are dense channels_last (channels innermost); otherwise any
+// strides, walked one (n, c) plane at a time.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "common/geometry.h"
+
+namespace convext::cpu {
+
+template <typename T>
+struct PoolKernels {
+  // Max over each window, and the flat H*W index of the first maximum (of the last NaN, if any).
+  void (*max_pool)(const PoolGeometry&, const PoolWindows&, View4<const T> x, View4<T> y,
+                   View4<int64_t> indices, bool channels_last);
+  // Sum over each window divided by `divisor`, or by the window's count when divisor is 0.
+  void (*avg_pool)(const PoolGeometry&, const PoolWindows&, View4<const T> x, View4<T> y,
+                   int64_t divisor, bool channels_last);
+  // The mean of each whole plane: global average pooling.
+  void (*global_avg_pool)(const PoolGeometry&, View4<const T> x, View4<T> y, bool channels_last);
+};
+
+struct PoolKernelSet {
+  PoolKernels<float> f32;
+  PoolKernels<double> f64;
+  PoolKernels<c10::Half> f16;
+  PoolKernels<c10::BFloat16> bf16;
+  PoolKernels<int8_t> i8;
+  PoolKernels<uint8_t> u8;
+  PoolKernels<int16_t> i16;
+  PoolKernels<int32_t> i32;
+  PoolKernels<int64_t> i64;
+};
+
+// The kernels compiled for the ISA that active_isa() picked.
+const PoolKernelSet& pool_kernels();
+
+template <typename T> const PoolKernels<T>& pool_kernels_for();
+#define CONVEXT_POOL_KERNELS_FOR(T, member) \
+  template <> inline const PoolKernels<T>& pool_kernels_for<T>() { return pool_kernels().member; }
+CONVEXT_POOL_KERNELS_FOR(float, f32)
+CONVEXT_POOL_KERNELS_FOR(double, f64)
+CONVEXT_POOL_KERNELS_FOR(c10::Half, f16)
+CONVEXT_POOL_KERNELS_FOR(c10::BFloat16, bf16)
+CONVEXT_POOL_KERNELS_FOR(int8_t, i8)
+CONVEXT_POOL_KERNELS_FOR(uint8_t, u8)
+CONVEXT_POOL_KERNELS_FOR(int16_t, i16)
+CONVEXT_POOL_KERNELS_FOR(int32_t, i32)
+CONVEXT_POOL_KERNELS_FOR(int64_t, i64)
+#undef CONVEXT_POOL_KERNELS_FOR
+
+// One definition per ISA translation unit.
+namespace generic { PoolKernelSet pool_kernel_set(); }
+namespace avx2 { PoolKernelSet pool_kernel_set(); }
+namespace avx512 { PoolKernelSet pool_kernel_set(); }
+
+}  // namespace convext::cpu
