@@ -7,20 +7,10 @@
 
 #include "common/conv_shape.h"
 #include "cpu/conv_kernels.h"
+#include "ops/cpu/views.h"
 
 namespace convext {
 namespace {
-
-template <typename T>
-View4<T> view4(const at::Tensor& t) {
-  return {static_cast<T*>(t.data_ptr()), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
-}
-
-template <typename T>
-View4<const T> cview4(const at::Tensor& t) {
-  return {static_cast<const T*>(t.const_data_ptr()), t.stride(0), t.stride(1), t.stride(2),
-          t.stride(3)};
-}
 
 at::Tensor empty_conv_output(const at::Tensor& like, at::IntArrayRef sizes, bool channels_last) {
   return at::empty(sizes, like.options().memory_format(conv_memory_format(channels_last)));

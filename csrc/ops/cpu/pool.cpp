@@ -15,6 +15,7 @@
 #include "common/geometry.h"
 #include "common/pool_shape.h"
 #include "cpu/pool_kernels.h"
+#include "ops/cpu/views.h"
 
 namespace convext {
 namespace {
@@ -72,17 +73,6 @@ struct Windows {
   Axis h, w;
   PoolWindows view() const { return {h.view(), w.view()}; }
 };
-
-template <typename T>
-View4<T> view4(const at::Tensor& t4) {
-  return {static_cast<T*>(t4.data_ptr()), t4.stride(0), t4.stride(1), t4.stride(2), t4.stride(3)};
-}
-
-template <typename T>
-View4<const T> cview4(const at::Tensor& t4) {
-  return {static_cast<const T*>(t4.const_data_ptr()), t4.stride(0), t4.stride(1), t4.stride(2),
-          t4.stride(3)};
-}
 
 at::MemoryFormat pool_format(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
