@@ -21,7 +21,7 @@ KERNELS = [(1, 1), (3, 3), (2, 3)]
 STRIDES = [1, 2, (2, 1)]
 PADDINGS = [0, 1, (1, 2)]
 DILATIONS = [1, 2]
-GROUPS = ["1", "2", "depthwise"]
+GROUPS = ["1", "2", "depthwise", "depthwise_x2"]  # depthwise_x2: a channel multiplier of 2
 
 
 def _check_against_torch(torch_fn, convext_fn, x, w, b, dtype, layout):
@@ -54,7 +54,11 @@ def _check_against_torch(torch_fn, convext_fn, x, w, b, dtype, layout):
 
 
 def _groups(spec, channels):
-    return channels if spec == "depthwise" else int(spec)
+    return channels if spec.startswith("depthwise") else int(spec)
+
+
+def _multiplier(spec):
+    return 2 if spec == "depthwise_x2" else 1
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -63,7 +67,7 @@ def _groups(spec, channels):
                          list(itertools.product(KERNELS, STRIDES, PADDINGS, DILATIONS, GROUPS)))
 def test_conv2d_matches_torch(kernel, stride, padding, dilation, groups, dtype, layout):
     g = _groups(groups, 4)
-    out_channels = 8 if groups == "depthwise" else 6  # depthwise with a channel multiplier of 2
+    out_channels = 4 * _multiplier(groups) if groups.startswith("depthwise") else 6
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 7, 8, generator=gen)
     w = torch.randn(out_channels, 4 // g, *kernel, generator=gen)
@@ -85,7 +89,7 @@ def test_conv2d_matches_torch(kernel, stride, padding, dilation, groups, dtype, 
 def test_conv_transpose2d_matches_torch(kernel, stride, padding, output_padding, dilation, groups,
                                         dtype, layout):
     g = _groups(groups, 4)
-    out_per_group = 2 if groups == "depthwise" else 6 // g
+    out_per_group = _multiplier(groups) if groups.startswith("depthwise") else 6 // g
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 5, 6, generator=gen)
     w = torch.randn(4, out_per_group, *kernel, generator=gen)

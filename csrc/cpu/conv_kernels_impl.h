@@ -140,9 +140,135 @@ struct PaddedPlane {
   }
 };
 
+// Depthwise convolution with one output channel per input channel on dense channels_last tensors:
+// channels are innermost in memory and in the loops, so every inner loop is a contiguous,
+// vectorised run over channels. Weights are first transposed to [kernel row, col][channel].
+template <typename T>
+bool dense_channels_last(const View4<T>& t, int64_t C) {
+  return t.sC == 1 && t.sW == C;
+}
+
+template <typename T, typename A>
+void pack_depthwise_weights(const ConvGeometry& g, View4<const T> w, A* out) {
+  for (int64_t ki = 0; ki < g.KH; ++ki) {
+    for (int64_t kj = 0; kj < g.KW; ++kj) {
+      A* dst = out + (ki * g.KW + kj) * g.C_in;
+      for (int64_t c = 0; c < g.C_in; ++c) dst[c] = static_cast<A>(w.data[c * w.sN + ki * w.sH + kj * w.sW]);
+    }
+  }
+}
+
+template <typename T>
+void depthwise_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T> w,
+                          const T* bias, View4<T> y) {
+  using A = typename AccOf<T>::type;
+  const int64_t C = g.C_in;
+  Scratch<A> wt(g.KH * g.KW * C);
+  pack_depthwise_weights(g, w, wt.get());
+  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> acc_mem(C);
+    A* __restrict acc = acc_mem.get();
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.OH, oh = row % g.OH;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        for (int64_t c = 0; c < C; ++c) acc[c] = bias ? static_cast<A>(bias[c]) : A(0);
+        for (int64_t ki = 0; ki < g.KH; ++ki) {
+          const int64_t ih = oh * g.sH - g.pH + ki * g.dH;
+          if (!inside(ih, g.H)) continue;
+          for (int64_t kj = 0; kj < g.KW; ++kj) {
+            const int64_t iw = ow * g.sW - g.pW + kj * g.dW;
+            if (!inside(iw, g.W)) continue;
+            const T* __restrict in = x.data + n * x.sN + ih * x.sH + iw * x.sW;
+            const A* __restrict wk = wt.get() + (ki * g.KW + kj) * C;
+            for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * static_cast<A>(in[c]);
+          }
+        }
+        T* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
+        for (int64_t c = 0; c < C; ++c) out[c] = static_cast<T>(acc[c]);
+      }
+    }
+  });
+}
+
+// Gathers, for each input position, the outputs whose windows cover it: race-free rows.
+template <typename T>
+void depthwise_input_grad_cl(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
+                             const T* bias, View4<T> gx) {
+  using A = typename AccOf<T>::type;
+  const int64_t C = g.C_in;
+  Scratch<A> wt(g.KH * g.KW * C);
+  pack_depthwise_weights(g, w, wt.get());
+  at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> acc_mem(C);
+    A* __restrict acc = acc_mem.get();
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.H, ih = row % g.H;
+      for (int64_t iw = 0; iw < g.W; ++iw) {
+        for (int64_t c = 0; c < C; ++c) acc[c] = bias ? static_cast<A>(bias[c]) : A(0);
+        for (int64_t ki = 0; ki < g.KH; ++ki) {
+          const int64_t th = ih + g.pH - ki * g.dH;
+          if (th < 0 || th % g.sH != 0 || th / g.sH >= g.OH) continue;
+          for (int64_t kj = 0; kj < g.KW; ++kj) {
+            const int64_t tw = iw + g.pW - kj * g.dW;
+            if (tw < 0 || tw % g.sW != 0 || tw / g.sW >= g.OW) continue;
+            const T* __restrict src = gy.data + n * gy.sN + (th / g.sH) * gy.sH + (tw / g.sW) * gy.sW;
+            const A* __restrict wk = wt.get() + (ki * g.KW + kj) * C;
+            for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * static_cast<A>(src[c]);
+          }
+        }
+        T* out = gx.data + n * gx.sN + ih * gx.sH + iw * gx.sW;
+        for (int64_t c = 0; c < C; ++c) out[c] = static_cast<T>(acc[c]);
+      }
+    }
+  });
+}
+
+// Work items are blocks of channels, each summing over every image and position in a fixed
+// order: no reduction across threads, and the same result for any thread count.
+template <typename T>
+void depthwise_weight_grad_cl(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
+                              View4<T> gw) {
+  using A = typename AccOf<T>::type;
+  const int64_t C = g.C_in, KHW = g.KH * g.KW;
+  const int64_t block = min64(C, round_up(ceil_div(C, 2 * static_cast<int64_t>(at::get_num_threads())), 16));
+  at::parallel_for(0, ceil_div(C, block), 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> acc_mem(KHW * block);
+    A* __restrict acc = acc_mem.get();
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t c0 = item * block, nc = min64(block, C - c0);
+      fill_zero(acc, KHW * block);
+      for (int64_t n = 0; n < g.N; ++n) {
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const T* __restrict go = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + c0;
+            for (int64_t ki = 0; ki < g.KH; ++ki) {
+              const int64_t ih = oh * g.sH - g.pH + ki * g.dH;
+              if (!inside(ih, g.H)) continue;
+              for (int64_t kj = 0; kj < g.KW; ++kj) {
+                const int64_t iw = ow * g.sW - g.pW + kj * g.dW;
+                if (!inside(iw, g.W)) continue;
+                const T* __restrict in = x.data + n * x.sN + ih * x.sH + iw * x.sW + c0;
+                A* __restrict a = acc + (ki * g.KW + kj) * block;
+                for (int64_t c = 0; c < nc; ++c) a[c] += static_cast<A>(go[c]) * static_cast<A>(in[c]);
+              }
+            }
+          }
+        }
+      }
+      for (int64_t c = 0; c < nc; ++c) {
+        T* dst = gw.data + (c0 + c) * gw.sN;
+        for (int64_t k = 0; k < KHW; ++k) dst[(k / g.KW) * gw.sH + (k % g.KW) * gw.sW] = static_cast<T>(acc[k * block + c]);
+      }
+    }
+  });
+}
+
 template <typename T>
 void depthwise_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                        View4<T> y) {
+  if (g.C_out_g() == 1 && dense_channels_last(x, g.C_in) && dense_channels_last(y, g.C_out)) {
+    return depthwise_forward_cl(g, x, w, bias, y);
+  }
   using A = typename AccOf<T>::type;
   const PaddedPlane padded(g);
   const int64_t Mg = g.C_out_g();
@@ -177,6 +303,9 @@ void depthwise_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w
 template <typename T>
 void depthwise_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
                           const T* bias, View4<T> gx) {
+  if (g.C_out_g() == 1 && dense_channels_last(gy, g.C_out) && dense_channels_last(gx, g.C_in)) {
+    return depthwise_input_grad_cl(g, gy, w, bias, gx);
+  }
   using A = typename AccOf<T>::type;
   const PaddedPlane padded(g);
   const int64_t Mg = g.C_out_g();
@@ -215,6 +344,9 @@ void depthwise_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const 
 template <typename T>
 void depthwise_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
                            View4<T> gw) {
+  if (g.C_out_g() == 1 && dense_channels_last(x, g.C_in) && dense_channels_last(gy, g.C_out)) {
+    return depthwise_weight_grad_cl(g, x, gy, gw);
+  }
   using A = typename AccOf<T>::type;
   const PaddedPlane padded(g);
   const int64_t Mg = g.C_out_g(), KHW = g.KH * g.KW;
