@@ -89,13 +89,37 @@ struct TilePositions {
   }
 };
 
+// Calls f(t0, t1) for each run [t0, t1) of the tile's positions in [begin, end) that lie in
+// one output row: along a run the input column advances by the stride.
+template <typename F>
+inline void for_each_row_run(const ConvGeometry& g, const TilePositions& pos, int64_t begin,
+                             int64_t end, F f) {
+  for (int64_t t0 = begin; t0 < end;) {
+    const int64_t ow0 = (pos.iw0[t0] + g.pW) / g.sW;
+    const int64_t t1 = min64(end, t0 + g.OW - ow0);
+    f(t0, t1);
+    t0 = t1;
+  }
+}
+
+// The part [lo, hi) of a run of `len` positions, starting at input row ih and column iw, that
+// reads inside the input (empty when the row is outside).
+inline void run_inside(const ConvGeometry& g, int64_t ih, int64_t iw, int64_t len, int64_t& lo,
+                       int64_t& hi) {
+  lo = hi = len;
+  if (!inside(ih, g.H)) return;
+  lo = iw >= 0 ? 0 : min64(len, ceil_div(-iw, g.sW));
+  hi = max64(lo, iw < g.W ? min64(len, (g.W - 1 - iw) / g.sW + 1) : 0);
+}
+
 // Gathers patch values (zero outside the input, past `valid` positions, or past patch row K)
 // for patch rows [k0, k0 + k_count) and positions [0, positions) of image n, group grp, into
-// out[at(k - k0, t)].
+// out[at(k - k0, t)], where `at` is affine in t within each aligned group of `align` positions.
+// Each row run is then a bounds-free strided copy between two zero fills.
 template <typename T, typename A, typename At>
 void pack_patches(const ConvGeometry& g, const View4<const T>& x, int64_t n, int64_t grp,
                   const TilePositions& pos, int64_t valid, int64_t positions, int64_t k0,
-                  int64_t k_count, At at, A* out) {
+                  int64_t k_count, int64_t align, At at, A* out) {
   const int64_t KHW = g.KH * g.KW, K = g.patch();
   for (int64_t kr = 0; kr < k_count; ++kr) {
     const int64_t k = k0 + kr;
@@ -105,15 +129,21 @@ void pack_patches(const ConvGeometry& g, const View4<const T>& x, int64_t n, int
     }
     const int64_t ic = k / KHW, ki = (k % KHW) / g.KW, kj = k % g.KW;
     const T* plane = x.data + n * x.sN + (grp * g.C_in_g() + ic) * x.sC;
-    const int64_t dy = ki * g.dH, dx = kj * g.dW;
-    for (int64_t t = 0; t < positions; ++t) {
-      A v = A(0);
-      if (t < valid) {
-        const int64_t ih = pos.ih0[t] + dy, iw = pos.iw0[t] + dx;
-        if (inside(ih, g.H) && inside(iw, g.W)) v = static_cast<A>(plane[ih * x.sH + iw * x.sW]);
-      }
-      out[at(kr, t)] = v;
+    const int64_t dy = ki * g.dH, dx = kj * g.dW, src_step = g.sW * x.sW;
+    for (int64_t b = 0; b < valid; b += align) {
+      for_each_row_run(g, pos, b, min64(valid, b + align), [&](int64_t t0, int64_t t1) {
+        const int64_t len = t1 - t0, ih = pos.ih0[t0] + dy, iw = pos.iw0[t0] + dx;
+        A* dst = out + at(kr, t0);
+        const int64_t dst_step = len > 1 ? at(kr, t0 + 1) - at(kr, t0) : 0;
+        int64_t lo, hi;
+        run_inside(g, ih, iw, len, lo, hi);
+        const T* src = plane + ih * x.sH + iw * x.sW;
+        for (int64_t r = 0; r < lo; ++r) dst[r * dst_step] = A(0);
+        for (int64_t r = lo; r < hi; ++r) dst[r * dst_step] = static_cast<A>(src[r * src_step]);
+        for (int64_t r = hi; r < len; ++r) dst[r * dst_step] = A(0);
+      });
     }
+    for (int64_t t = valid; t < positions; ++t) out[at(kr, t)] = A(0);
   }
 }
 
@@ -421,7 +451,7 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
       const int64_t n = item / tiles / g.groups;
       const int64_t pt = min64(PT, P - p0), panels = ceil_div(pt, NR);
       pos.fill(g, y, p0, pt);
-      pack_patches(g, x, n, grp, pos, pt, panels * NR, 0, K,
+      pack_patches(g, x, n, grp, pos, pt, panels * NR, 0, K, NR,
                    [&](int64_t k, int64_t t) { return (t / NR) * K * NR + k * NR + t % NR; },
                    panel.get());
       for (int64_t j = 0; j < panels; ++j) {
@@ -511,10 +541,14 @@ void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
               const int64_t r = rb * kMR + m;
               A* plane = acc.get() + (r / KHW) * HW;
               const int64_t dy = ((r % KHW) / g.KW) * g.dH, dx = (r % g.KW) * g.dW;
-              for (int64_t t = 0; t < cols; ++t) {
-                const int64_t ih = pos.ih0[j * NR + t] + dy, iw = pos.iw0[j * NR + t] + dx;
-                if (inside(ih, g.H) && inside(iw, g.W)) plane[ih * g.W + iw] += tile[m * NR + t];
-              }
+              for_each_row_run(g, pos, j * NR, j * NR + cols, [&](int64_t t0, int64_t t1) {
+                const int64_t ih = pos.ih0[t0] + dy, iw = pos.iw0[t0] + dx;
+                int64_t lo, hi;
+                run_inside(g, ih, iw, t1 - t0, lo, hi);
+                A* dst = plane + ih * g.W + iw;
+                const A* src = tile + m * NR + (t0 - j * NR);
+                for (int64_t q = lo; q < hi; ++q) dst[q * g.sW] += src[q];
+              });
             }
           }
         }
@@ -573,7 +607,7 @@ void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy
               for (int64_t t = 0; t < pt; ++t) dst[t * kMR] = static_cast<A>(src[pos.out_offset[t]]);
             }
           }
-          pack_patches(g, x, n, grp, pos, pt, pt, k0, col_panels * NR,
+          pack_patches(g, x, n, grp, pos, pt, pt, k0, col_panels * NR, NR,
                        [&](int64_t k, int64_t t) { return (k / NR) * pt * NR + t * NR + k % NR; },
                        bpack.get());
           for (int64_t j = 0; j < col_panels; ++j) {
