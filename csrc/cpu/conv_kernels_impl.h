@@ -188,68 +188,61 @@ void pack_depthwise_weights(const ConvGeometry& g, View4<const T> w, A* out) {
   }
 }
 
-template <typename T>
-void depthwise_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T> w,
-                          const T* bias, View4<T> y) {
+// One dense channels_last depthwise pass: each destination position (N x rows x cols) sums,
+// over the kernel taps, weight[tap][c] * src[tap's source position][c], plus bias[c].
+// src_index(d, k, is_row) gives the source row (col) that tap row (col) k reads for destination
+// row (col) d, or -1 when it reads none. The forward pass reads the input; the input gradient
+// (the transposed pass) gathers from the outputs whose windows cover each input position, so
+// neither needs atomics.
+template <typename T, typename SrcIndex>
+void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T> w,
+                       const T* bias, View4<T> dst, int64_t rows, int64_t cols,
+                       SrcIndex src_index) {
   using A = typename AccOf<T>::type;
   const int64_t C = g.C_in;
   Scratch<A> wt(g.KH * g.KW * C);
   pack_depthwise_weights(g, w, wt.get());
-  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.N * rows, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> acc_mem(C);
     A* __restrict acc = acc_mem.get();
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / g.OH, oh = row % g.OH;
-      for (int64_t ow = 0; ow < g.OW; ++ow) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / rows, row = item % rows;
+      for (int64_t col = 0; col < cols; ++col) {
         for (int64_t c = 0; c < C; ++c) acc[c] = bias ? static_cast<A>(bias[c]) : A(0);
         for (int64_t ki = 0; ki < g.KH; ++ki) {
-          const int64_t ih = oh * g.sH - g.pH + ki * g.dH;
-          if (!inside(ih, g.H)) continue;
+          const int64_t sh = src_index(row, ki, true);
+          if (sh < 0) continue;
           for (int64_t kj = 0; kj < g.KW; ++kj) {
-            const int64_t iw = ow * g.sW - g.pW + kj * g.dW;
-            if (!inside(iw, g.W)) continue;
-            const T* __restrict in = x.data + n * x.sN + ih * x.sH + iw * x.sW;
+            const int64_t sw = src_index(col, kj, false);
+            if (sw < 0) continue;
+            const T* __restrict in = src.data + n * src.sN + sh * src.sH + sw * src.sW;
             const A* __restrict wk = wt.get() + (ki * g.KW + kj) * C;
             for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * static_cast<A>(in[c]);
           }
         }
-        T* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
+        T* out = dst.data + n * dst.sN + row * dst.sH + col * dst.sW;
         for (int64_t c = 0; c < C; ++c) out[c] = static_cast<T>(acc[c]);
       }
     }
   });
 }
 
-// Gathers, for each input position, the outputs whose windows cover it: race-free rows.
+template <typename T>
+void depthwise_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T> w,
+                          const T* bias, View4<T> y) {
+  depthwise_cl_pass(g, x, w, bias, y, g.OH, g.OW, [&](int64_t o, int64_t k, bool is_row) {
+    const int64_t i = is_row ? o * g.sH - g.pH + k * g.dH : o * g.sW - g.pW + k * g.dW;
+    return inside(i, is_row ? g.H : g.W) ? i : -1;
+  });
+}
+
 template <typename T>
 void depthwise_input_grad_cl(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
                              const T* bias, View4<T> gx) {
-  using A = typename AccOf<T>::type;
-  const int64_t C = g.C_in;
-  Scratch<A> wt(g.KH * g.KW * C);
-  pack_depthwise_weights(g, w, wt.get());
-  at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
-    Scratch<A> acc_mem(C);
-    A* __restrict acc = acc_mem.get();
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / g.H, ih = row % g.H;
-      for (int64_t iw = 0; iw < g.W; ++iw) {
-        for (int64_t c = 0; c < C; ++c) acc[c] = bias ? static_cast<A>(bias[c]) : A(0);
-        for (int64_t ki = 0; ki < g.KH; ++ki) {
-          const int64_t th = ih + g.pH - ki * g.dH;
-          if (th < 0 || th % g.sH != 0 || th / g.sH >= g.OH) continue;
-          for (int64_t kj = 0; kj < g.KW; ++kj) {
-            const int64_t tw = iw + g.pW - kj * g.dW;
-            if (tw < 0 || tw % g.sW != 0 || tw / g.sW >= g.OW) continue;
-            const T* __restrict src = gy.data + n * gy.sN + (th / g.sH) * gy.sH + (tw / g.sW) * gy.sW;
-            const A* __restrict wk = wt.get() + (ki * g.KW + kj) * C;
-            for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * static_cast<A>(src[c]);
-          }
-        }
-        T* out = gx.data + n * gx.sN + ih * gx.sH + iw * gx.sW;
-        for (int64_t c = 0; c < C; ++c) out[c] = static_cast<T>(acc[c]);
-      }
-    }
+  depthwise_cl_pass(g, gy, w, bias, gx, g.H, g.W, [&](int64_t i, int64_t k, bool is_row) {
+    const int64_t s = is_row ? g.sH : g.sW;
+    const int64_t t = is_row ? i + g.pH - k * g.dH : i + g.pW - k * g.dW;
+    return t >= 0 && t % s == 0 && t / s < (is_row ? g.OH : g.OW) ? t / s : int64_t(-1);
   });
 }
 
