@@ -43,15 +43,24 @@ inline V splat(A s) {
   return s - V{};
 }
 
-// c[MR][NR] = sum over k of a[k][0..MR) (outer product) b[k][0..NR), accumulated in registers.
-// a, b and c are 64-byte aligned.
-template <typename A>
-inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b, A* __restrict c) {
+// c[MR][NR] (+)= sum over k of a[k][0..MR) (outer product) b[k][0..NR), accumulated in
+// registers; rows of c are ldc apart. With Accumulate, c's values are the starting sums.
+// a, b and every row of c are 64-byte aligned.
+template <typename A, bool Accumulate = false>
+inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b, A* __restrict c,
+                        int64_t ldc) {
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
   V acc0[kMR], acc1[kMR];
 #pragma GCC unroll 16
-  for (int m = 0; m < kMR; ++m) acc0[m] = acc1[m] = V{};
+  for (int m = 0; m < kMR; ++m) {
+    if constexpr (Accumulate) {
+      acc0[m] = *reinterpret_cast<const V*>(c + m * ldc);
+      acc1[m] = *reinterpret_cast<const V*>(c + m * ldc + VL);
+    } else {
+      acc0[m] = acc1[m] = V{};
+    }
+  }
   for (int64_t k = 0; k < K; ++k) {
     const V b0 = *reinterpret_cast<const V*>(b);
     const V b1 = *reinterpret_cast<const V*>(b + VL);
@@ -66,8 +75,20 @@ inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b,
   }
 #pragma GCC unroll 16
   for (int m = 0; m < kMR; ++m) {
-    *reinterpret_cast<V*>(c + m * 2 * VL) = acc0[m];
-    *reinterpret_cast<V*>(c + m * 2 * VL + VL) = acc1[m];
+    *reinterpret_cast<V*>(c + m * ldc) = acc0[m];
+    *reinterpret_cast<V*>(c + m * ldc + VL) = acc1[m];
+  }
+}
+
+// Offset of each patch row k = (channel, kernel row, kernel col) in a tensor with these
+// channel/row/col strides: computed once, so packing loops need no divisions per element.
+template <typename T>
+void patch_offsets(const ConvGeometry& g, const View4<T>& t, int64_t* out) {
+  int64_t k = 0;
+  for (int64_t c = 0; c < g.C_in_g(); ++c) {
+    for (int64_t ki = 0; ki < g.KH; ++ki) {
+      for (int64_t kj = 0; kj < g.KW; ++kj) out[k++] = c * t.sC + ki * t.sH + kj * t.sW;
+    }
   }
 }
 
@@ -416,18 +437,16 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
 
   // Weights packed once as [group][row block][k][MR], rows past Mg zero.
   Scratch<A> wpack(g.groups * m_blocks * K * kMR);
+  Scratch<int64_t> w_offset(K);
+  patch_offsets(g, w, w_offset.get());
   at::parallel_for(0, g.groups * m_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t grp = idx / m_blocks, mb = idx % m_blocks;
       A* dst = wpack.get() + idx * K * kMR;
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t ic = k / KHW, ki = (k % KHW) / g.KW, kj = k % g.KW;
-        for (int m = 0; m < kMR; ++m) {
-          const int64_t oc = mb * kMR + m;
-          dst[k * kMR + m] =
-              oc < Mg ? static_cast<A>(w.data[(grp * Mg + oc) * w.sN + ic * w.sC + ki * w.sH + kj * w.sW])
-                      : A(0);
-        }
+      for (int m = 0; m < kMR; ++m) {
+        const int64_t oc = mb * kMR + m;
+        const T* wo = w.data + (grp * Mg + oc) * w.sN;
+        for (int64_t k = 0; k < K; ++k) dst[k * kMR + m] = oc < Mg ? static_cast<A>(wo[w_offset.get()[k]]) : A(0);
       }
     }
   });
@@ -451,7 +470,7 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
         const int64_t cols = min64(NR, pt - j * NR);
         for (int64_t mb = 0; mb < m_blocks; ++mb) {
           microkernel<A>(K, wpack.get() + (grp * m_blocks + mb) * K * kMR,
-                         panel.get() + j * K * NR, tile);
+                         panel.get() + j * K * NR, tile, NR);
           const int64_t rows = min64(kMR, Mg - mb * kMR);
           for (int64_t m = 0; m < rows; ++m) {
             const int64_t oc = grp * Mg + mb * kMR + m;
@@ -474,19 +493,45 @@ void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
   const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW;
-  const int64_t P = g.OH * g.OW, HW = g.H * g.W;
+  const int64_t P = g.OH * g.OW, HW = g.H * g.W, R = Cg * KHW;
   const int64_t threads = at::get_num_threads();
 
+  // w^T packed once per group: [row block][oc][MR], row = (channel, kernel row, col), rows past
+  // R zero. A transposition: work items take a few output channels each and stream their rows
+  // of w while writing contiguous runs, rather than striding through the whole weight per row.
+  const int64_t row_blocks = ceil_div(R, kMR);
+  constexpr int64_t kOcBlock = 16;
+  const int64_t oc_blocks = ceil_div(Mg, kOcBlock);
+  Scratch<A> wpack(g.groups * row_blocks * Mg * kMR);
+  Scratch<int64_t> w_offset(R);
+  patch_offsets(g, w, w_offset.get());
+  at::parallel_for(0, g.groups * oc_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t grp = idx / oc_blocks, oc0 = (idx % oc_blocks) * kOcBlock;
+      const int64_t oc1 = min64(Mg, oc0 + kOcBlock);
+      A* packed = wpack.get() + grp * row_blocks * Mg * kMR;
+      for (int64_t rb = 0; rb < row_blocks; ++rb) {
+        for (int64_t oc = oc0; oc < oc1; ++oc) {
+          const T* wo = w.data + (grp * Mg + oc) * w.sN;
+          A* dst = packed + (rb * Mg + oc) * kMR;
+          for (int m = 0; m < kMR; ++m) {
+            const int64_t r = rb * kMR + m;
+            dst[m] = r < R ? static_cast<A>(wo[w_offset.get()[r]]) : A(0);
+          }
+        }
+      }
+    }
+  });
+
   // Work item: (image, group, block of input channels); blocks own disjoint parts of gx, so the
-  // scatter needs no atomics, and are split finer when there are few images and groups.
+  // scatter needs no atomics, and are split finer when there are few images and groups. A block's
+  // rows need not start on a row block: the rows outside it are computed and dropped.
   int64_t block = ceil_div(Cg, min64(Cg, ceil_div(4 * threads, g.N * g.groups)));
   while (block > 1 && block * HW > (int64_t(1) << 22)) block = ceil_div(block, 2);
   const int64_t blocks = ceil_div(Cg, block);
   const int64_t PT = tile_length(Mg * sizeof(A), P, NR, blocks * g.N * g.groups);
-  const int64_t row_blocks_max = ceil_div(block * KHW, kMR);
 
   at::parallel_for(0, g.N * g.groups * blocks, 1, [&](int64_t begin, int64_t end) {
-    Scratch<A> wpack(row_blocks_max * Mg * kMR);
     Scratch<A> panel(Mg * PT);
     Scratch<A> acc(block * HW);
     Scratch<int64_t> pos_mem(3 * PT);
@@ -495,24 +540,7 @@ void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
     for (int64_t item = begin; item < end; ++item) {
       const int64_t ic0 = (item % blocks) * block, grp = (item / blocks) % g.groups;
       const int64_t n = item / blocks / g.groups;
-      const int64_t nic = min64(block, Cg - ic0), rows = nic * KHW;
-      const int64_t row_blocks = ceil_div(rows, kMR);
-
-      // w^T for this channel block: [row block][oc][MR], row = (channel, kernel row, col).
-      for (int64_t rb = 0; rb < row_blocks; ++rb) {
-        for (int64_t oc = 0; oc < Mg; ++oc) {
-          const T* wo = w.data + (grp * Mg + oc) * w.sN;
-          for (int m = 0; m < kMR; ++m) {
-            const int64_t r = rb * kMR + m;
-            A v = A(0);
-            if (r < rows) {
-              const int64_t ic = ic0 + r / KHW, ki = (r % KHW) / g.KW, kj = r % g.KW;
-              v = static_cast<A>(wo[ic * w.sC + ki * w.sH + kj * w.sW]);
-            }
-            wpack.get()[(rb * Mg + oc) * kMR + m] = v;
-          }
-        }
-      }
+      const int64_t nic = min64(block, Cg - ic0), r0 = ic0 * KHW, r1 = r0 + nic * KHW;
       fill_zero(acc.get(), nic * HW);
 
       for (int64_t p0 = 0; p0 < P; p0 += PT) {
@@ -525,14 +553,15 @@ void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
                 t < pt ? static_cast<A>(src[pos.out_offset[t]]) : A(0);
           }
         }
-        for (int64_t j = 0; j < panels; ++j) {
-          const int64_t cols = min64(NR, pt - j * NR);
-          for (int64_t rb = 0; rb < row_blocks; ++rb) {
-            microkernel<A>(Mg, wpack.get() + rb * Mg * kMR, panel.get() + j * Mg * NR, tile);
-            const int64_t nrows = min64(kMR, rows - rb * kMR);
-            for (int64_t m = 0; m < nrows; ++m) {
-              const int64_t r = rb * kMR + m;
-              A* plane = acc.get() + (r / KHW) * HW;
+        // Row blocks outer: each block of w^T (MR x Mg) is used by every panel while in cache.
+        for (int64_t rb = r0 / kMR; rb < ceil_div(r1, kMR); ++rb) {
+          for (int64_t j = 0; j < panels; ++j) {
+            const int64_t cols = min64(NR, pt - j * NR);
+            microkernel<A>(Mg, wpack.get() + (grp * row_blocks + rb) * Mg * kMR,
+                           panel.get() + j * Mg * NR, tile, NR);
+            for (int64_t r = max64(rb * kMR, r0); r < min64(rb * kMR + kMR, r1); ++r) {
+              const int64_t m = r - rb * kMR;
+              A* plane = acc.get() + ((r - r0) / KHW) * HW;
               const int64_t dy = ((r % KHW) / g.KW) * g.dH, dx = (r % g.KW) * g.dW;
               for_each_row_run(g, pos, j * NR, j * NR + cols, [&](int64_t t0, int64_t t1) {
                 const int64_t ih = pos.ih0[t0] + dy, iw = pos.iw0[t0] + dx;
@@ -572,6 +601,8 @@ void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy
   const int64_t PT = min64(256, max64(P, 1));
   const int64_t KB = tile_length(PT * sizeof(A), K, NR, g.groups);
   const int64_t k_blocks = ceil_div(K, KB);
+  Scratch<int64_t> gw_offset(K);
+  patch_offsets(g, gw, gw_offset.get());
 
   at::parallel_for(0, g.groups * k_blocks, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> apack(m_blocks * PT * kMR);
@@ -579,7 +610,6 @@ void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy
     Scratch<A> acc(m_blocks * kMR * KB);
     Scratch<int64_t> pos_mem(3 * PT);
     TilePositions pos{pos_mem.get(), pos_mem.get() + PT, pos_mem.get() + 2 * PT};
-    alignas(64) A tile[kMR * NR];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t k0 = (item % k_blocks) * KB, grp = item / k_blocks;
       const int64_t kn = min64(KB, K - k0), col_panels = ceil_div(kn, NR);
@@ -605,21 +635,15 @@ void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy
                        bpack.get());
           for (int64_t j = 0; j < col_panels; ++j) {
             for (int64_t mb = 0; mb < m_blocks; ++mb) {
-              microkernel<A>(pt, apack.get() + mb * pt * kMR, bpack.get() + j * pt * NR, tile);
-              for (int m = 0; m < kMR; ++m) {
-                A* row = acc.get() + (mb * kMR + m) * KB + j * NR;
-                for (int r = 0; r < NR; ++r) row[r] += tile[m * NR + r];
-              }
+              microkernel<A, true>(pt, apack.get() + mb * pt * kMR, bpack.get() + j * pt * NR,
+                                   acc.get() + mb * kMR * KB + j * NR, KB);
             }
           }
         }
       }
       for (int64_t oc = 0; oc < Mg; ++oc) {
         T* dst = gw.data + (grp * Mg + oc) * gw.sN;
-        for (int64_t kr = 0; kr < kn; ++kr) {
-          const int64_t k = k0 + kr, ic = k / KHW, ki = (k % KHW) / g.KW, kj = k % g.KW;
-          dst[ic * gw.sC + ki * gw.sH + kj * gw.sW] = static_cast<T>(acc.get()[oc * KB + kr]);
-        }
+        for (int64_t kr = 0; kr < kn; ++kr) dst[gw_offset.get()[k0 + kr]] = static_cast<T>(acc.get()[oc * KB + kr]);
       }
     }
   });
