@@ -161,10 +161,12 @@ def test_batch_size_zero(fn, w_shape):
     assert torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
 
 
-def test_large_patch_tiles():
-    # A reduction long enough to span several tiles and all microkernel row blocks.
-    x = torch.randn(1, 70, 20, 19, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(37, 70, 3, 3, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_large_patch_tiles(layout):
+    # A reduction long enough to span several tiles and all microkernel row blocks; with
+    # channels_last, long enough to leave the channels_last forward kernel for the tiled one.
+    x = make_layout(torch.randn(1, 150, 20, 19, dtype=torch.float64), layout).requires_grad_()
+    w = torch.randn(37, 150, 3, 3, dtype=torch.float64, requires_grad=True)
     out, ref = CF.conv2d(x, w, None, 1, 1), F.conv2d(x, w, None, 1, 1)
     torch.testing.assert_close(out, ref)
     for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):

@@ -426,11 +426,94 @@ void depthwise_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const 
   });
 }
 
+// The forward pass on dense channels_last input and output: there the GEMM runs the other way
+// round, y[position][oc] = sum_k patch[position][k] * w[k][oc] with k = (kernel row, kernel col,
+// channel), so the patches are gathered as contiguous runs of channels and the outputs written
+// as contiguous runs of channels. A block of MR positions' patches (K x MR) meets every panel
+// of NR output channels while it is in L1, so this pays only while that block fits there
+// (use_forward_channels_last); longer patches take the NCHW-order GEMM, which tiles them.
+template <typename A>
+bool use_forward_channels_last(const ConvGeometry& g) {
+  return g.patch() * kMR * static_cast<int64_t>(sizeof(A)) <= 40 * 1024;
+}
+
+template <typename T>
+void conv_forward_channels_last(const ConvGeometry& g, View4<const T> x, View4<const T> w,
+                                const T* bias, View4<T> y) {
+  using A = typename AccOf<T>::type;
+  constexpr int NR = kNR<A>;
+  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW, K = g.patch();
+  const int64_t P = g.OH * g.OW, oc_panels = ceil_div(Mg, NR);
+
+  // Weights as [group][oc panel][k = (ki, kj, ic)][NR], output channels past Mg zero.
+  Scratch<A> wpack(g.groups * oc_panels * K * NR);
+  at::parallel_for(0, g.groups * oc_panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t grp = idx / oc_panels, jb = idx % oc_panels;
+      A* dst = wpack.get() + idx * K * NR;
+      for (int64_t r = 0; r < NR; ++r) {
+        const int64_t oc = jb * NR + r;
+        const T* wo = w.data + (grp * Mg + oc) * w.sN;
+        for (int64_t tap = 0; tap < KHW; ++tap) {
+          const int64_t woff = (tap / g.KW) * w.sH + (tap % g.KW) * w.sW;
+          for (int64_t ic = 0; ic < Cg; ++ic) {
+            dst[(tap * Cg + ic) * NR + r] = oc < Mg ? static_cast<A>(wo[ic * w.sC + woff]) : A(0);
+          }
+        }
+      }
+    }
+  });
+
+  constexpr int64_t kPositionsPerItem = 8 * kMR;
+  const int64_t chunks = ceil_div(P, kPositionsPerItem);
+  at::parallel_for(0, g.N * g.groups * chunks, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> patch(K * kMR);
+    alignas(64) A tile[kMR * NR];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t chunk = item % chunks, grp = (item / chunks) % g.groups;
+      const int64_t n = item / chunks / g.groups;
+      const int64_t p_end = min64(P, (chunk + 1) * kPositionsPerItem);
+      for (int64_t p0 = chunk * kPositionsPerItem; p0 < p_end; p0 += kMR) {
+        const int64_t rows = min64(kMR, p_end - p0);
+        for (int64_t m = 0; m < kMR; ++m) {
+          const int64_t p = p0 + m, oh = p / g.OW, ow = p % g.OW;
+          for (int64_t tap = 0; tap < KHW; ++tap) {
+            A* dst = patch.get() + tap * Cg * kMR + m;
+            const int64_t ih = oh * g.sH - g.pH + (tap / g.KW) * g.dH;
+            const int64_t iw = ow * g.sW - g.pW + (tap % g.KW) * g.dW;
+            if (m < rows && inside(ih, g.H) && inside(iw, g.W)) {
+              const T* src = x.data + n * x.sN + ih * x.sH + iw * x.sW + grp * Cg;
+              for (int64_t ic = 0; ic < Cg; ++ic) dst[ic * kMR] = static_cast<A>(src[ic]);
+            } else {
+              for (int64_t ic = 0; ic < Cg; ++ic) dst[ic * kMR] = A(0);
+            }
+          }
+        }
+        for (int64_t jb = 0; jb < oc_panels; ++jb) {
+          microkernel<A>(K, patch.get(), wpack.get() + (grp * oc_panels + jb) * K * NR, tile, NR);
+          const int64_t cols = min64(NR, Mg - jb * NR);
+          for (int64_t m = 0; m < rows; ++m) {
+            const int64_t p = p0 + m;
+            T* out = y.data + n * y.sN + (p / g.OW) * y.sH + (p % g.OW) * y.sW + grp * Mg + jb * NR;
+            for (int64_t r = 0; r < cols; ++r) {
+              out[r] = static_cast<T>(tile[m * NR + r] + (bias ? static_cast<A>(bias[grp * Mg + jb * NR + r]) : A(0)));
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                   View4<T> y) {
   if (use_depthwise(g)) return depthwise_forward(g, x, w, bias, y);
   using A = typename AccOf<T>::type;
+  if (use_forward_channels_last<A>(g) && dense_channels_last(x, g.C_in) &&
+      dense_channels_last(y, g.C_out)) {
+    return conv_forward_channels_last(g, x, w, bias, y);
+  }
   constexpr int NR = kNR<A>;
   const int64_t Mg = g.C_out_g(), K = g.patch(), KHW = g.KH * g.KW, P = g.OH * g.OW;
   const int64_t m_blocks = ceil_div(Mg, kMR);
