@@ -119,14 +119,48 @@ void avg_pool_backward_planar(View4<const T> gy, View4<T> gx, const PoolGeometry
 }
 
 // The same for dense channels_last gy and gx: one image per work item, channels innermost.
+// Per-image accumulator of a channels_last backward: the output image itself when T is its own
+// accumulation type (zeroed here), else a buffer that finish() converts into it.
+template <typename T>
+class ImageAccumulator {
+ public:
+  using A = acc_t<T>;
+  explicit ImageAccumulator(int64_t size) : size_(size) {
+    if constexpr (!std::is_same_v<T, A>) buffer_.resize(size);
+  }
+  A* start(T* image) {
+    image_ = image;
+    A* acc;
+    if constexpr (std::is_same_v<T, A>) {
+      acc = image;
+    } else {
+      acc = buffer_.data();
+    }
+    std::fill(acc, acc + size_, A(0));
+    return acc;
+  }
+  void finish() {
+    if constexpr (!std::is_same_v<T, A>) {
+      for (int64_t i = 0; i < size_; ++i) image_[i] = static_cast<T>(buffer_[i]);
+    }
+  }
+
+ private:
+  int64_t size_;
+  std::vector<A> buffer_;
+  T* image_ = nullptr;
+};
+
+// The same for dense channels_last gy and gx: one image per work item, channels innermost.
 template <typename T>
 void avg_pool_backward_channels_last(View4<const T> gy, View4<T> gx, const PoolGeometry& g,
                                      const Windows& win, int64_t divisor) {
   using A = acc_t<T>;
   at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> acc(g.H * g.W * g.C), v(g.C);
+    ImageAccumulator<T> image(g.H * g.W * g.C);
+    std::vector<A> v(g.C);
     for (int64_t n = begin; n < end; ++n) {
-      std::fill(acc.begin(), acc.end(), A(0));
+      A* acc = image.start(gx.data + n * gx.sN);
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           const A div = static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
@@ -135,14 +169,37 @@ void avg_pool_backward_channels_last(View4<const T> gy, View4<T> gx, const PoolG
           for (int64_t c = 0; c < g.C; ++c) v[c] = static_cast<A>(src[c]) / div;
           for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
             for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) {
-              A* dst = acc.data() + (ih * g.W + iw) * g.C;
+              A* dst = acc + (ih * g.W + iw) * g.C;
               for (int64_t c = 0; c < g.C; ++c) dst[c] += v[c];
             }
           }
         }
       }
+      image.finish();
+    }
+  });
+}
+
+// Global average pooling's backward: every element of a plane gets the plane's grad / (H*W).
+template <typename T>
+void global_avg_pool_backward(View4<const T> gy, View4<T> gx, const PoolGeometry& g) {
+  using A = acc_t<T>;
+  const int64_t HW = g.H * g.W;
+  const bool channels_last = gx.sC == 1 && gx.sW == g.C;
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> v(g.C);
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t c = 0; c < g.C; ++c) v[c] = static_cast<T>(static_cast<A>(gy.data[n * gy.sN + c * gy.sC]) / A(HW));
       T* out = gx.data + n * gx.sN;
-      for (int64_t i = 0; i < g.H * g.W * g.C; ++i) out[i] = static_cast<T>(acc[i]);
+      if (channels_last) {
+        for (int64_t p = 0; p < HW; ++p) std::copy(v.begin(), v.end(), out + p * g.C);
+        continue;
+      }
+      for (int64_t c = 0; c < g.C; ++c) {
+        for (int64_t h = 0; h < g.H; ++h) {
+          for (int64_t w = 0; w < g.W; ++w) out[c * gx.sC + h * gx.sH + w * gx.sW] = v[c];
+        }
+      }
     }
   });
 }
@@ -213,9 +270,9 @@ void scatter_channels_last(View4<const T> small, View4<const int64_t> ind, View4
   using A = acc_t<T>;
   IndexErrors errors(g);
   at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> acc(g.H * g.W * g.C);
+    ImageAccumulator<T> image(g.H * g.W * g.C);
     for (int64_t n = begin; n < end; ++n) {
-      std::fill(acc.begin(), acc.end(), A(0));
+      A* acc = image.start(large.data + n * large.sN);
       const T* src = small.data + n * small.sN;
       const int64_t* idx = ind.data + n * ind.sN;
       for (int64_t p = 0; p < g.OH * g.OW; ++p) {
@@ -227,8 +284,7 @@ void scatter_channels_last(View4<const T> small, View4<const int64_t> ind, View4
           dst = add ? dst + v : v;
         }
       }
-      T* out = large.data + n * large.sN;
-      for (int64_t i = 0; i < g.H * g.W * g.C; ++i) out[i] = static_cast<T>(acc[i]);
+      image.finish();
     }
   });
   errors.raise_if_any();
@@ -257,6 +313,12 @@ void gather_planes(View4<const T> large, View4<const int64_t> ind, View4<T> smal
 }
 
 // --- op entry points ------------------------------------------------------------------------
+
+// Whether the average runs over each whole plane (one window, nothing clipped or padded).
+bool is_global_average(const PoolGeometry& g, const Windows& win, int64_t divisor) {
+  return divisor == 0 && g.OH == 1 && g.OW == 1 && win.h.lo[0] == 0 && win.h.hi[0] == g.H &&
+         win.w.lo[0] == 0 && win.w.hi[0] == g.W && win.h.count[0] == g.H && win.w.count[0] == g.W;
+}
 
 // Op names for the dtype dispatch's error message (template arguments: it needs constants).
 constexpr char kMaxPool2d[] = "max_pool2d";
@@ -318,11 +380,8 @@ at::Tensor avg_pool_impl(const at::Tensor& input, const PoolGeometry& g, const W
   // torch averages int64 too (with integer division); other integer types are not implemented.
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kLong, input.scalar_type(), name, [&] {
     if (out.numel() == 0) return;
-    const bool whole_plane = g.OH == 1 && g.OW == 1 && win.h.lo[0] == 0 && win.h.hi[0] == g.H &&
-                             win.w.lo[0] == 0 && win.w.hi[0] == g.W && win.h.count[0] == g.H &&
-                             win.w.count[0] == g.W;
     const auto& kernels = cpu::pool_kernels_for<scalar_t>();
-    if (whole_plane && divisor == 0) {
+    if (is_global_average(g, win, divisor)) {
       kernels.global_avg_pool(g, cview4<scalar_t>(x4), view4<scalar_t>(out4), cl);
     } else {
       kernels.avg_pool(g, win.view(), cview4<scalar_t>(x4), view4<scalar_t>(out4), divisor, cl);
@@ -358,7 +417,9 @@ at::Tensor avg_pool_backward_impl(const at::Tensor& grad_output, const PoolGeome
                             : as_batched(grad_output);
   CONVEXT_DISPATCH_FLOATING(grad_output.scalar_type(), name, [&] {
     if (gx.numel() == 0) return;
-    if (cl) {
+    if (is_global_average(g, win, divisor)) {
+      global_avg_pool_backward(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g);
+    } else if (cl) {
       avg_pool_backward_channels_last(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g, win, divisor);
     } else {
       avg_pool_backward_planar(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g, win, divisor);
