@@ -1,5 +1,10 @@
-"""Helpers shared by the test files: layouts, reference comparison, grads."""
+"""Helpers shared by the test files: devices, layouts, reference comparison, grads."""
+import pytest
 import torch
+
+# Every device a parity test runs on; CUDA is skipped (not dropped) where there is none.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))]
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 LAYOUTS = ["contiguous", "channels_last", "strided"]
@@ -13,7 +18,8 @@ def make_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
         return t.contiguous(memory_format=torch.channels_last)
     if layout == "strided":
         # Every other element of a larger tensor, H and W swapped in memory.
-        big = torch.zeros(t.shape[0], t.shape[1], t.shape[3], 2 * t.shape[2], dtype=t.dtype)
+        big = torch.zeros(t.shape[0], t.shape[1], t.shape[3], 2 * t.shape[2], dtype=t.dtype,
+                          device=t.device)
         view = big[..., ::2].transpose(2, 3)
         view.copy_(t)
         assert not view.is_contiguous() and not view.is_contiguous(memory_format=torch.channels_last)

@@ -21,6 +21,8 @@ template <typename A> constexpr int kNR = 2 * kVL<A>;  // microkernel columns: t
 
 // Bytes of packed operands a tile aims for: about half of a core's L2.
 constexpr int64_t kTileBytes = 256 * 1024;
+// Reduction block of the blocked GEMMs: a KC x NR panel of 32-bit values (32 KB) fits L1.
+constexpr int64_t kKC = 256;
 
 // Length of a tile along a dimension of `total`, a multiple of `align`: as long as kTileBytes
 // allows, then halved until `outer_items` x tiles gives every thread several work items.
@@ -426,24 +428,52 @@ void depthwise_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const 
   });
 }
 
-// The forward pass on dense channels_last input and output: there the GEMM runs the other way
-// round, y[position][oc] = sum_k patch[position][k] * w[k][oc] with k = (kernel row, kernel col,
-// channel), so the patches are gathered as contiguous runs of channels and the outputs written
-// as contiguous runs of channels. A block of MR positions' patches (K x MR) meets every panel
-// of NR output channels while it is in L1, so this pays only while that block fits there
-// (use_forward_channels_last); longer patches take the NCHW-order GEMM, which tiles them.
-template <typename A>
-bool use_forward_channels_last(const ConvGeometry& g) {
-  return g.patch() * kMR * static_cast<int64_t>(sizeof(A)) <= 40 * 1024;
+// A dense channels_last copy of x (N x C x H x W) in dst, or x itself when it already is one.
+template <typename T>
+View4<const T> channels_last_view(const View4<const T>& x, int64_t N, int64_t C, int64_t H,
+                                  int64_t W, Scratch<T>& dst) {
+  if (dense_channels_last(x, C)) return x;
+  T* out = dst.get();
+  at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const T* src = x.data + (item / H) * x.sN + (item % H) * x.sH;
+      T* row = out + item * W * C;
+      // 16 channels at a time: 16 read streams along the row, 16-element runs written.
+      for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        const int64_t c1 = min64(C, c0 + 16);
+        for (int64_t w = 0; w < W; ++w) {
+          for (int64_t c = c0; c < c1; ++c) row[w * C + c] = src[c * x.sC + w * x.sW];
+        }
+      }
+    }
+  });
+  return {out, H * W * C, 1, W * C, C};
+}
+
+// The forward GEMM the other way round: y[position][oc] = sum_k patch[position][k] * w[k][oc]
+// with k = (kernel row, kernel col, channel), on x in channels_last order (copied there first
+// when it is not), so patches are gathered as contiguous runs of channels. A block of MR
+// positions' patches (K x MR) meets every panel of NR output channels while it is in L1, so this
+// pays only while that block fits there, and, on a copied x, when runs of channels are long
+// enough to beat the NCHW-order GEMM's runs along rows (measured: 3x3 convs with 64 channels
+// gain 1.3x; 1x1 convs, whose NCHW patches are plain rows, lose).
+template <typename T>
+bool use_forward_nhwc_order(const ConvGeometry& g, const View4<const T>& x, const View4<T>& y) {
+  using A = typename AccOf<T>::type;
+  if (g.patch() * kMR * static_cast<int64_t>(sizeof(A)) > 40 * 1024) return false;
+  if (dense_channels_last(x, g.C_in) && dense_channels_last(y, g.C_out)) return true;
+  return g.C_in_g() >= 16 && g.KH * g.KW > 1;
 }
 
 template <typename T>
-void conv_forward_channels_last(const ConvGeometry& g, View4<const T> x, View4<const T> w,
-                                const T* bias, View4<T> y) {
+void conv_forward_nhwc_order(const ConvGeometry& g, View4<const T> x_any, View4<const T> w,
+                             const T* bias, View4<T> y) {
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
   const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW, K = g.patch();
   const int64_t P = g.OH * g.OW, oc_panels = ceil_div(Mg, NR);
+  Scratch<T> x_copy(dense_channels_last(x_any, g.C_in) ? 0 : g.N * g.C_in * g.H * g.W);
+  const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
 
   // Weights as [group][oc panel][k = (ki, kj, ic)][NR], output channels past Mg zero.
   Scratch<A> wpack(g.groups * oc_panels * K * NR);
@@ -491,12 +521,12 @@ void conv_forward_channels_last(const ConvGeometry& g, View4<const T> x, View4<c
         }
         for (int64_t jb = 0; jb < oc_panels; ++jb) {
           microkernel<A>(K, patch.get(), wpack.get() + (grp * oc_panels + jb) * K * NR, tile, NR);
-          const int64_t cols = min64(NR, Mg - jb * NR);
+          const int64_t oc0 = grp * Mg + jb * NR, cols = min64(NR, Mg - jb * NR);
           for (int64_t m = 0; m < rows; ++m) {
             const int64_t p = p0 + m;
-            T* out = y.data + n * y.sN + (p / g.OW) * y.sH + (p % g.OW) * y.sW + grp * Mg + jb * NR;
+            T* out = y.data + n * y.sN + (p / g.OW) * y.sH + (p % g.OW) * y.sW + oc0 * y.sC;
             for (int64_t r = 0; r < cols; ++r) {
-              out[r] = static_cast<T>(tile[m * NR + r] + (bias ? static_cast<A>(bias[grp * Mg + jb * NR + r]) : A(0)));
+              out[r * y.sC] = static_cast<T>(tile[m * NR + r] + (bias ? static_cast<A>(bias[oc0 + r]) : A(0)));
             }
           }
         }
@@ -509,13 +539,10 @@ template <typename T>
 void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                   View4<T> y) {
   if (use_depthwise(g)) return depthwise_forward(g, x, w, bias, y);
+  if (use_forward_nhwc_order(g, x, y)) return conv_forward_nhwc_order(g, x, w, bias, y);
   using A = typename AccOf<T>::type;
-  if (use_forward_channels_last<A>(g) && dense_channels_last(x, g.C_in) &&
-      dense_channels_last(y, g.C_out)) {
-    return conv_forward_channels_last(g, x, w, bias, y);
-  }
   constexpr int NR = kNR<A>;
-  const int64_t Mg = g.C_out_g(), K = g.patch(), KHW = g.KH * g.KW, P = g.OH * g.OW;
+  const int64_t Mg = g.C_out_g(), K = g.patch(), P = g.OH * g.OW;
   const int64_t m_blocks = ceil_div(Mg, kMR);
 
   // Weights packed once as [group][row block][k][MR], rows past Mg zero.
@@ -534,45 +561,96 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
     }
   });
 
-  const int64_t PT = tile_length(K * sizeof(A), P, NR, g.N * g.groups);
+  // The patch rows are taken KC at a time (GEMM blocking): a KC x NR panel stays in L1 while
+  // every MR x KC weight block meets it, and the tile's weight blocks (Mg x KC) stay in L2 while
+  // every panel meets them; partial sums wait in `acc` (Mg x PT) between blocks.
+  const int64_t KC = min64(K, kKC);
+  const int64_t PT = tile_length((KC + m_blocks * kMR) * sizeof(A), P, NR, g.N * g.groups);
   const int64_t tiles = ceil_div(P, PT);
   at::parallel_for(0, g.N * g.groups * tiles, 1, [&](int64_t begin, int64_t end) {
-    Scratch<A> panel(K * PT);
+    Scratch<A> panel(KC * PT);
+    Scratch<A> acc(m_blocks * kMR * PT);
     Scratch<int64_t> pos_mem(3 * PT);
     TilePositions pos{pos_mem.get(), pos_mem.get() + PT, pos_mem.get() + 2 * PT};
-    alignas(64) A tile[kMR * NR];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t p0 = (item % tiles) * PT, grp = (item / tiles) % g.groups;
       const int64_t n = item / tiles / g.groups;
-      const int64_t pt = min64(PT, P - p0), panels = ceil_div(pt, NR);
+      const int64_t pt = min64(PT, P - p0), panels = ceil_div(pt, NR), ld = panels * NR;
       pos.fill(g, y, p0, pt);
-      pack_patches(g, x, n, grp, pos, pt, panels * NR, 0, K, NR,
-                   [&](int64_t k, int64_t t) { return (t / NR) * K * NR + k * NR + t % NR; },
-                   panel.get());
-      for (int64_t j = 0; j < panels; ++j) {
-        const int64_t cols = min64(NR, pt - j * NR);
-        for (int64_t mb = 0; mb < m_blocks; ++mb) {
-          microkernel<A>(K, wpack.get() + (grp * m_blocks + mb) * K * kMR,
-                         panel.get() + j * K * NR, tile, NR);
-          const int64_t rows = min64(kMR, Mg - mb * kMR);
-          for (int64_t m = 0; m < rows; ++m) {
-            const int64_t oc = grp * Mg + mb * kMR + m;
-            const A b = bias ? static_cast<A>(bias[oc]) : A(0);
-            T* out = y.data + n * y.sN + oc * y.sC;
-            for (int64_t t = 0; t < cols; ++t) {
-              out[pos.out_offset[j * NR + t]] = static_cast<T>(tile[m * NR + t] + b);
+      for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t kc = min64(KC, K - k0);
+        pack_patches(g, x, n, grp, pos, pt, ld, k0, kc, NR,
+                     [&](int64_t k, int64_t t) { return (t / NR) * kc * NR + k * NR + t % NR; },
+                     panel.get());
+        for (int64_t j = 0; j < panels; ++j) {
+          for (int64_t mb = 0; mb < m_blocks; ++mb) {
+            const A* a = wpack.get() + (grp * m_blocks + mb) * K * kMR + k0 * kMR;
+            A* c = acc.get() + mb * kMR * ld + j * NR;
+            if (k0 == 0) {
+              microkernel<A>(kc, a, panel.get() + j * kc * NR, c, ld);
+            } else {
+              microkernel<A, true>(kc, a, panel.get() + j * kc * NR, c, ld);
             }
+          }
+        }
+      }
+      for (int64_t m = 0; m < Mg; ++m) {
+        const int64_t oc = grp * Mg + m;
+        const A b = bias ? static_cast<A>(bias[oc]) : A(0);
+        T* out = y.data + n * y.sN + oc * y.sC;
+        const A* src = acc.get() + m * ld;
+        for (int64_t t = 0; t < pt; ++t) out[pos.out_offset[t]] = static_cast<T>(src[t] + b);
+      }
+    }
+  });
+}
+
+// With stride 1, the input gradient is itself a forward convolution: of gy, padded by
+// d * (k - 1) - p, with each group's weights transposed (input and output channels swapped) and
+// flipped. Its outputs past the padded size (output_padding) read only padding: zeros.
+ConvGeometry input_grad_as_forward(const ConvGeometry& g) {
+  ConvGeometry t = g;
+  t.C_in = g.C_out, t.C_out = g.C_in;
+  t.H = g.OH, t.W = g.OW, t.OH = g.H, t.OW = g.W;
+  t.pH = g.dH * (g.KH - 1) - g.pH, t.pW = g.dW * (g.KW - 1) - g.pW;
+  return t;
+}
+
+// Measured faster than the scatter below wherever groups have 16 or more output channels (up
+// to 3.5x on 1x1 convs); with fewer, the forward GEMMs waste most of their columns.
+bool use_input_grad_as_forward(const ConvGeometry& g) {
+  return g.sH == 1 && g.sW == 1 && g.pH <= g.dH * (g.KH - 1) && g.pW <= g.dW * (g.KW - 1) &&
+         g.C_out_g() >= 16;
+}
+
+template <typename T>
+void conv_input_grad_as_forward(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
+                                const T* bias, View4<T> gx) {
+  const ConvGeometry t = input_grad_as_forward(g);
+  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KH = g.KH, KW = g.KW;
+  Scratch<T> wt(g.C_in * Mg * KH * KW);  // [group][ic][oc][flipped ki][flipped kj], dense
+  at::parallel_for(0, g.C_in, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t grp = row / Cg, ic = row % Cg;
+      T* dst = wt.get() + row * Mg * KH * KW;
+      for (int64_t oc = 0; oc < Mg; ++oc) {
+        const T* src = w.data + (grp * Mg + oc) * w.sN + ic * w.sC;
+        for (int64_t ki = 0; ki < KH; ++ki) {
+          for (int64_t kj = 0; kj < KW; ++kj) {
+            dst[(oc * KH + ki) * KW + kj] = src[(KH - 1 - ki) * w.sH + (KW - 1 - kj) * w.sW];
           }
         }
       }
     }
   });
+  conv_forward(t, gy, View4<const T>{wt.get(), Mg * KH * KW, KH * KW, KW, 1}, bias, gx);
 }
 
 template <typename T>
 void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w, const T* bias,
                      View4<T> gx) {
   if (use_depthwise(g)) return depthwise_input_grad(g, gy, w, bias, gx);
+  if (use_input_grad_as_forward(g)) return conv_input_grad_as_forward(g, gy, w, bias, gx);
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
   const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW;
@@ -672,20 +750,22 @@ void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
   });
 }
 
-template <typename T>
-void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy, View4<T> gw) {
-  if (use_depthwise(g)) return depthwise_weight_grad(g, x, gy, gw);
+// The weight gradient as a GEMM over positions: gw[oc][k] = sum over images and positions p of
+// gy[oc][p] * patch[k][p], in a patch-row order k whose offsets in gw are gw_offset[k].
+// pack_a(n, grp, pos, pt, out) packs gy's [m block][position][MR] for the tile's pt positions,
+// pack_b(n, grp, pos, pt, k0, cols, out) patch rows [k0, k0 + cols) as [panel][position][NR]
+// (zero past K). Positions go PT at a time; the work items split the patch rows, so each item
+// owns its part of gw and sums in a fixed order (deterministic for any thread count).
+template <typename T, typename PackA, typename PackB>
+void weight_grad_gemm(const ConvGeometry& g, const View4<const T>& gy, const int64_t* gw_offset,
+                      View4<T> gw, PackA pack_a, PackB pack_b) {
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
-  const int64_t Mg = g.C_out_g(), K = g.patch(), KHW = g.KH * g.KW, P = g.OH * g.OW;
+  const int64_t Mg = g.C_out_g(), K = g.patch(), P = g.OH * g.OW;
   const int64_t m_blocks = ceil_div(Mg, kMR);
-  // The reduction runs over positions, PT at a time; the work items split the patch rows, so
-  // each item owns its part of gw and sums in a fixed order (deterministic for any thread count).
   const int64_t PT = min64(256, max64(P, 1));
   const int64_t KB = tile_length(PT * sizeof(A), K, NR, g.groups);
   const int64_t k_blocks = ceil_div(K, KB);
-  Scratch<int64_t> gw_offset(K);
-  patch_offsets(g, gw, gw_offset.get());
 
   at::parallel_for(0, g.groups * k_blocks, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> apack(m_blocks * PT * kMR);
@@ -701,21 +781,8 @@ void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy
         for (int64_t p0 = 0; p0 < P; p0 += PT) {
           const int64_t pt = min64(PT, P - p0);
           pos.fill(g, gy, p0, pt);
-          for (int64_t mb = 0; mb < m_blocks; ++mb) {
-            for (int m = 0; m < kMR; ++m) {
-              const int64_t oc = mb * kMR + m;
-              A* dst = apack.get() + mb * pt * kMR + m;
-              if (oc >= Mg) {
-                for (int64_t t = 0; t < pt; ++t) dst[t * kMR] = A(0);
-                continue;
-              }
-              const T* src = gy.data + n * gy.sN + (grp * Mg + oc) * gy.sC;
-              for (int64_t t = 0; t < pt; ++t) dst[t * kMR] = static_cast<A>(src[pos.out_offset[t]]);
-            }
-          }
-          pack_patches(g, x, n, grp, pos, pt, pt, k0, col_panels * NR, NR,
-                       [&](int64_t k, int64_t t) { return (k / NR) * pt * NR + t * NR + k % NR; },
-                       bpack.get());
+          pack_a(n, grp, pos, pt, apack.get());
+          pack_b(n, grp, pos, pt, k0, col_panels * NR, bpack.get());
           for (int64_t j = 0; j < col_panels; ++j) {
             for (int64_t mb = 0; mb < m_blocks; ++mb) {
               microkernel<A, true>(pt, apack.get() + mb * pt * kMR, bpack.get() + j * pt * NR,
@@ -726,10 +793,100 @@ void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy
       }
       for (int64_t oc = 0; oc < Mg; ++oc) {
         T* dst = gw.data + (grp * Mg + oc) * gw.sN;
-        for (int64_t kr = 0; kr < kn; ++kr) dst[gw_offset.get()[k0 + kr]] = static_cast<T>(acc.get()[oc * KB + kr]);
+        for (int64_t kr = 0; kr < kn; ++kr) dst[gw_offset[k0 + kr]] = static_cast<T>(acc.get()[oc * KB + kr]);
       }
     }
   });
+}
+
+// Patch rows ordered (channel, kernel row, kernel col): gy and the patches gathered along rows of
+// the input, which suits NCHW tensors.
+template <typename T>
+void conv_weight_grad_nchw_order(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
+                                 View4<T> gw) {
+  using A = typename AccOf<T>::type;
+  constexpr int NR = kNR<A>;
+  const int64_t Mg = g.C_out_g(), K = g.patch(), m_blocks = ceil_div(Mg, kMR);
+  Scratch<int64_t> gw_offset(K);
+  patch_offsets(g, gw, gw_offset.get());
+  auto pack_a = [&](int64_t n, int64_t grp, const TilePositions& pos, int64_t pt, A* out) {
+    for (int64_t mb = 0; mb < m_blocks; ++mb) {
+      for (int m = 0; m < kMR; ++m) {
+        const int64_t oc = mb * kMR + m;
+        A* dst = out + mb * pt * kMR + m;
+        if (oc >= Mg) {
+          for (int64_t t = 0; t < pt; ++t) dst[t * kMR] = A(0);
+          continue;
+        }
+        const T* src = gy.data + n * gy.sN + (grp * Mg + oc) * gy.sC;
+        for (int64_t t = 0; t < pt; ++t) dst[t * kMR] = static_cast<A>(src[pos.out_offset[t]]);
+      }
+    }
+  };
+  auto pack_b = [&](int64_t n, int64_t grp, const TilePositions& pos, int64_t pt, int64_t k0,
+                    int64_t cols, A* out) {
+    pack_patches(g, x, n, grp, pos, pt, pt, k0, cols, NR,
+                 [&](int64_t k, int64_t t) { return (k / NR) * pt * NR + t * NR + k % NR; }, out);
+  };
+  weight_grad_gemm(g, gy, gw_offset.get(), gw, pack_a, pack_b);
+}
+
+// Patch rows ordered (kernel row, kernel col, channel) on channels_last x and gy: both are
+// gathered as contiguous runs of channels. Measured 1.3-2x faster there with 16 or more channels
+// per group; on NCHW tensors, copying them to channels_last first loses to the NCHW order.
+template <typename T>
+bool use_weight_grad_nhwc_order(const ConvGeometry& g, const View4<const T>& x, const View4<const T>& gy) {
+  return g.C_in_g() >= 16 && dense_channels_last(x, g.C_in) && dense_channels_last(gy, g.C_out);
+}
+
+template <typename T>
+void conv_weight_grad_nhwc_order(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
+                                 View4<T> gw) {
+  using A = typename AccOf<T>::type;
+  constexpr int NR = kNR<A>;
+  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), K = g.patch();
+  const int64_t m_blocks = ceil_div(Mg, kMR);
+  Scratch<int64_t> gw_offset(K);
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t tap = k / Cg;
+    gw_offset.get()[k] = (k % Cg) * gw.sC + (tap / g.KW) * gw.sH + (tap % g.KW) * gw.sW;
+  }
+  auto pack_a = [&](int64_t n, int64_t grp, const TilePositions& pos, int64_t pt, A* out) {
+    for (int64_t t = 0; t < pt; ++t) {
+      const T* src = gy.data + n * gy.sN + pos.out_offset[t] + grp * Mg;
+      for (int64_t oc = 0; oc < m_blocks * kMR; ++oc) {
+        out[(oc / kMR) * pt * kMR + t * kMR + oc % kMR] = oc < Mg ? static_cast<A>(src[oc]) : A(0);
+      }
+    }
+  };
+  auto pack_b = [&](int64_t n, int64_t grp, const TilePositions& pos, int64_t pt, int64_t k0,
+                    int64_t cols, A* out) {
+    for (int64_t t = 0; t < pt; ++t) {
+      const T* pixel = x.data + n * x.sN + grp * Cg;
+      // Runs of columns that stay inside one kernel tap and one NR panel.
+      for (int64_t c = 0; c < cols;) {
+        const int64_t k = k0 + c, tap = k / Cg, ic = k % Cg;
+        const int64_t run = k >= K ? NR - c % NR : min64(Cg - ic, NR - c % NR);
+        A* dst = out + (c / NR) * pt * NR + t * NR + c % NR;
+        const int64_t ih = pos.ih0[t] + (tap / g.KW) * g.dH, iw = pos.iw0[t] + (tap % g.KW) * g.dW;
+        if (k < K && inside(ih, g.H) && inside(iw, g.W)) {
+          const T* src = pixel + ih * x.sH + iw * x.sW + ic;
+          for (int64_t r = 0; r < run; ++r) dst[r] = static_cast<A>(src[r]);
+        } else {
+          for (int64_t r = 0; r < run; ++r) dst[r] = A(0);
+        }
+        c += run;
+      }
+    }
+  };
+  weight_grad_gemm(g, gy, gw_offset.get(), gw, pack_a, pack_b);
+}
+
+template <typename T>
+void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy, View4<T> gw) {
+  if (use_depthwise(g)) return depthwise_weight_grad(g, x, gy, gw);
+  if (use_weight_grad_nhwc_order(g, x, gy)) return conv_weight_grad_nhwc_order(g, x, gy, gw);
+  conv_weight_grad_nchw_order(g, x, gy, gw);
 }
 
 template <typename T>
