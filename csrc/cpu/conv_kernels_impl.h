@@ -535,10 +535,155 @@ void conv_forward_nhwc_order(const ConvGeometry& g, View4<const T> x_any, View4<
   });
 }
 
+// Grouped convolution with 8 or 16 output channels per group (ResNeXt), direct: a GEMM per
+// group would be at most 16 rows deep and spend its time packing. Output channels of a group sit
+// in the lanes of 8-wide vectors and each input value is broadcast, on channels_last x (copied
+// there when it is not). Taps outside the input read a row of zeros instead of branching.
+template <typename A>
+struct Vec8 {
+  typedef A type __attribute__((vector_size(8 * sizeof(A)), may_alias));
+};
+
+bool use_grouped_direct(const ConvGeometry& g) {
+  return g.groups > 1 && (g.C_out_g() == 8 || g.C_out_g() == 16) && g.C_in_g() <= 64;
+}
+
+// Positions per register block: 8 accumulators for 8 channels a group, 12 for 16.
+template <int MV> constexpr int kGroupedBlock = MV == 1 ? 8 : 6;
+
+template <typename T, int MV>
+void grouped_forward_direct(const ConvGeometry& g, View4<const T> x_any, View4<const T> w,
+                            const T* bias, View4<T> y) {
+  using A = typename AccOf<T>::type;
+  using V = typename Vec8<A>::type;
+  constexpr int PB = kGroupedBlock<MV>;
+  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW, K = Cg * KHW;
+  Scratch<T> x_copy(dense_channels_last(x_any, g.C_in) ? 0 : g.N * g.C_in * g.H * g.W);
+  const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
+  Scratch<T> zeros(Cg);
+  for (int64_t c = 0; c < Cg; ++c) zeros.get()[c] = T(0);
+
+  // Weights as [group][k = (tap, ic)][Mg].
+  Scratch<A> wt(g.groups * K * Mg);
+  for (int64_t oc = 0; oc < g.C_out; ++oc) {
+    const int64_t grp = oc / Mg, m = oc % Mg;
+    for (int64_t tap = 0; tap < KHW; ++tap) {
+      for (int64_t ic = 0; ic < Cg; ++ic) {
+        wt.get()[(grp * K + tap * Cg + ic) * Mg + m] =
+            static_cast<A>(w.data[oc * w.sN + ic * w.sC + (tap / g.KW) * w.sH + (tap % g.KW) * w.sW]);
+      }
+    }
+  }
+
+  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / g.OH, oh = item % g.OH;
+      for (int64_t grp = 0; grp < g.groups; ++grp) {
+        for (int64_t ow0 = 0; ow0 < g.OW; ow0 += PB) {
+          V acc[PB][MV];
+          for (int mv = 0; mv < MV; ++mv) {
+            V b = V{};
+            for (int l = 0; l < 8; ++l) b[l] = bias ? static_cast<A>(bias[grp * Mg + mv * 8 + l]) : A(0);
+            for (int q = 0; q < PB; ++q) acc[q][mv] = b;
+          }
+          for (int64_t ki = 0; ki < g.KH; ++ki) {
+            const int64_t ih = oh * g.sH - g.pH + ki * g.dH;
+            if (!inside(ih, g.H)) continue;
+            for (int64_t kj = 0; kj < g.KW; ++kj) {
+              const T* src[PB];
+              for (int q = 0; q < PB; ++q) {
+                const int64_t iw = (ow0 + q) * g.sW - g.pW + kj * g.dW;
+                src[q] = ow0 + q < g.OW && inside(iw, g.W)
+                             ? x.data + n * x.sN + ih * x.sH + iw * x.sW + grp * Cg
+                             : zeros.get();
+              }
+              const A* wk = wt.get() + (grp * K + (ki * g.KW + kj) * Cg) * Mg;
+              for (int64_t ic = 0; ic < Cg; ++ic) {
+                V wv[MV];
+                for (int mv = 0; mv < MV; ++mv) wv[mv] = *reinterpret_cast<const V*>(wk + ic * Mg + mv * 8);
+#pragma GCC unroll 8
+                for (int q = 0; q < PB; ++q) {
+                  const V xv = static_cast<A>(src[q][ic]) - V{};  // broadcast, as splat()
+                  for (int mv = 0; mv < MV; ++mv) acc[q][mv] += xv * wv[mv];
+                }
+              }
+            }
+          }
+          for (int q = 0; q < PB && ow0 + q < g.OW; ++q) {
+            T* out = y.data + n * y.sN + oh * y.sH + (ow0 + q) * y.sW + grp * Mg * y.sC;
+            for (int mv = 0; mv < MV; ++mv) {
+              for (int l = 0; l < 8; ++l) out[(mv * 8 + l) * y.sC] = static_cast<T>(acc[q][mv][l]);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// Its weight gradient: work items are (group, tap) pairs, each summing over every image and
+// position in a fixed order (deterministic for any thread count), 8 input channels of
+// accumulators at a time in registers.
+template <typename T, int MV>
+void grouped_weight_grad_direct(const ConvGeometry& g, View4<const T> x_any,
+                                View4<const T> gy_any, View4<T> gw) {
+  using A = typename AccOf<T>::type;
+  using V = typename Vec8<A>::type;
+  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW;
+  Scratch<T> x_copy(dense_channels_last(x_any, g.C_in) ? 0 : g.N * g.C_in * g.H * g.W);
+  Scratch<T> gy_copy(dense_channels_last(gy_any, g.C_out) ? 0 : g.N * g.C_out * g.OH * g.OW);
+  const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
+  const View4<const T> gy = channels_last_view(gy_any, g.N, g.C_out, g.OH, g.OW, gy_copy);
+  constexpr int IB = 8;
+  at::parallel_for(0, g.groups * KHW, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t grp = item / KHW, tap = item % KHW, ki = tap / g.KW, kj = tap % g.KW;
+      for (int64_t ic0 = 0; ic0 < Cg; ic0 += IB) {
+        const int64_t nic = min64(IB, Cg - ic0);
+        V acc[IB][MV];
+        for (int i = 0; i < IB; ++i) {
+          for (int mv = 0; mv < MV; ++mv) acc[i][mv] = V{};
+        }
+        for (int64_t n = 0; n < g.N; ++n) {
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            const int64_t ih = oh * g.sH - g.pH + ki * g.dH;
+            if (!inside(ih, g.H)) continue;
+            for (int64_t ow = 0; ow < g.OW; ++ow) {
+              const int64_t iw = ow * g.sW - g.pW + kj * g.dW;
+              if (!inside(iw, g.W)) continue;
+              const T* go = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * Mg;
+              const T* in = x.data + n * x.sN + ih * x.sH + iw * x.sW + grp * Cg + ic0;
+              V gv[MV];
+              for (int mv = 0; mv < MV; ++mv) {
+                for (int l = 0; l < 8; ++l) gv[mv][l] = static_cast<A>(go[mv * 8 + l]);
+              }
+#pragma GCC unroll 8
+              for (int i = 0; i < IB; ++i) {
+                const V xv = (i < nic ? static_cast<A>(in[i]) : A(0)) - V{};
+                for (int mv = 0; mv < MV; ++mv) acc[i][mv] += xv * gv[mv];
+              }
+            }
+          }
+        }
+        for (int64_t i = 0; i < nic; ++i) {
+          for (int64_t m = 0; m < Mg; ++m) {
+            gw.data[(grp * Mg + m) * gw.sN + (ic0 + i) * gw.sC + ki * gw.sH + kj * gw.sW] =
+                static_cast<T>(acc[i][m / 8][m % 8]);
+          }
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                   View4<T> y) {
   if (use_depthwise(g)) return depthwise_forward(g, x, w, bias, y);
+  if (use_grouped_direct(g)) {
+    return g.C_out_g() == 8 ? grouped_forward_direct<T, 1>(g, x, w, bias, y)
+                            : grouped_forward_direct<T, 2>(g, x, w, bias, y);
+  }
   if (use_forward_nhwc_order(g, x, y)) return conv_forward_nhwc_order(g, x, w, bias, y);
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
@@ -620,7 +765,7 @@ ConvGeometry input_grad_as_forward(const ConvGeometry& g) {
 // to 3.5x on 1x1 convs); with fewer, the forward GEMMs waste most of their columns.
 bool use_input_grad_as_forward(const ConvGeometry& g) {
   return g.sH == 1 && g.sW == 1 && g.pH <= g.dH * (g.KH - 1) && g.pW <= g.dW * (g.KW - 1) &&
-         g.C_out_g() >= 16;
+         (g.C_out_g() >= 16 || use_grouped_direct(input_grad_as_forward(g)));
 }
 
 template <typename T>
@@ -885,6 +1030,10 @@ void conv_weight_grad_nhwc_order(const ConvGeometry& g, View4<const T> x, View4<
 template <typename T>
 void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy, View4<T> gw) {
   if (use_depthwise(g)) return depthwise_weight_grad(g, x, gy, gw);
+  if (use_grouped_direct(g)) {
+    return g.C_out_g() == 8 ? grouped_weight_grad_direct<T, 1>(g, x, gy, gw)
+                            : grouped_weight_grad_direct<T, 2>(g, x, gy, gw);
+  }
   if (use_weight_grad_nhwc_order(g, x, gy)) return conv_weight_grad_nhwc_order(g, x, gy, gw);
   conv_weight_grad_nchw_order(g, x, gy, gw);
 }

@@ -1,0 +1,65 @@
+"""conv2d and conv_transpose2d on shapes chosen to reach each CPU kernel path (the choices in
+csrc/cpu/conv_kernels_impl.h), against torch in float64: the grids in test_conv.py use too few
+channels to leave the generic GEMMs."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convext.functional as CF
+from utils import assert_close_to_reference, make_layout, same_layout
+
+# Paths: the NHWC-order forward on NCHW tensors, stride-1 input grads as forward convs (with
+# output_padding), channels_last weight grads in NHWC order, and the direct grouped kernels (8 and
+# 16 channels per group).
+PATH_CASES = {
+    "3x3_c32": dict(cin=32, cout=24, k=3, stride=1, padding=1, dilation=1, groups=1),
+    "1x1_c32": dict(cin=32, cout=48, k=1, stride=1, padding=0, dilation=1, groups=1),
+    "3x3_c20_s2": dict(cin=20, cout=16, k=3, stride=2, padding=1, dilation=1, groups=1),
+    "grouped_8": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=2, groups=4),
+    "grouped_16_s2": dict(cin=24, cout=32, k=3, stride=2, padding=1, dilation=1, groups=2),
+    "grouped_in16": dict(cin=48, cout=24, k=3, stride=1, padding=1, dilation=1, groups=3),
+}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", list(PATH_CASES))
+def test_kernel_paths_match_torch(case, dtype, layout):
+    c = PATH_CASES[case]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, c["cin"], 11, 13, generator=gen)
+    w = torch.randn(c["cout"], c["cin"] // c["groups"], c["k"], c["k"], generator=gen)
+    b = torch.randn(c["cout"], generator=gen)
+    args = (c["stride"], c["padding"], c["dilation"], c["groups"])
+    xs = make_layout(x.to(dtype), layout).requires_grad_()
+    w_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    ws = w.to(dtype).contiguous(memory_format=w_format).requires_grad_()
+    bs = b.to(dtype).requires_grad_()
+    out = CF.conv2d(xs, ws, bs, *args)
+    gy = torch.randn(out.shape, generator=gen).to(dtype)
+    grads = torch.autograd.grad(out, (xs, ws, bs), gy)
+    ref_in = [t.detach().double().requires_grad_() for t in (xs, ws, bs)]
+    ref = F.conv2d(*ref_in, *args)
+    ref_grads = torch.autograd.grad(ref, ref_in, gy.double())
+    assert_close_to_reference(out, ref)
+    for g, r in zip(grads, ref_grads):
+        assert_close_to_reference(g, r)
+    if dtype != torch.bfloat16:
+        native = F.conv2d(xs.detach(), ws.detach(), bs.detach(), *args)
+        assert same_layout(out, native)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_stride1_transposed_with_output_padding(layout):
+    # conv_transpose2d with stride 1 and dilation 2 admits output_padding 1: an input grad
+    # computed as a forward conv whose last row and column read only padding.
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(2, 24, 9, 10, generator=gen, dtype=torch.float64), layout)
+    x.requires_grad_()
+    w = torch.randn(24, 20, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    args = (1, 1, 1, 1, 2)  # stride, padding, output_padding, groups, dilation
+    out, ref = CF.conv_transpose2d(x, w, None, *args), F.conv_transpose2d(x, w, None, *args)
+    torch.testing.assert_close(out, ref)
+    gy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    for a, r in zip(torch.autograd.grad(out, (x, w), gy), torch.autograd.grad(ref, (x, w), gy)):
+        torch.testing.assert_close(a, r)
