@@ -63,3 +63,25 @@ def test_stride1_transposed_with_output_padding(layout):
     gy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
     for a, r in zip(torch.autograd.grad(out, (x, w), gy), torch.autograd.grad(ref, (x, w), gy)):
         torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_weight_grad_is_the_same_for_any_thread_count(layout):
+    # Enough positions for several chunks of partial sums: the chunks, and so the order of the
+    # sums, depend on the sizes only.
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(3, 24, 40, 30, generator=gen, dtype=torch.float64), layout)
+    w = torch.randn(20, 24, 3, 3, generator=gen, dtype=torch.float64)
+    gy = torch.randn(3, 20, 40, 30, generator=gen, dtype=torch.float64)
+    grads = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            grads.append(torch.ops.convext.conv2d_weight_grad(
+                x, gy, [3, 3], [1, 1], [1, 1], [1, 1], 1, layout == "channels_last"))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
+    torch.testing.assert_close(grads[0], torch.ops.aten.convolution_backward(
+        gy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, False])[1])

@@ -899,46 +899,65 @@ void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
 // gy[oc][p] * patch[k][p], in a patch-row order k whose offsets in gw are gw_offset[k].
 // pack_a(n, grp, pos, pt, out) packs gy's [m block][position][MR] for the tile's pt positions,
 // pack_b(n, grp, pos, pt, k0, cols, out) patch rows [k0, k0 + cols) as [panel][position][NR]
-// (zero past K). Positions go PT at a time; the work items split the patch rows, so each item
-// owns its part of gw and sums in a fixed order (deterministic for any thread count).
+// (zero past K). Work items are (group, block of patch rows, chunk of positions): each sums its
+// chunk in a fixed order into its own partial sums, which are then added chunk by chunk. The
+// chunks depend on the sizes only, so the result is the same for any thread count; splitting
+// positions (not only patch rows) packs gy once per chunk rather than once per row block.
 template <typename T, typename PackA, typename PackB>
 void weight_grad_gemm(const ConvGeometry& g, const View4<const T>& gy, const int64_t* gw_offset,
                       View4<T> gw, PackA pack_a, PackB pack_b) {
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
-  const int64_t Mg = g.C_out_g(), K = g.patch(), P = g.OH * g.OW;
-  const int64_t m_blocks = ceil_div(Mg, kMR);
+  const int64_t Mg = g.C_out_g(), K = g.patch(), P = g.OH * g.OW, NP = g.N * P;
+  const int64_t m_blocks = ceil_div(Mg, kMR), Mp = m_blocks * kMR;
   const int64_t PT = min64(256, max64(P, 1));
-  const int64_t KB = tile_length(PT * sizeof(A), K, NR, g.groups);
-  const int64_t k_blocks = ceil_div(K, KB);
+  const int64_t KB = min64(round_up(K, NR), kKC), k_blocks = ceil_div(K, KB);
+  constexpr int64_t kChunk = 1024;  // positions per chunk, at least
+  constexpr int64_t kPartialValues = int64_t(1) << 22;  // bound on all partial sums: 16 MB of float
+  const int64_t slab = g.groups * Mp * k_blocks * KB;  // one chunk's partial sums
+  const int64_t chunks = max64(1, min64(NP / kChunk, kPartialValues / slab));
+  const int64_t chunk_len = ceil_div(NP, chunks);
+  Scratch<A> partial(chunks * slab);
 
-  at::parallel_for(0, g.groups * k_blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, g.groups * k_blocks * chunks, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> apack(m_blocks * PT * kMR);
     Scratch<A> bpack(KB * PT);
-    Scratch<A> acc(m_blocks * kMR * KB);
     Scratch<int64_t> pos_mem(3 * PT);
     TilePositions pos{pos_mem.get(), pos_mem.get() + PT, pos_mem.get() + 2 * PT};
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t k0 = (item % k_blocks) * KB, grp = item / k_blocks;
-      const int64_t kn = min64(KB, K - k0), col_panels = ceil_div(kn, NR);
-      fill_zero(acc.get(), m_blocks * kMR * KB);
-      for (int64_t n = 0; n < g.N; ++n) {
-        for (int64_t p0 = 0; p0 < P; p0 += PT) {
-          const int64_t pt = min64(PT, P - p0);
-          pos.fill(g, gy, p0, pt);
-          pack_a(n, grp, pos, pt, apack.get());
-          pack_b(n, grp, pos, pt, k0, col_panels * NR, bpack.get());
-          for (int64_t j = 0; j < col_panels; ++j) {
-            for (int64_t mb = 0; mb < m_blocks; ++mb) {
-              microkernel<A, true>(pt, apack.get() + mb * pt * kMR, bpack.get() + j * pt * NR,
-                                   acc.get() + mb * kMR * KB + j * NR, KB);
-            }
+      const int64_t chunk = item % chunks, kb = (item / chunks) % k_blocks;
+      const int64_t grp = item / chunks / k_blocks;
+      const int64_t k0 = kb * KB, kn = min64(KB, K - k0), col_panels = ceil_div(kn, NR);
+      A* acc = partial.get() + chunk * slab + (grp * k_blocks + kb) * Mp * KB;
+      fill_zero(acc, Mp * KB);
+      const int64_t f1 = min64(NP, (chunk + 1) * chunk_len);
+      for (int64_t f = chunk * chunk_len; f < f1;) {
+        const int64_t n = f / P, p0 = f % P, pt = min64(min64(PT, P - p0), f1 - f);
+        pos.fill(g, gy, p0, pt);
+        pack_a(n, grp, pos, pt, apack.get());
+        pack_b(n, grp, pos, pt, k0, col_panels * NR, bpack.get());
+        for (int64_t j = 0; j < col_panels; ++j) {
+          for (int64_t mb = 0; mb < m_blocks; ++mb) {
+            microkernel<A, true>(pt, apack.get() + mb * pt * kMR, bpack.get() + j * pt * NR,
+                                 acc + mb * kMR * KB + j * NR, KB);
           }
         }
+        f += pt;
       }
+    }
+  });
+
+  at::parallel_for(0, g.groups * k_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t grp = item / k_blocks, k0 = (item % k_blocks) * KB, kn = min64(KB, K - k0);
+      const A* first = partial.get() + item * Mp * KB;
       for (int64_t oc = 0; oc < Mg; ++oc) {
         T* dst = gw.data + (grp * Mg + oc) * gw.sN;
-        for (int64_t kr = 0; kr < kn; ++kr) dst[gw_offset[k0 + kr]] = static_cast<T>(acc.get()[oc * KB + kr]);
+        for (int64_t kr = 0; kr < kn; ++kr) {
+          A sum = first[oc * KB + kr];
+          for (int64_t c = 1; c < chunks; ++c) sum += first[c * slab + oc * KB + kr];
+          dst[gw_offset[k0 + kr]] = static_cast<T>(sum);
+        }
       }
     }
   });
