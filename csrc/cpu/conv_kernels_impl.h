@@ -579,12 +579,15 @@ void grouped_forward_direct(const ConvGeometry& g, View4<const T> x_any, View4<c
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.OH, oh = item % g.OH;
       for (int64_t grp = 0; grp < g.groups; ++grp) {
+        V b[MV];
+        for (int mv = 0; mv < MV; ++mv) {
+          b[mv] = V{};
+          for (int l = 0; l < 8; ++l) b[mv][l] = bias ? static_cast<A>(bias[grp * Mg + mv * 8 + l]) : A(0);
+        }
         for (int64_t ow0 = 0; ow0 < g.OW; ow0 += PB) {
           V acc[PB][MV];
-          for (int mv = 0; mv < MV; ++mv) {
-            V b = V{};
-            for (int l = 0; l < 8; ++l) b[l] = bias ? static_cast<A>(bias[grp * Mg + mv * 8 + l]) : A(0);
-            for (int q = 0; q < PB; ++q) acc[q][mv] = b;
+          for (int q = 0; q < PB; ++q) {
+            for (int mv = 0; mv < MV; ++mv) acc[q][mv] = b[mv];
           }
           for (int64_t ki = 0; ki < g.KH; ++ki) {
             const int64_t ih = oh * g.sH - g.pH + ki * g.dH;
@@ -612,7 +615,11 @@ void grouped_forward_direct(const ConvGeometry& g, View4<const T> x_any, View4<c
           for (int q = 0; q < PB && ow0 + q < g.OW; ++q) {
             T* out = y.data + n * y.sN + oh * y.sH + (ow0 + q) * y.sW + grp * Mg * y.sC;
             for (int mv = 0; mv < MV; ++mv) {
-              for (int l = 0; l < 8; ++l) out[(mv * 8 + l) * y.sC] = static_cast<T>(acc[q][mv][l]);
+              if (sizeof(T) == sizeof(A) && y.sC == 1) {
+                __builtin_memcpy(out + mv * 8, &acc[q][mv], sizeof(V));
+              } else {
+                for (int l = 0; l < 8; ++l) out[(mv * 8 + l) * y.sC] = static_cast<T>(acc[q][mv][l]);
+              }
             }
           }
         }
@@ -621,55 +628,79 @@ void grouped_forward_direct(const ConvGeometry& g, View4<const T> x_any, View4<c
   });
 }
 
-// Its weight gradient: work items are (group, tap) pairs, each summing over every image and
-// position in a fixed order (deterministic for any thread count), 8 input channels of
-// accumulators at a time in registers.
+// Its weight gradient. Input channels sit in the lanes, loaded straight from channels_last x, and
+// each gy value is broadcast: one accumulator per output channel of the group, for each (group,
+// tap, block of 8 input channels). Work items are chunks of output rows, each going through every
+// group and tap of its rows, so each cache line of x and gy is fetched once per chunk; each chunk
+// has its own partial sums, added in chunk order at the end. The chunks depend on the sizes only,
+// so the result is the same for any thread count.
 template <typename T, int MV>
 void grouped_weight_grad_direct(const ConvGeometry& g, View4<const T> x_any,
                                 View4<const T> gy_any, View4<T> gw) {
   using A = typename AccOf<T>::type;
   using V = typename Vec8<A>::type;
-  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW;
+  constexpr int MG = 8 * MV;
+  const int64_t Cg = g.C_in_g(), KHW = g.KH * g.KW, ic_blocks = ceil_div(Cg, 8);
   Scratch<T> x_copy(dense_channels_last(x_any, g.C_in) ? 0 : g.N * g.C_in * g.H * g.W);
   Scratch<T> gy_copy(dense_channels_last(gy_any, g.C_out) ? 0 : g.N * g.C_out * g.OH * g.OW);
   const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
   const View4<const T> gy = channels_last_view(gy_any, g.N, g.C_out, g.OH, g.OW, gy_copy);
-  constexpr int IB = 8;
-  at::parallel_for(0, g.groups * KHW, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t grp = item / KHW, tap = item % KHW, ki = tap / g.KW, kj = tap % g.KW;
-      for (int64_t ic0 = 0; ic0 < Cg; ic0 += IB) {
-        const int64_t nic = min64(IB, Cg - ic0);
-        V acc[IB][MV];
-        for (int i = 0; i < IB; ++i) {
-          for (int mv = 0; mv < MV; ++mv) acc[i][mv] = V{};
-        }
-        for (int64_t n = 0; n < g.N; ++n) {
-          for (int64_t oh = 0; oh < g.OH; ++oh) {
+  const int64_t rows = g.N * g.OH, rows_per_chunk = ceil_div(rows, min64(rows, 16));
+  const int64_t chunks = ceil_div(rows, rows_per_chunk);
+  const int64_t slab = g.groups * KHW * ic_blocks * MG * 8;  // one chunk's partial sums
+  Scratch<A> partial(chunks * slab);
+
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      A* sums = partial.get() + chunk * slab;
+      fill_zero(sums, slab);
+      for (int64_t row = chunk * rows_per_chunk; row < min64(rows, (chunk + 1) * rows_per_chunk); ++row) {
+        const int64_t n = row / g.OH, oh = row % g.OH;
+        for (int64_t grp = 0; grp < g.groups; ++grp) {
+          for (int64_t tap = 0; tap < KHW; ++tap) {
+            const int64_t ki = tap / g.KW, kj = tap % g.KW;
             const int64_t ih = oh * g.sH - g.pH + ki * g.dH;
             if (!inside(ih, g.H)) continue;
-            for (int64_t ow = 0; ow < g.OW; ++ow) {
-              const int64_t iw = ow * g.sW - g.pW + kj * g.dW;
-              if (!inside(iw, g.W)) continue;
-              const T* go = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * Mg;
-              const T* in = x.data + n * x.sN + ih * x.sH + iw * x.sW + grp * Cg + ic0;
-              V gv[MV];
-              for (int mv = 0; mv < MV; ++mv) {
-                for (int l = 0; l < 8; ++l) gv[mv][l] = static_cast<A>(go[mv * 8 + l]);
+            // Output columns whose tap column lies inside the input.
+            const int64_t ow_lo = min64(g.OW, max64(0, ceil_div(g.pW - kj * g.dW, g.sW)));
+            const int64_t ow_hi = max64(ow_lo, min64(g.OW, (g.W - 1 + g.pW - kj * g.dW) / g.sW + 1));
+            for (int64_t ib = 0; ib < ic_blocks; ++ib) {
+              const int64_t ic0 = ib * 8, nic = min64(8, Cg - ic0);
+              V* acc_mem = reinterpret_cast<V*>(sums + ((grp * KHW + tap) * ic_blocks + ib) * MG * 8);
+              V acc[MG];
+              for (int m = 0; m < MG; ++m) acc[m] = acc_mem[m];
+              for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
+                const T* in = x.data + n * x.sN + ih * x.sH +
+                              (ow * g.sW - g.pW + kj * g.dW) * x.sW + grp * Cg + ic0;
+                const T* go = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * MG;
+                V xv;
+                if (sizeof(T) == sizeof(A) && nic == 8) {
+                  __builtin_memcpy(&xv, in, sizeof(V));
+                } else {
+                  for (int l = 0; l < 8; ++l) xv[l] = l < nic ? static_cast<A>(in[l]) : A(0);
+                }
+#pragma GCC unroll 16
+                for (int m = 0; m < MG; ++m) acc[m] += (static_cast<A>(go[m]) - V{}) * xv;
               }
-#pragma GCC unroll 8
-              for (int i = 0; i < IB; ++i) {
-                const V xv = (i < nic ? static_cast<A>(in[i]) : A(0)) - V{};
-                for (int mv = 0; mv < MV; ++mv) acc[i][mv] += xv * gv[mv];
-              }
+              for (int m = 0; m < MG; ++m) acc_mem[m] = acc[m];
             }
           }
         }
+      }
+    }
+  });
+
+  at::parallel_for(0, g.groups * KHW * ic_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t ib = item % ic_blocks, tap = (item / ic_blocks) % KHW, grp = item / ic_blocks / KHW;
+      const int64_t ic0 = ib * 8, nic = min64(8, Cg - ic0);
+      for (int m = 0; m < MG; ++m) {
+        T* dst = gw.data + (grp * MG + m) * gw.sN + (tap / g.KW) * gw.sH + (tap % g.KW) * gw.sW;
         for (int64_t i = 0; i < nic; ++i) {
-          for (int64_t m = 0; m < Mg; ++m) {
-            gw.data[(grp * Mg + m) * gw.sN + (ic0 + i) * gw.sC + ki * gw.sH + kj * gw.sW] =
-                static_cast<T>(acc[i][m / 8][m % 8]);
-          }
+          const A* first = partial.get() + (item * MG + m) * 8 + i;
+          A sum = first[0];
+          for (int64_t c = 1; c < chunks; ++c) sum += first[c * slab];
+          dst[(ic0 + i) * gw.sC] = static_cast<T>(sum);
         }
       }
     }
