@@ -34,6 +34,11 @@ def sources(pattern: str) -> list:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
 
 
+def is_cuda_source(path: str) -> bool:
+    """CUDA builds only: .cu files, and the .cpp files of any cuda/ folder (CUDA entry points)."""
+    return path.endswith(".cu") or "cuda" in os.path.dirname(path).split(os.sep)
+
+
 def extension():
     with_cuda = want_cuda()
     cxx_flags = [
@@ -43,18 +48,20 @@ def extension():
         "-ffp-contract=fast",
         f'-DCONVEXT_TORCH_VERSION="{torch.__version__}"',
     ]
-    srcs = sources("csrc/**/*.cpp")
+    srcs = sources("csrc/**/*.cpp") + sources("csrc/**/*.cu")
     kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=[os.path.join(ROOT, "csrc")])
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
         cxx_flags.append("-DCONVEXT_WITH_CUDA")
         kwargs["extra_compile_args"] = {
             "cxx": cxx_flags,
-            "nvcc": ["-O3", "-DCONVEXT_WITH_CUDA", "--use_fast_math", "-lineinfo"],
+            # No --use_fast_math: results must match torch's, and fast math makes division and
+            # square root approximate and flushes denormals to zero.
+            "nvcc": ["-O3", "-DCONVEXT_WITH_CUDA", "-lineinfo"],
         }
-        return CUDAExtension("convext._C", srcs + sources("csrc/**/*.cu"), **kwargs)
+        return CUDAExtension("convext._C", srcs, **kwargs)
     kwargs["extra_compile_args"] = {"cxx": cxx_flags}
-    return CppExtension("convext._C", srcs, **kwargs)
+    return CppExtension("convext._C", [s for s in srcs if not is_cuda_source(s)], **kwargs)
 
 
 setup(

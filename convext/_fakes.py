@@ -104,6 +104,12 @@ def _max_unpool2d(input, indices, output_size):
     return _pool_empty(input, input.shape[-3], *output_size, _shape.pool_prefers_channels_last(input))
 
 
+@torch.library.register_fake("convext::max_pool2d_backward")
+def _max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding, dilation,
+                         ceil_mode, channels_last):
+    return _pool_empty(grad_output, grad_output.shape[-3], *input_size, channels_last)
+
+
 @torch.library.register_fake("convext::pool_scatter_add")
 def _pool_scatter_add(values, indices, size, channels_last):
     return _pool_empty(values, values.shape[-3], *size, channels_last)

@@ -1,5 +1,6 @@
 """conv2d and conv_transpose2d against torch: values, grads, memory formats, errors, autograd
-to second order, the dispatcher checks (opcheck), torch.compile and export."""
+to second order, the dispatcher checks (opcheck), torch.compile and export; on the CPU and, where
+there is one, on CUDA (also: CUDA against the CPU kernels, the current stream, determinism)."""
 import itertools
 import os
 import subprocess
@@ -13,7 +14,10 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import convext
 import convext.functional as CF
-from utils import FLOAT_DTYPES, LAYOUTS, assert_close_to_reference, make_layout, same_layout
+from utils import (DEVICES, FLOAT_DTYPES, LAYOUTS, assert_close_to_reference, make_layout,
+                   same_layout, tolerances)
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 # --- forward and grads over an argument grid -------------------------------------------------
 
@@ -24,28 +28,33 @@ DILATIONS = [1, 2]
 GROUPS = ["1", "2", "depthwise", "depthwise_x2"]  # depthwise_x2: a channel multiplier of 2
 
 
-def _check_against_torch(torch_fn, convext_fn, x, w, b, dtype, layout):
-    """Runs both on the same inputs (x laid out as `layout`): outputs and grads against torch in
-    float64, and (float32 and float64, where torch runs natively) memory formats against torch's
-    in dtype."""
-    tensors = [make_layout(x.to(dtype), layout), w.to(dtype), None if b is None else b.to(dtype)]
-    tensors = [t.requires_grad_() if t is not None else None for t in tensors]
+def _check_against_torch(torch_fn, convext_fn, x, w, b, dtype, layout, device="cpu"):
+    """Runs both on the same inputs (x laid out as `layout`): convext on `device`, torch on the
+    CPU. Outputs and grads against torch in float64, and (float32 and float64, where torch runs
+    natively) memory formats against torch's in dtype: convext follows torch's CPU rule on every
+    device (torch's CUDA formats depend on which backend it picks, float64 never channels_last)."""
+    def leaves(dev):
+        ts = [make_layout(x.to(dev, dtype), layout), w.to(dev, dtype),
+              None if b is None else b.to(dev, dtype)]
+        return [t.requires_grad_() if t is not None else None for t in ts]
+
+    tensors = leaves(device)
     out = convext_fn(*tensors)
     gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     wrt = [t for t in tensors if t is not None]
-    grads = torch.autograd.grad(out, wrt, gy)
+    grads = torch.autograd.grad(out, wrt, gy.to(device))
 
-    ref_in = [t.detach().double().requires_grad_() if t is not None else None for t in tensors]
+    ref_in = [t.detach().cpu().double().requires_grad_() if t is not None else None for t in tensors]
     ref_out = torch_fn(*ref_in)
     ref_grads = torch.autograd.grad(ref_out, [t for t in ref_in if t is not None], gy.double())
-    assert out.dtype == dtype and out.shape == ref_out.shape
-    assert_close_to_reference(out, ref_out)
+    assert out.dtype == dtype and out.shape == ref_out.shape and out.device.type == device
+    assert_close_to_reference(out.cpu(), ref_out)
     for g, rg in zip(grads, ref_grads):
         assert g.dtype == dtype
-        assert_close_to_reference(g, rg)
+        assert_close_to_reference(g.cpu(), rg)
 
     if dtype in (torch.float32, torch.float64):
-        native_in = [t.detach().requires_grad_() if t is not None else None for t in tensors]
+        native_in = leaves("cpu")
         native_out = torch_fn(*native_in)
         native_grads = torch.autograd.grad(native_out, [t for t in native_in if t is not None], gy)
         assert same_layout(out, native_out), (out.stride(), native_out.stride())
@@ -61,11 +70,12 @@ def _multiplier(spec):
     return 2 if spec == "depthwise_x2" else 1
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("kernel,stride,padding,dilation,groups",
                          list(itertools.product(KERNELS, STRIDES, PADDINGS, DILATIONS, GROUPS)))
-def test_conv2d_matches_torch(kernel, stride, padding, dilation, groups, dtype, layout):
+def test_conv2d_matches_torch(kernel, stride, padding, dilation, groups, dtype, layout, device):
     g = _groups(groups, 4)
     out_channels = 4 * _multiplier(groups) if groups.startswith("depthwise") else 6
     gen = torch.Generator().manual_seed(0)
@@ -74,9 +84,10 @@ def test_conv2d_matches_torch(kernel, stride, padding, dilation, groups, dtype, 
     b = torch.randn(out_channels, generator=gen)
     args = (stride, padding, dilation, g)
     _check_against_torch(lambda *t: F.conv2d(*t, *args), lambda *t: CF.conv2d(*t, *args),
-                         x, w, b, dtype, layout)
+                         x, w, b, dtype, layout, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("kernel,stride,padding,output_padding,dilation,groups", [
@@ -87,7 +98,7 @@ def test_conv2d_matches_torch(kernel, stride, padding, dilation, groups, dtype, 
     if all(op < max(si, d) for si in ((s, s) if isinstance(s, int) else s))
 ])
 def test_conv_transpose2d_matches_torch(kernel, stride, padding, output_padding, dilation, groups,
-                                        dtype, layout):
+                                        dtype, layout, device):
     g = _groups(groups, 4)
     out_per_group = _multiplier(groups) if groups.startswith("depthwise") else 6 // g
     gen = torch.Generator().manual_seed(0)
@@ -96,15 +107,16 @@ def test_conv_transpose2d_matches_torch(kernel, stride, padding, output_padding,
     b = torch.randn(out_per_group * g, generator=gen)
     args = (stride, padding, output_padding, g, dilation)
     _check_against_torch(lambda *t: F.conv_transpose2d(*t, *args),
-                         lambda *t: CF.conv_transpose2d(*t, *args), x, w, b, dtype, layout)
+                         lambda *t: CF.conv_transpose2d(*t, *args), x, w, b, dtype, layout, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fn", ["conv2d", "conv_transpose2d"])
 @pytest.mark.parametrize("x_cl,w_cl", [(False, True), (True, True), (True, False)])
 @pytest.mark.parametrize("gy_cl", [False, True])
-def test_memory_format_follows_input_and_weight(fn, x_cl, w_cl, gy_cl):
-    # torch: channels_last output and grads when input or weight is channels_last; the
-    # grad_output's format does not matter.
+def test_memory_format_follows_input_and_weight(fn, x_cl, w_cl, gy_cl, device):
+    # torch (on the CPU, the rule convext follows everywhere): channels_last output and grads when
+    # input or weight is channels_last; the grad_output's format does not matter.
     x = torch.randn(2, 4, 6, 6)
     w = torch.randn(4, 4, 3, 3)
     if x_cl:
@@ -112,21 +124,22 @@ def test_memory_format_follows_input_and_weight(fn, x_cl, w_cl, gy_cl):
     if w_cl:
         w = w.contiguous(memory_format=torch.channels_last)
     results = []
-    for f in (getattr(F, fn), getattr(CF, fn)):
-        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+    for f, dev in ((getattr(F, fn), "cpu"), (getattr(CF, fn), device)):
+        xs, ws = x.to(dev, copy=True).requires_grad_(), w.to(dev, copy=True).requires_grad_()
         y = f(xs, ws, None, 1, 1)
         gy = torch.ones_like(y, memory_format=torch.channels_last if gy_cl else torch.contiguous_format)
         results.append((y, *torch.autograd.grad(y, (xs, ws), gy)))
     for ours, theirs in zip(results[1], results[0]):
         assert same_layout(ours, theirs)
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours.cpu(), theirs, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fn", [CF.conv2d, CF.conv_transpose2d])
-def test_grad_of_only_what_is_needed(fn):
-    x = torch.randn(2, 4, 6, 6)
-    w = torch.randn(4, 4, 3, 3, requires_grad=True)
-    b = torch.randn(4, requires_grad=True)
+def test_grad_of_only_what_is_needed(fn, device):
+    x = torch.randn(2, 4, 6, 6, device=device)
+    w = torch.randn(4, 4, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
     gw, gb = torch.autograd.grad(fn(x, w, b).sum(), (w, b))
     assert gw.shape == w.shape and gb.shape == b.shape
     gx_only = torch.autograd.grad(fn(x.requires_grad_(), w.detach(), None).sum(), x)[0]
@@ -135,24 +148,27 @@ def test_grad_of_only_what_is_needed(fn):
 
 # --- batch shapes -----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fn,w_shape", [(CF.conv2d, (6, 4, 3, 3)), (CF.conv_transpose2d, (4, 6, 3, 3))])
-def test_unbatched_input(fn, w_shape):
+def test_unbatched_input(fn, w_shape, device):
     x, w = torch.randn(4, 7, 7, requires_grad=True), torch.randn(w_shape, requires_grad=True)
+    xd, wd = x.detach().to(device).requires_grad_(), w.detach().to(device).requires_grad_()
     ref = getattr(F, fn.__name__)
-    out = fn(x, w, None, 2, 1)
+    out = fn(xd, wd, None, 2, 1)
     assert out.dim() == 3
-    torch.testing.assert_close(out, ref(x, w, None, 2, 1), rtol=1e-4, atol=1e-4)
-    g_ours = torch.autograd.grad(out.sum(), (x, w))
+    torch.testing.assert_close(out.cpu(), ref(x, w, None, 2, 1), rtol=1e-4, atol=1e-4)
+    g_ours = torch.autograd.grad(out.sum(), (xd, wd))
     g_ref = torch.autograd.grad(ref(x, w, None, 2, 1).sum(), (x, w))
     for a, b in zip(g_ours, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fn,w_shape", [(CF.conv2d, (6, 4, 3, 3)), (CF.conv_transpose2d, (4, 6, 3, 3))])
-def test_batch_size_zero(fn, w_shape):
-    x = torch.randn(0, 4, 7, 7, requires_grad=True)
-    w = torch.randn(w_shape, requires_grad=True)
-    b = torch.randn(6, requires_grad=True)
+def test_batch_size_zero(fn, w_shape, device):
+    x = torch.randn(0, 4, 7, 7, device=device, requires_grad=True)
+    w = torch.randn(w_shape, device=device, requires_grad=True)
+    b = torch.randn(6, device=device, requires_grad=True)
     out = fn(x, w, b, 1, 1)
     ref = getattr(F, fn.__name__)(x, w, b, 1, 1)
     assert out.shape == ref.shape
@@ -161,31 +177,35 @@ def test_batch_size_zero(fn, w_shape):
     assert torch.equal(gw, torch.zeros_like(w)) and torch.equal(gb, torch.zeros_like(b))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_large_patch_tiles(layout):
+def test_large_patch_tiles(layout, device):
     # A reduction long enough to span several tiles and all microkernel row blocks; with
     # channels_last, long enough to leave the channels_last forward kernel for the tiled one.
     x = make_layout(torch.randn(1, 150, 20, 19, dtype=torch.float64), layout).requires_grad_()
     w = torch.randn(37, 150, 3, 3, dtype=torch.float64, requires_grad=True)
-    out, ref = CF.conv2d(x, w, None, 1, 1), F.conv2d(x, w, None, 1, 1)
-    torch.testing.assert_close(out, ref)
-    for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
-        torch.testing.assert_close(a, b)
+    xd, wd = x.detach().to(device).requires_grad_(), w.detach().to(device).requires_grad_()
+    out, ref = CF.conv2d(xd, wd, None, 1, 1), F.conv2d(x, w, None, 1, 1)
+    torch.testing.assert_close(out.cpu(), ref)
+    for a, b in zip(torch.autograd.grad(out.sum(), (xd, wd)), torch.autograd.grad(ref.sum(), (x, w))):
+        torch.testing.assert_close(a.cpu(), b)
 
 
 # --- padding='same' / 'valid' -----------------------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kernel,dilation", [((3, 3), 1), ((4, 2), 1), ((4, 5), (1, 2)), ((2, 2), 3)])
-def test_string_padding(kernel, dilation):
+def test_string_padding(kernel, dilation, device):
     x = torch.randn(2, 3, 9, 10, dtype=torch.float64, requires_grad=True)
     w = torch.randn(5, 3, *kernel, dtype=torch.float64, requires_grad=True)
+    xd, wd = x.detach().to(device).requires_grad_(), w.detach().to(device).requires_grad_()
     for padding in ("same", "valid"):
-        out = CF.conv2d(x, w, None, 1, padding, dilation)
+        out = CF.conv2d(xd, wd, None, 1, padding, dilation)
         ref = F.conv2d(x, w, None, 1, padding, dilation)
-        torch.testing.assert_close(out, ref)
-        for a, b in zip(torch.autograd.grad(out.sum(), (x, w)), torch.autograd.grad(ref.sum(), (x, w))):
-            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(out.cpu(), ref)
+        for a, b in zip(torch.autograd.grad(out.sum(), (xd, wd)), torch.autograd.grad(ref.sum(), (x, w))):
+            torch.testing.assert_close(a.cpu(), b)
 
 
 # --- errors: type and message as torch's --------------------------------------------------------
@@ -235,13 +255,15 @@ def test_errors_match_torch(case):
     assert str(got.value).split("\n")[0] == str(expected.value).split("\n")[0]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fn", [CF.conv2d, CF.conv_transpose2d])
 @pytest.mark.parametrize("dtype,name", [(torch.long, "Long"), (torch.bool, "Bool")])
-def test_non_floating_dtypes_are_not_implemented(fn, dtype, name):
+def test_non_floating_dtypes_are_not_implemented(fn, dtype, name, device):
     # torch also computes int64 convs on CPU (and names an internal kernel for bool); convext's
     # kernels are floating-point only and say so with the same exception type.
     with pytest.raises(NotImplementedError, match=f"\"{fn.__name__}\" not implemented for '{name}'"):
-        fn(torch.ones(1, 3, 4, 4, dtype=dtype), torch.ones(3, 3, 3, 3, dtype=dtype))
+        fn(torch.ones(1, 3, 4, 4, dtype=dtype, device=device),
+           torch.ones(3, 3, 3, 3, dtype=dtype, device=device))
 
 
 # --- autograd to second order -----------------------------------------------------------------
@@ -257,13 +279,16 @@ GRADCHECK_CASES = [
 ]
 
 
-def _gradcheck_fn(case):
+def _gradcheck_fn(case, device):
     op, xs, ws, has_bias, stride, padding, dilation, groups, output_padding = case
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(xs, dtype=torch.float64, generator=gen, requires_grad=True)
-    w = torch.randn(ws, dtype=torch.float64, generator=gen, requires_grad=True)
+
+    def leaf(*shape):
+        return torch.randn(shape, dtype=torch.float64, generator=gen).to(device).requires_grad_()
+
+    x, w = leaf(*xs), leaf(*ws)
     out_channels = ws[0] if op == "conv2d" else ws[1] * groups
-    b = torch.randn(out_channels, dtype=torch.float64, generator=gen, requires_grad=True) if has_bias else None
+    b = leaf(out_channels) if has_bias else None
     if op == "conv2d":
         fn = lambda x, w, b: CF.conv2d(x, w, b, stride, padding, dilation, groups)  # noqa: E731
     else:
@@ -271,41 +296,52 @@ def _gradcheck_fn(case):
     return fn, (x, w, b)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
-def test_gradcheck(case):
-    fn, inputs = _gradcheck_fn(case)
+def test_gradcheck(case, device):
+    fn, inputs = _gradcheck_fn(case, device)
     assert gradcheck(fn, inputs)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", GRADCHECK_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
-def test_gradgradcheck(case):
-    fn, inputs = _gradcheck_fn(case)
+def test_gradgradcheck(case, device):
+    fn, inputs = _gradcheck_fn(case, device)
     assert gradgradcheck(fn, inputs)
 
 
 # --- the dispatcher ops: opcheck, torch.compile, torch.export ------------------------------------
 
-def _opcheck_samples():
-    x = torch.randn(2, 4, 9, 8, requires_grad=True)
-    xcl = torch.randn(2, 4, 9, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(6, 4, 3, 3, requires_grad=True)
-    wg = torch.randn(6, 2, 3, 3, requires_grad=True)
-    b = torch.randn(6, requires_grad=True)
-    wt = torch.randn(4, 3, 3, 3, requires_grad=True)
-    gy = torch.randn(2, 6, 5, 8, requires_grad=True)
+def _opcheck_samples(device):
+    def leaf(*shape, channels_last=False):
+        t = torch.randn(shape, device=device)
+        if channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t.requires_grad_()
+
+    x, xcl = leaf(2, 4, 9, 8), leaf(2, 4, 9, 8, channels_last=True)
+    w, wg, wd, b = leaf(6, 4, 3, 3), leaf(6, 2, 3, 3), leaf(8, 1, 3, 3), leaf(6)
+    wt = leaf(4, 3, 3, 3)
+    gy, gycl = leaf(2, 6, 5, 8), leaf(2, 8, 5, 4, channels_last=True)
     ops = torch.ops.convext
     return [
         (ops.conv2d.default, (x, w, b, [2, 1], [1, 1], [1, 1], 1)),
         (ops.conv2d.default, (xcl, wg, None, [1, 1], [0, 1], [2, 1], 2)),
+        (ops.conv2d.default, (xcl, wd, None, [2, 2], [1, 1], [1, 1], 4)),  # depthwise x2
         (ops.conv_transpose2d.default, (x, wt, None, [2, 2], [1, 1], [1, 0], 1, [1, 1])),
-        (ops.conv_transpose2d.default, (xcl, wt, torch.randn(3, requires_grad=True), [1, 1], [0, 0], [0, 0], 1, [1, 1])),
+        (ops.conv_transpose2d.default, (xcl, wt, leaf(3), [1, 1], [0, 0], [0, 0], 1, [1, 1])),
         (ops.conv2d_weight_grad.default, (x, gy, [3, 3], [2, 1], [1, 1], [1, 1], 1, False)),
+        (ops.conv2d_weight_grad.default, (xcl, gycl, [3, 3], [2, 2], [1, 1], [1, 1], 4, True)),
         (ops.conv_bias_grad.default, (gy,)),
     ]
 
 
-@pytest.mark.parametrize("op,args", _opcheck_samples(), ids=lambda v: str(v) if not isinstance(v, tuple) else "")
-def test_opcheck(op, args):
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sample", range(8), ids=[
+    "conv2d", "conv2d-grouped", "conv2d-depthwise", "conv_transpose2d", "conv_transpose2d-bias",
+    "conv2d_weight_grad", "conv2d_weight_grad-depthwise", "conv_bias_grad"])
+def test_opcheck(sample, device):
+    op, args = _opcheck_samples(device)[sample]
     torch.library.opcheck(op, args)
 
 
@@ -341,6 +377,103 @@ def test_torch_export():
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert "convext.conv2d.default" in targets and "convext.conv_transpose2d.default" in targets
     torch.testing.assert_close(program.module()(x), net(x))
+
+
+# --- CUDA: agreement with the CPU kernels, the current stream, determinism -----------------------
+
+# (input, weight, stride, padding, dilation, groups): one case per CUDA kernel path. Depthwise
+# 3x3, 5x5 and 7x7 at stride 1 and 2 (many small planes per NCHW block, planes wider and taller
+# than one tile), a channel multiplier, runtime kernel sizes, channels that are not a multiple of
+# the vector width, long weight-gradient reductions (several partial sums per weight); grouped and
+# dense convs (the general kernels).
+CUDA_CASES = [
+    ((2, 16, 56, 56), (16, 1, 3, 3), 1, 1, 1, 16),
+    ((2, 8, 30, 70), (8, 1, 3, 3), 2, 1, 1, 8),
+    ((4, 24, 7, 7), (24, 1, 3, 3), 1, 1, 1, 24),
+    ((2, 8, 21, 19), (8, 1, 5, 5), 2, 2, 1, 8),
+    ((2, 8, 40, 33), (8, 1, 7, 7), 1, 3, 1, 8),
+    ((2, 8, 17, 17), (16, 1, 7, 7), 2, 3, 1, 8),
+    ((2, 8, 15, 16), (8, 1, 4, 3), (1, 2), (2, 1), 2, 8),
+    ((2, 6, 15, 16), (6, 1, 3, 3), 3, 1, (2, 1), 6),
+    ((16, 4, 30, 30), (4, 1, 3, 3), 1, 1, 1, 4),
+    ((2, 12, 13, 11), (18, 4, 3, 3), (2, 1), 1, 1, 3),
+    ((3, 5, 9, 10), (7, 5, 1, 1), 1, 0, 1, 1),
+]
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("case", CUDA_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_cuda_matches_cpu(case, dtype, layout):
+    # conv2d's backward runs the three other ops, so this covers every op on both devices.
+    xs, ws, stride, padding, dilation, groups = case
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(shape, generator=gen).to(dtype) for shape in (xs, ws, ws[:1]))
+    results = []
+    for device in ("cpu", "cuda"):
+        leaves = [make_layout(x.to(device), layout), w.to(device), b.to(device)]
+        leaves = [t.requires_grad_() for t in leaves]
+        y = CF.conv2d(*leaves, stride, padding, dilation, groups)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        results.append([y, *torch.autograd.grad(y, leaves, gy.to(device))])
+    rtol, atol = tolerances(dtype)
+    for on_cpu, on_cuda in zip(*results):
+        assert on_cuda.dtype == dtype and same_layout(on_cpu, on_cuda)
+        # Each is within the tolerance of the exact result, so within twice it of the other.
+        scale = max(1.0, on_cpu.double().abs().max().item())
+        torch.testing.assert_close(on_cuda.cpu().double(), on_cpu.double(), rtol=2 * rtol,
+                                   atol=2 * atol * scale)
+
+
+def _depthwise_then_dense(x, weights, bias):
+    """A depthwise conv (fast kernels) then a strided dense one (general kernels), and the grads
+    of a loss on it w.r.t. x, the weights and the bias."""
+    y = CF.conv2d(x, weights[0], bias, 1, 1, 1, x.shape[1])
+    y = CF.conv2d(y, weights[1], None, 2, 1)
+    return [y, *torch.autograd.grad(y.square().sum(), [x, *weights, bias])]
+
+
+def _leaves(*tensors):
+    return [t.detach().clone().requires_grad_() for t in tensors]
+
+
+@requires_cuda
+def test_cuda_kernels_run_on_the_current_stream():
+    # The input is written on a side stream behind a long sleep: kernels launched on any other
+    # stream would read it before it is written.
+    gen = torch.Generator().manual_seed(0)
+    x0, w0, w1, b = (torch.randn(shape, generator=gen).cuda()
+                     for shape in ((4, 16, 28, 28), (16, 1, 3, 3), (8, 16, 3, 3), (16,)))
+    expected = _depthwise_then_dense(*_leaves(x0 * 2), _leaves(w0, w1), *_leaves(b))
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(100_000_000)
+        x = (x0 * 2).requires_grad_()
+        got = _depthwise_then_dense(x, _leaves(w0, w1), *_leaves(b))
+    stream.synchronize()
+    for a, e in zip(got, expected):
+        assert torch.equal(a, e)
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_deterministic(layout):
+    # Every kernel sums in a fixed order, so torch's deterministic mode has nothing to reject and
+    # two runs give the same bits (reductions long enough to be split into partial sums).
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(8, 32, 40, 40, generator=gen), layout).cuda()
+    w0, w1, b = (torch.randn(shape, generator=gen).cuda()
+                 for shape in ((32, 1, 3, 3), (16, 32, 3, 3), (32,)))
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [_depthwise_then_dense(*_leaves(x), _leaves(w0, w1), *_leaves(b)) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
 
 
 # --- every SIMD build of the kernels ----------------------------------------------------------

@@ -1,6 +1,8 @@
 """The pooling ops against torch: values, indices, grads, memory formats, errors (every grid point
 either matches torch's result or torch's error), ties and NaN, autograd to second order, opcheck,
-torch.compile and export; the modules, GlobalAvgPool2d and convert()."""
+torch.compile and export; the modules, GlobalAvgPool2d and convert(). The parity tests run on
+every device (torch on the CPU is the reference); CUDA also against convext's CPU results, on a
+side stream, inside a CUDA graph, and for bitwise repeatable backward passes."""
 import itertools
 import re
 
@@ -12,7 +14,10 @@ from torch.autograd import gradcheck, gradgradcheck
 import convext
 import convext.functional as CF
 import convext.nn as cnn
-from utils import FLOAT_DTYPES, LAYOUTS, assert_close_to_reference, make_layout, same_layout
+from utils import (DEVICES, FLOAT_DTYPES, LAYOUTS, assert_close_to_reference, make_layout,
+                   same_layout)
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
 def _run(fn, x, kwargs):
@@ -26,20 +31,24 @@ def _run(fn, x, kwargs):
     if not x.requires_grad:
         return outs, None
     gy = torch.randn(outs[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    return outs, torch.autograd.grad(outs[0], x, gy.to(outs[0].dtype))[0]
+    return outs, torch.autograd.grad(outs[0], x, gy.to(outs[0].device, outs[0].dtype))[0]
 
 
 def _first_line(error: Exception) -> str:
     return re.sub(r"invalid max index: -?\d+", "invalid max index: N", str(error).split("\n")[0])
 
 
-def _check_against_torch(name, x, kwargs, layout):
-    """convext's `name` on x (laid out as `layout`) against torch's: the same error, or the same
-    values (against float64), indices, grads and memory formats."""
+def _to(kwargs, device):
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+
+def _check_against_torch(name, x, kwargs, layout, device="cpu"):
+    """convext's `name` on x (laid out as `layout`, on `device`) against torch's on the CPU: the
+    same error, or the same values (against float64), indices, grads and memory formats."""
     dtype = x.dtype
     floating = dtype.is_floating_point
-    ours_in = make_layout(x, layout).requires_grad_(floating)
-    ours = _run(getattr(CF, name), ours_in, kwargs)
+    ours_in = make_layout(x.to(device), layout).requires_grad_(floating)
+    ours = _run(getattr(CF, name), ours_in, _to(kwargs, device))
     native = _run(getattr(F, name), make_layout(x, layout).requires_grad_(floating), kwargs)
     if isinstance(native, Exception):
         assert isinstance(ours, type(native)), f"torch raised {native!r}, convext gave {ours!r}"
@@ -49,6 +58,8 @@ def _check_against_torch(name, x, kwargs, layout):
         return
     assert not isinstance(ours, Exception), f"convext raised {ours!r}"
     (outs, grad), (native_outs, native_grad) = ours, native
+    outs = tuple(o.cpu() for o in outs)
+    grad = grad.cpu() if grad is not None else None
     reference = native
     if dtype in (torch.bfloat16, torch.float16):
         reference = _run(getattr(F, name), x.double().requires_grad_(), kwargs)
@@ -78,38 +89,45 @@ def _input(dtype, shape=(2, 3, 9, 8)):
     return torch.randint(-20 if dtype != torch.uint8 else 0, 20, shape, generator=gen).to(dtype)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("kernel,stride,padding,dilation,ceil_mode", list(itertools.product(
     [1, 2, 3, (3, 2)], [None, 1, 2, (2, 1)], [0, 1], [1, 2], [False, True])))
-def test_max_pool2d_matches_torch(kernel, stride, padding, dilation, ceil_mode, dtype, layout):
+def test_max_pool2d_matches_torch(kernel, stride, padding, dilation, ceil_mode, dtype, layout,
+                                  device):
     kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation,
                   ceil_mode=ceil_mode, return_indices=True)
-    _check_against_torch("max_pool2d", _input(dtype), kwargs, layout)
+    _check_against_torch("max_pool2d", _input(dtype), kwargs, layout, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64], ids=str)
 @pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), ((3, 2), 1, (1, 0))])
-def test_max_pool2d_integer_dtypes(kernel, stride, padding, dtype, layout):
+def test_max_pool2d_integer_dtypes(kernel, stride, padding, dtype, layout, device):
     kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, return_indices=True)
-    _check_against_torch("max_pool2d", _input(dtype), kwargs, layout)
+    _check_against_torch("max_pool2d", _input(dtype), kwargs, layout, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode,count_include_pad,divisor", list(itertools.product(
     [1, 2, 3, (3, 2)], [None, 2, (2, 1)], [0, 1], [False, True], [True, False], [None, 3, -2])))
 def test_avg_pool2d_matches_torch(kernel, stride, padding, ceil_mode, count_include_pad, divisor,
-                                  dtype, layout):
+                                  dtype, layout, device):
     kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
                   count_include_pad=count_include_pad, divisor_override=divisor)
-    _check_against_torch("avg_pool2d", _input(dtype), kwargs, layout)
+    _check_against_torch("avg_pool2d", _input(dtype), kwargs, layout, device)
 
 
-def test_avg_pool2d_int64():
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_avg_pool2d_int64(device, layout):
     # torch averages int64 with integer division; so does convext.
-    _check_against_torch("avg_pool2d", _input(torch.int64), dict(kernel_size=3, stride=1, padding=1), "contiguous")
+    _check_against_torch("avg_pool2d", _input(torch.int64), dict(kernel_size=3, stride=1, padding=1),
+                         layout, device)
 
 
 def test_avg_pool2d_ceil_mode_divisor():
@@ -121,24 +139,26 @@ def test_avg_pool2d_ceil_mode_divisor():
 ADAPTIVE_SIZES = [1, 2, 5, (3, None), (None, 2), (4, 7), (12, 11)]  # (12, 11): larger than input
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("output_size", ADAPTIVE_SIZES, ids=str)
 @pytest.mark.parametrize("name", ["adaptive_avg_pool2d", "adaptive_max_pool2d"])
-def test_adaptive_pools_match_torch(name, output_size, dtype, layout):
+def test_adaptive_pools_match_torch(name, output_size, dtype, layout, device):
     kwargs = dict(output_size=output_size)
     if name == "adaptive_max_pool2d":
         kwargs["return_indices"] = True
-    _check_against_torch(name, _input(dtype), kwargs, layout)
+    _check_against_torch(name, _input(dtype), kwargs, layout, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("kernel,stride,padding,output_size", [
     (2, None, 0, None), (3, 2, 1, None), ((3, 2), (2, 1), (1, 0), None), (2, 2, 0, [9, 9]),
     (3, 2, 1, [2, 3, 9, 8]),
 ])
-def test_max_unpool2d_matches_torch(kernel, stride, padding, output_size, dtype, layout):
+def test_max_unpool2d_matches_torch(kernel, stride, padding, output_size, dtype, layout, device):
     x = _input(dtype)
     pooled, indices = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
     # torch's own backward fails on non-dense indices ("view size is not compatible"), so only
@@ -146,11 +166,12 @@ def test_max_unpool2d_matches_torch(kernel, stride, padding, output_size, dtype,
     indices = indices if layout == "strided" else make_layout(indices, layout)
     kwargs = dict(indices=indices, kernel_size=kernel, stride=stride,
                   padding=padding, output_size=output_size)
-    _check_against_torch("max_unpool2d", pooled, kwargs, layout)
+    _check_against_torch("max_unpool2d", pooled, kwargs, layout, device)
 
 
 # --- ties, NaN, infinities ---------------------------------------------------------------------
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("name,kwargs", [
     ("max_pool2d", dict(kernel_size=3, stride=2, padding=1, return_indices=True)),
@@ -158,14 +179,14 @@ def test_max_unpool2d_matches_torch(kernel, stride, padding, output_size, dtype,
     ("adaptive_max_pool2d", dict(output_size=(3, 5), return_indices=True)),
 ])
 @pytest.mark.parametrize("fill", ["ties", "nan", "-inf"])
-def test_ties_and_nan(name, kwargs, fill, layout):
+def test_ties_and_nan(name, kwargs, fill, layout, device):
     x = torch.zeros(2, 3, 9, 8)
     if fill == "nan":
         x = torch.randn(2, 3, 9, 8)
         x[0, 0, 2, 3] = x[1, 2, 5, 5] = x[1, 2, 5, 6] = x[0, 1, 0, 0] = float("nan")
     elif fill == "-inf":
         x[:] = float("-inf")
-    _check_against_torch(name, x, kwargs, layout)
+    _check_against_torch(name, x, kwargs, layout, device)
 
 
 # --- batch shapes -------------------------------------------------------------------------------
@@ -179,10 +200,11 @@ POOL_CALLS = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name,kwargs", POOL_CALLS)
 @pytest.mark.parametrize("shape", [(3, 9, 8), (0, 3, 9, 8)], ids=["unbatched", "batch0"])
-def test_batch_shapes(name, kwargs, shape):
-    _check_against_torch(name, _input(torch.float32, shape), kwargs, "contiguous")
+def test_batch_shapes(name, kwargs, shape, device):
+    _check_against_torch(name, _input(torch.float32, shape), kwargs, "contiguous", device)
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -266,26 +288,37 @@ GRAD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name,kwargs", GRAD_CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("check", [gradcheck, gradgradcheck], ids=["gradcheck", "gradgradcheck"])
-def test_autograd(name, kwargs, check):
-    x = _distinct(2, 2, 7, 6).requires_grad_()
+def test_autograd(name, kwargs, check, device):
+    x = _distinct(2, 2, 7, 6).to(device).requires_grad_()
     assert check(lambda x: getattr(CF, name)(x, **kwargs), (x,))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("check", [gradcheck, gradgradcheck], ids=["gradcheck", "gradgradcheck"])
-def test_autograd_max_unpool2d(check):
+def test_autograd_max_unpool2d(check, device):
     pooled, indices = F.max_pool2d(_distinct(2, 2, 8, 6), 2, return_indices=True)
+    pooled, indices = pooled.to(device), indices.to(device)
     assert check(lambda v: CF.max_unpool2d(v, indices, 2), (pooled.requires_grad_(),))
 
 
 # --- dispatcher: opcheck, compile, export -------------------------------------------------------
 
-def _opcheck_samples():
-    x = _distinct(2, 3, 9, 8).float().requires_grad_()
-    xcl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    pooled, indices = F.max_pool2d(x.detach(), 2, return_indices=True)
-    gy = torch.randn(2, 3, 5, 4, requires_grad=True)  # the 9x8 input pooled by 3, stride 2, pad 1
+def _opcheck_samples(device):
+    def on(t):
+        return t.detach().to(device).requires_grad_(t.dtype.is_floating_point)
+
+    x = on(_distinct(2, 3, 9, 8).float())
+    xcl = on(x.contiguous(memory_format=torch.channels_last))
+    pooled, indices = F.max_pool2d(x.detach().cpu(), 2, return_indices=True)
+    pooled, indices = on(pooled), indices.to(device)
+    # The 9x8 input pooled by 3, stride 2, pad 1, and max pooling's indices for it.
+    gy = on(torch.randn(2, 3, 5, 4))
+    _, max_indices = F.max_pool2d(x.detach().cpu(), 3, 2, 1, return_indices=True)
+    max_indices = max_indices.to(device)
+    cl = torch.channels_last
     ops = torch.ops.convext
     return [
         (ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], False)),
@@ -297,15 +330,22 @@ def _opcheck_samples():
         (ops.adaptive_avg_pool2d.default, (x, [4, 5])),
         (ops.adaptive_avg_pool2d.default, (xcl, [1, 1])),
         (ops.adaptive_avg_pool2d_backward.default, (gy, [9, 8], True)),
-        (ops.max_unpool2d.default, (pooled.requires_grad_(), indices, [9, 8])),
-        (ops.pool_scatter_add.default, (pooled.detach().requires_grad_(), indices, [9, 8], False)),
+        (ops.max_unpool2d.default, (pooled, indices, [9, 8])),
+        (ops.max_pool2d_backward.default,
+         (gy, max_indices, [9, 8], [3, 3], [2, 2], [1, 1], [1, 1], False, False)),
+        (ops.max_pool2d_backward.default,
+         (on(gy.contiguous(memory_format=cl)), max_indices.contiguous(memory_format=cl), [9, 8],
+          [3, 3], [2, 2], [1, 1], [1, 1], False, True)),
+        (ops.pool_scatter_add.default, (on(pooled), indices, [9, 8], False)),
         (ops.pool_gather.default, (x, indices)),
     ]
 
 
-@pytest.mark.parametrize("op,args", _opcheck_samples(), ids=lambda v: str(v) if not isinstance(v, tuple) else "")
-def test_opcheck(op, args):
-    torch.library.opcheck(op, args)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sample", range(len(_opcheck_samples("cpu"))),
+                         ids=[str(op) for op, _ in _opcheck_samples("cpu")])
+def test_opcheck(sample, device):
+    torch.library.opcheck(*_opcheck_samples(device)[sample])
 
 
 class _PoolNet(torch.nn.Module):
@@ -399,3 +439,150 @@ def test_convert_swaps_pools():
         cnn.Conv2d, cnn.MaxPool2d, torch.nn.Sequential, cnn.AvgPool2d, cnn.AdaptiveMaxPool2d,
         cnn.AdaptiveAvgPool2d, torch.nn.Flatten]
     torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+# --- CUDA: against convext's CPU kernels, streams, graphs, determinism, errors ------------------
+
+CUDA_CASES = [
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=1, return_indices=True)),
+    ("max_pool2d", dict(kernel_size=(2, 3), stride=(2, 1), dilation=2, ceil_mode=True, return_indices=True)),
+    ("avg_pool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+    ("avg_pool2d", dict(kernel_size=2)),
+    ("adaptive_avg_pool2d", dict(output_size=1)),
+    ("adaptive_avg_pool2d", dict(output_size=(5, 3))),
+    ("adaptive_max_pool2d", dict(output_size=(5, 3), return_indices=True)),
+]
+# 16 channels and 8x8 planes take the vectorised channels_last and global-average paths, 3 channels
+# and 7x7 planes the scalar ones; 19x18 planes make windows overlap unevenly.
+CUDA_SHAPES = [(4, 16, 8, 8), (2, 3, 7, 7), (3, 16, 19, 18)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=str)
+@pytest.mark.parametrize("name,kwargs", CUDA_CASES, ids=str)
+def test_cuda_matches_cpu(name, kwargs, shape, dtype, layout):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    results = []
+    for device in ("cpu", "cuda"):
+        xd = make_layout(x.to(device), layout).requires_grad_()
+        outs = getattr(CF, name)(xd, **kwargs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        gy = torch.randn(outs[0].shape, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+        grad, = torch.autograd.grad(outs[0], xd, gy)
+        results.append([t.cpu() for t in (*outs, grad)])
+    for ours, cpu in zip(*reversed(results)):
+        assert ours.dtype == cpu.dtype and same_layout(ours, cpu)
+        if ours.dtype == torch.int64:
+            assert torch.equal(ours, cpu)
+        else:
+            torch.testing.assert_close(ours, cpu)
+
+
+@requires_cuda
+def test_cuda_wide_offsets():
+    # A view spanning more than 2^31 elements takes the 64-bit index kernels.
+    big = torch.empty(2**31 + 128, dtype=torch.int8, device="cuda")
+    x = big.as_strided((2, 3, 5, 4), (2**31, 32, 4, 1))
+    x.copy_(torch.randint(-100, 100, (2, 3, 5, 4), dtype=torch.int8))
+    out, indices = CF.max_pool2d(x, 2, 1, return_indices=True)
+    expected, expected_indices = F.max_pool2d(x.cpu(), 2, 1, return_indices=True)
+    assert torch.equal(out.cpu(), expected) and torch.equal(indices.cpu(), expected_indices)
+
+
+def _pool_everything(x):
+    """Every pooling op and backward on x (4-D, requires grad): outputs and grads."""
+    y, indices = CF.max_pool2d(x, 3, 2, 1, return_indices=True)
+    z = CF.adaptive_max_pool2d(x, (5, 4)) + CF.adaptive_avg_pool2d(x, (5, 4))
+    u = CF.max_unpool2d(y, indices, 3, 2, 1, output_size=x.shape[-2:])
+    loss = (y.square().sum() + z.square().sum() + CF.avg_pool2d(u, 2).square().sum()
+            + CF.adaptive_avg_pool2d(x, 1).square().sum())
+    grad, = torch.autograd.grad(loss, x, create_graph=True)
+    gradgrad, = torch.autograd.grad(grad.square().sum(), x)
+    return y, indices, z, u, grad, gradgrad
+
+
+@requires_cuda
+def test_cuda_non_default_stream():
+    # The ops must run on the current stream: behind a long sleep on a side stream, the input is
+    # only written late, so a kernel on any other stream would read it too early.
+    x = torch.randn(4, 16, 20, 19)
+    expected = _pool_everything(x.cuda().requires_grad_())
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        xs = torch.zeros(x.shape, device="cuda")
+        torch.cuda._sleep(50_000_000)
+        xs.copy_(x, non_blocking=True)
+        got = _pool_everything(xs.requires_grad_())
+    side.synchronize()
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+
+
+@requires_cuda
+def test_cuda_graph_capture():
+    # The index checks of the indexed ops must not wait for the stream inside a graph capture.
+    x = torch.randn(2, 8, 12, 11, device="cuda")
+    pooled, indices = CF.max_pool2d(x, 2, return_indices=True)
+
+    def run():
+        return (CF.max_unpool2d(pooled, indices, 2, output_size=x.shape[-2:]),
+                torch.ops.convext.pool_scatter_add(pooled, indices, [12, 11], False),
+                torch.ops.convext.pool_gather(x, indices), CF.avg_pool2d(x, 3, 2, 1))
+
+    expected = run()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    for o, e in zip(outs, expected):
+        assert torch.equal(o, e)
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_backward_is_deterministic(layout):
+    # Integer-valued inputs: windows tie, so grads pile up on shared elements, where a racing sum
+    # would differ between runs.
+    x = torch.randint(0, 3, (8, 32, 23, 22)).float().cuda()
+    x = make_layout(x, layout)
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = _pool_everything(x.clone().requires_grad_())
+        second = _pool_everything(x.clone().requires_grad_())
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@requires_cuda
+@pytest.mark.parametrize("op", ["max_unpool2d", "pool_scatter_add", "pool_gather"])
+def test_cuda_invalid_index_error(op):
+    # The CPU's error (the last invalid index in plane order), without a device-side assert: the
+    # context stays usable.
+    values = torch.randn(2, 3, 4, 4)
+    indices = torch.randint(0, 64, (2, 3, 4, 4))
+    indices[0, 1, 2, 3], indices[1, 0, 0, 1], indices[1, 0, 3, 0] = -5, 100, 64
+    calls = {
+        "max_unpool2d": lambda v, i: CF.max_unpool2d(v, i, 2),
+        "pool_scatter_add": lambda v, i: torch.ops.convext.pool_scatter_add(v, i, [8, 8], False),
+        "pool_gather": lambda v, i: torch.ops.convext.pool_gather(torch.randn(2, 3, 8, 8, device=v.device), i),
+    }
+    with pytest.raises(RuntimeError) as on_cpu:
+        calls[op](values, indices)
+    with pytest.raises(RuntimeError) as on_cuda:
+        calls[op](values.cuda(), indices.cuda())
+    assert str(on_cuda.value).split("\n")[0] == str(on_cpu.value).split("\n")[0]
+    assert "Found an invalid max index: 64 (output volumes are of size 8x8)" in str(on_cuda.value)
+    assert CF.max_pool2d(values.cuda(), 2).sum().item() == CF.max_pool2d(values, 2).sum().item()
+
+
+@requires_cuda
+def test_cuda_device_mismatch():
+    pooled, indices = F.max_pool2d(torch.randn(1, 2, 8, 8), 2, return_indices=True)
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+        CF.max_unpool2d(pooled.cuda(), indices, 2)

@@ -23,6 +23,15 @@ ConvGeometry check_conv_transpose2d(const at::Tensor& input, const at::Tensor& w
                                     at::IntArrayRef padding, at::IntArrayRef output_padding,
                                     int64_t groups, at::IntArrayRef dilation);
 
+// Checks of the weight-gradient op (conv2d_weight_grad, an internal op: its own wording) and its
+// geometry, in forward terms.
+ConvGeometry check_conv2d_weight_grad(const at::Tensor& input, const at::Tensor& grad_output,
+                                      at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation,
+                                      int64_t groups);
+
+void check_conv_bias_grad(const at::Tensor& grad_output);
+
 // torch's rule for conv outputs and grads: channels_last when input or weight suggests it.
 bool conv_prefers_channels_last(const at::Tensor& input, const at::Tensor& weight);
 

@@ -1,5 +1,6 @@
 #include "common/pool_shape.h"
 
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <string>
@@ -175,6 +176,48 @@ PoolGeometry pool_backward_geometry(const at::Tensor& grad_output, at::IntArrayR
   return g;
 }
 
+void check_pooled_size(const char* op, const at::Tensor& grad_output, at::IntArrayRef input_size,
+                       at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  for (int i = 0; i < 2; ++i) {
+    TORCH_CHECK(grad_output.size(-2 + i) == pool_output_size(input_size[i], kernel_size[i],
+                                                              padding[i], stride[i], dilation[i],
+                                                              ceil_mode),
+                op, ": grad_output of size ", grad_output.sizes(),
+                " does not match the pooled size of an input of ", input_size);
+  }
+}
+
+void check_scatter_args(const char* op, const at::Tensor& values, const at::Tensor& indices) {
+  TORCH_CHECK(values.sizes() == indices.sizes() && indices.scalar_type() == at::kLong, op,
+              ": values and int64 indices must have the same shape");
+}
+
+void check_gather_args(const at::Tensor& input, const at::Tensor& indices) {
+  TORCH_CHECK(input.dim() == indices.dim() && (input.dim() == 3 || input.dim() == 4) &&
+                  indices.scalar_type() == at::kLong,
+              "pool_gather: expected input and int64 indices of the same rank, 3 or 4");
+  TORCH_CHECK(input.sizes().slice(0, input.dim() - 2) == indices.sizes().slice(0, input.dim() - 2),
+              "pool_gather: input of size ", input.sizes(), " and indices of size ",
+              indices.sizes(), " differ outside the last two dimensions");
+}
+
+PoolGeometry check_max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
+                                       at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                                       at::IntArrayRef stride, at::IntArrayRef padding,
+                                       at::IntArrayRef dilation, bool ceil_mode) {
+  check_scatter_args("max_pool2d_backward", grad_output, indices);
+  const PoolGeometry g = pool_backward_geometry(grad_output, input_size);
+  check_pooled_size("max_pool2d_backward", grad_output, input_size, kernel_size, stride, padding,
+                    dilation, ceil_mode);
+  return g;
+}
+
+void raise_invalid_max_index(int64_t index, int64_t H, int64_t W) {
+  TORCH_CHECK(false, "Found an invalid max index: ", index, " (output volumes are of size ", H,
+              "x", W, ")");
+}
+
 bool pool_prefers_channels_last(const at::Tensor& input) {
   return input.dim() == 4 && input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
 }
@@ -184,6 +227,13 @@ at::Tensor as_batched(const at::Tensor& t) { return t.dim() == 3 ? t.unsqueeze(0
 std::vector<int64_t> pool_output_sizes(const at::Tensor& input, int64_t C, int64_t H, int64_t W) {
   if (input.dim() == 3) return {C, H, W};
   return {input.size(0), C, H, W};
+}
+
+at::Tensor empty_pool_tensor(const at::Tensor& input, int64_t C, int64_t H, int64_t W,
+                             bool channels_last, at::ScalarType dtype) {
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  return at::empty(pool_output_sizes(input, C, H, W),
+                   input.options().dtype(dtype).memory_format(format));
 }
 
 }  // namespace convext

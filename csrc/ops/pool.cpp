@@ -2,6 +2,7 @@
 
 #include <torch/library.h>
 
+#include "common/pool_shape.h"
 #include "ops/find_op.h"
 
 namespace convext::ops {
@@ -54,6 +55,15 @@ at::Tensor max_unpool2d(const at::Tensor& input, const at::Tensor& indices,
   return op.call(input, indices, output_size);
 }
 
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
+                               c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, bool ceil_mode, bool channels_last) {
+  static const auto op = find_op<decltype(max_pool2d_backward)>("convext::max_pool2d_backward");
+  return op.call(grad_output, indices, input_size, kernel_size, stride, padding, dilation,
+                 ceil_mode, channels_last);
+}
+
 at::Tensor pool_scatter_add(const at::Tensor& values, const at::Tensor& indices,
                             c10::SymIntArrayRef size, bool channels_last) {
   static const auto op = find_op<decltype(pool_scatter_add)>("convext::pool_scatter_add");
@@ -85,9 +95,34 @@ TORCH_LIBRARY_FRAGMENT(convext, m) {
         "bool channels_last) -> Tensor",
         tags);
   m.def("max_unpool2d(Tensor input, Tensor indices, SymInt[] output_size) -> Tensor", tags);
+  m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[2] input_size, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode, "
+        "bool channels_last) -> Tensor",
+        tags);
   m.def("pool_scatter_add(Tensor values, Tensor indices, SymInt[2] size, bool channels_last) -> Tensor",
         tags);
   m.def("pool_gather(Tensor input, Tensor indices) -> Tensor", tags);
+}
+
+namespace {
+
+// max_pool2d_backward wherever no backend has its own kernel (the CPU): the grads added at their
+// indices. (CUDA gathers instead: each input element sums the grads of the windows that chose it.)
+at::Tensor max_pool2d_backward_by_scatter(const at::Tensor& grad_output, const at::Tensor& indices,
+                                          at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                                          at::IntArrayRef stride, at::IntArrayRef padding,
+                                          at::IntArrayRef dilation, bool ceil_mode,
+                                          bool channels_last) {
+  check_max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding,
+                            dilation, ceil_mode);
+  return pool_scatter_add(grad_output, indices, c10::fromIntArrayRefSlow(input_size),
+                          channels_last);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(convext, CompositeExplicitAutograd, m) {
+  m.impl("max_pool2d_backward", &max_pool2d_backward_by_scatter);
 }
 
 }  // namespace convext::ops

@@ -5,8 +5,10 @@
 //   avg_pool2d, adaptive_avg_pool2d        -> output (adaptive 1x1 is global average pooling)
 //   avg_pool2d_backward, adaptive_avg_pool2d_backward
 //   max_unpool2d                           values written to their indices in a zero plane
-//   pool_scatter_add                       values added at their indices (max pooling's backward)
-//   pool_gather                            input read at indices (the adjoint of both above)
+//   max_pool2d_backward                    max_pool2d's input grad (from its own indices)
+//   pool_scatter_add                       values added at their indices (adaptive max pooling's
+//                                          backward, and max_pool2d_backward's on the CPU)
+//   pool_gather                            input read at indices (the adjoint of the three above)
 // `channels_last` fixes the memory format of a backward's result (torch's grads follow the
 // forward input).
 #include <ATen/core/Tensor.h>
@@ -34,6 +36,10 @@ at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output,
                                         c10::SymIntArrayRef input_size, bool channels_last);
 at::Tensor max_unpool2d(const at::Tensor& input, const at::Tensor& indices,
                         c10::SymIntArrayRef output_size);
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices,
+                               c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, bool ceil_mode, bool channels_last);
 at::Tensor pool_scatter_add(const at::Tensor& values, const at::Tensor& indices,
                             c10::SymIntArrayRef size, bool channels_last);
 at::Tensor pool_gather(const at::Tensor& input, const at::Tensor& indices);

@@ -1,8 +1,11 @@
 // Autograd of the pooling ops. As for convolution, every backward is written with convext ops
 // called through the dispatcher, so it is differentiable again. The pairs of adjoints:
-//   max pooling (both kinds)  -> pool_scatter_add of the grad at the indices  <-> pool_gather
+//   max_pool2d                -> max_pool2d_backward of the grad at the indices  <-> pool_gather
+//   adaptive_max_pool2d       -> pool_scatter_add of the grad at the indices     <-> pool_gather
 //   max_unpool2d              -> pool_gather of the grad at the indices
 //   avg pooling (both kinds)  -> its *_backward op, whose own adjoint is the forward op again
+// Every backward kernel is deterministic (no order-dependent atomics, on the CPU or CUDA), so
+// torch.use_deterministic_algorithms(True) has nothing to flag here.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -14,8 +17,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-std::vector<c10::SymInt> plane_size(const at::Tensor& t) { return {t.sym_size(-2), t.sym_size(-1)}; }
 
 void save_plane_size(AutogradContext* ctx, const char* key, const at::Tensor& t) {
   ctx->saved_data[std::string(key) + "_h"] = t.sym_size(-2);
@@ -38,25 +39,35 @@ struct MaxPoolBackward {
     ctx->saved_data["channels_last"] = pool_prefers_channels_last(input);
     return {out, indices};
   }
-
-  static at::Tensor grad_input(AutogradContext* ctx, const variable_list& grads) {
-    return ops::pool_scatter_add(grads[0], ctx->get_saved_variables()[0],
-                                 load_plane_size(ctx, "input"),
-                                 ctx->saved_data["channels_last"].toBool());
-  }
 };
 
+// Its backward has the windows too, so a device can gather each input element's grads (CUDA)
+// rather than scatter them.
 class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
                                at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+    ctx->saved_data["kernel_size"] = kernel_size.vec();
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["ceil_mode"] = ceil_mode;
     at::AutoDispatchBelowADInplaceOrView guard;
     return MaxPoolBackward::forward(
         ctx, input, ops::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode));
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {MaxPoolBackward::grad_input(ctx, grads), {}, {}, {}, {}, {}};
+    const auto& saved = ctx->saved_data;
+    return {ops::max_pool2d_backward(grads[0], ctx->get_saved_variables()[0],
+                                     load_plane_size(ctx, "input"),
+                                     saved.at("kernel_size").toIntVector(),
+                                     saved.at("stride").toIntVector(),
+                                     saved.at("padding").toIntVector(),
+                                     saved.at("dilation").toIntVector(),
+                                     saved.at("ceil_mode").toBool(),
+                                     saved.at("channels_last").toBool()),
+            {}, {}, {}, {}, {}};
   }
 };
 
@@ -68,7 +79,30 @@ class AdaptiveMaxPool2dFunction : public torch::autograd::Function<AdaptiveMaxPo
     return MaxPoolBackward::forward(ctx, input, ops::adaptive_max_pool2d(input, output_size));
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {MaxPoolBackward::grad_input(ctx, grads), {}};
+    return {ops::pool_scatter_add(grads[0], ctx->get_saved_variables()[0],
+                                  load_plane_size(ctx, "input"),
+                                  ctx->saved_data["channels_last"].toBool()),
+            {}};
+  }
+};
+
+// Linear in grad_output; its adjoint reads the grad at the indices.
+class MaxPool2dBackwardFunction : public torch::autograd::Function<MaxPool2dBackwardFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output,
+                            const at::Tensor& indices, c10::SymIntArrayRef input_size,
+                            at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
+                            bool channels_last) {
+    ctx->save_for_backward({indices});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride,
+                                    padding, dilation, ceil_mode, channels_last);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {ops::pool_gather(grads[0], ctx->get_saved_variables()[0]),
+            {}, {}, {}, {}, {}, {}, {}, {}};
   }
 };
 
@@ -273,6 +307,15 @@ TORCH_LIBRARY_IMPL(convext, Autograd, m) {
                             c10::SymIntArrayRef output_size) {
     return MaxUnpool2dFunction::apply(input, indices, output_size);
   });
+  m.impl("max_pool2d_backward",
+         [](const at::Tensor& grad_output, const at::Tensor& indices,
+            c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+            at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
+            bool channels_last) {
+           return MaxPool2dBackwardFunction::apply(grad_output, indices, input_size, kernel_size,
+                                                   stride, padding, dilation, ceil_mode,
+                                                   channels_last);
+         });
   m.impl("pool_scatter_add", [](const at::Tensor& values, const at::Tensor& indices,
                                 c10::SymIntArrayRef size, bool channels_last) {
     return PoolScatterAddFunction::apply(values, indices, size, channels_last);

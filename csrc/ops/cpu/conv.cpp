@@ -59,22 +59,8 @@ at::Tensor conv2d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& gra
                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation,
                                   int64_t groups, bool channels_last) {
-  TORCH_CHECK(input.dim() == 4 && grad_output.dim() == 4,
-              "conv2d_weight_grad: expected 4-D input and grad_output, got ", input.sizes(),
-              " and ", grad_output.sizes());
-  TORCH_CHECK(input.scalar_type() == grad_output.scalar_type(),
-              "conv2d_weight_grad: input and grad_output must have the same dtype");
-  TORCH_CHECK(input.size(0) == grad_output.size(0),
-              "conv2d_weight_grad: input and grad_output have different batch sizes");
-  TORCH_CHECK(kernel_size.size() == 2 && kernel_size[0] > 0 && kernel_size[1] > 0,
-              "conv2d_weight_grad: kernel_size must be two positive ints, got ", kernel_size);
-  TORCH_CHECK(groups > 0 && input.size(1) % groups == 0 && grad_output.size(1) % groups == 0,
-              "conv2d_weight_grad: groups=", groups, " must divide the ", input.size(1),
-              " input and ", grad_output.size(1), " output channels");
-  ConvGeometry g = conv_geometry(input.size(0), input.size(1), grad_output.size(1), groups,
-                                 kernel_size[0], kernel_size[1], stride, padding, dilation);
-  g.H = input.size(2), g.W = input.size(3);
-  g.OH = grad_output.size(2), g.OW = grad_output.size(3);
+  const ConvGeometry g = check_conv2d_weight_grad(input, grad_output, kernel_size, stride, padding,
+                                                  dilation, groups);
   at::Tensor out = empty_conv_output(input, {g.C_out, g.C_in / groups, g.KH, g.KW}, channels_last);
   CONVEXT_DISPATCH_FLOATING(input.scalar_type(), "conv2d_weight_grad", [&] {
     if (out.numel() == 0) return;
@@ -86,8 +72,7 @@ at::Tensor conv2d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& gra
 }
 
 at::Tensor conv_bias_grad_cpu(const at::Tensor& grad_output) {
-  TORCH_CHECK(grad_output.dim() == 4, "conv_bias_grad: expected a 4-D grad_output, got ",
-              grad_output.sizes());
+  check_conv_bias_grad(grad_output);
   const int64_t C = grad_output.size(1);
   at::Tensor out = at::empty({C}, grad_output.options());
   CONVEXT_DISPATCH_FLOATING(grad_output.scalar_type(), "conv_bias_grad", [&] {

@@ -74,16 +74,11 @@ struct Windows {
   PoolWindows view() const { return {h.view(), w.view()}; }
 };
 
-at::MemoryFormat pool_format(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
-
 // An output of `input`'s rank (3-D or 4-D) in the given format, and its 4-D view.
 std::pair<at::Tensor, at::Tensor> empty_pool_output(const at::Tensor& input, int64_t C, int64_t H,
                                                     int64_t W, bool channels_last,
                                                     at::ScalarType dtype) {
-  at::Tensor out = at::empty(pool_output_sizes(input, C, H, W),
-                             input.options().dtype(dtype).memory_format(pool_format(channels_last)));
+  at::Tensor out = empty_pool_tensor(input, C, H, W, channels_last, dtype);
   return {out, as_batched(out)};
 }
 
@@ -221,8 +216,7 @@ class IndexErrors {
 
   void raise_if_any() const {
     for (int64_t plane = static_cast<int64_t>(seen_.size()) - 1; plane >= 0; --plane) {
-      TORCH_CHECK(!seen_[plane], "Found an invalid max index: ", last_[plane],
-                  " (output volumes are of size ", g_.H, "x", g_.W, ")");
+      if (seen_[plane]) raise_invalid_max_index(last_[plane], g_.H, g_.W);
     }
   }
 
@@ -433,12 +427,8 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, at::IntArrayRe
                                    at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                    std::optional<int64_t> divisor_override, bool channels_last) {
   const PoolGeometry g = pool_backward_geometry(grad_output, input_size);
-  for (int i = 0; i < 2; ++i) {
-    TORCH_CHECK(grad_output.size(-2 + i) == pool_output_size(input_size[i], kernel_size[i], padding[i],
-                                                              stride[i], 1, ceil_mode),
-                "avg_pool2d_backward: grad_output of size ", grad_output.sizes(),
-                " does not match the pooled size of an input of ", input_size);
-  }
+  check_pooled_size("avg_pool2d_backward", grad_output, input_size, kernel_size, stride, padding,
+                    {1, 1}, ceil_mode);
   const Windows win{Axis::avg_pool(g.OH, g.H, kernel_size[0], stride[0], padding[0], count_include_pad),
                     Axis::avg_pool(g.OW, g.W, kernel_size[1], stride[1], padding[1], count_include_pad)};
   return avg_pool_backward_impl<kAvgPool2dBackward>(grad_output, g, win,
@@ -467,8 +457,7 @@ at::Tensor max_unpool2d_cpu(const at::Tensor& input, const at::Tensor& indices,
 
 at::Tensor pool_scatter_add_cpu(const at::Tensor& values, const at::Tensor& indices,
                                 at::IntArrayRef size, bool channels_last) {
-  TORCH_CHECK(values.sizes() == indices.sizes() && indices.scalar_type() == at::kLong,
-              "pool_scatter_add: values and int64 indices must have the same shape");
+  check_scatter_args("pool_scatter_add", values, indices);
   const PoolGeometry g = pool_backward_geometry(values, size);
   auto [out, out4] = empty_pool_output(values, g.C, g.H, g.W, channels_last, values.scalar_type());
   const bool cl = channels_last && values.dim() == 4;
@@ -488,9 +477,7 @@ at::Tensor pool_scatter_add_cpu(const at::Tensor& values, const at::Tensor& indi
 }
 
 at::Tensor pool_gather_cpu(const at::Tensor& input, const at::Tensor& indices) {
-  TORCH_CHECK(input.dim() == indices.dim() && (input.dim() == 3 || input.dim() == 4) &&
-                  indices.scalar_type() == at::kLong,
-              "pool_gather: expected input and int64 indices of the same rank, 3 or 4");
+  check_gather_args(input, indices);
   const PoolGeometry g = pool_backward_geometry(indices, {input.size(-2), input.size(-1)});
   auto [out, out4] = empty_pool_output(indices, g.C, g.OH, g.OW, false, input.scalar_type());
   CONVEXT_DISPATCH_FLOATING(input.scalar_type(), "pool_gather", [&] {
