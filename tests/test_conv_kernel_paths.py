@@ -85,3 +85,37 @@ def test_weight_grad_is_the_same_for_any_thread_count(layout):
     assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
     torch.testing.assert_close(grads[0], torch.ops.aten.convolution_backward(
         gy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, False])[1])
+
+
+# Forward convs whose packed weights leave L2, so the indirect forward reduces in blocks (of
+# taps, or of channels within a tap), runs tiles of positions across images and splits output
+# channels between threads; and a dilated conv whose taps often read only padding (skipped).
+BLOCKED_CASES = {
+    "tap_blocks": dict(cin=64, cout=512, k=3, padding=1, dilation=1),
+    "channel_chunks": dict(cin=600, cout=512, k=1, padding=0, dilation=1),
+    "padding_taps": dict(cin=32, cout=40, k=3, padding=6, dilation=6),
+}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", list(BLOCKED_CASES))
+def test_blocked_forward_matches_torch_for_any_thread_count(case, dtype, layout):
+    c = BLOCKED_CASES[case]
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(3, c["cin"], 7, 7, generator=gen, dtype=dtype), layout)
+    w = torch.randn(c["cout"], c["cin"], c["k"], c["k"], generator=gen, dtype=dtype)
+    b = torch.randn(c["cout"], generator=gen, dtype=dtype)
+    args = (1, c["padding"], c["dilation"])
+    outs = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(CF.conv2d(x, w, b, *args))
+    finally:
+        torch.set_num_threads(threads)
+    # Blocks only store and reload partial sums: the order of the sums is the same for any split.
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert_close_to_reference(outs[0], F.conv2d(x.double(), w.double(), b.double(), *args))
+    assert same_layout(outs[0], F.conv2d(x, w, b, *args))

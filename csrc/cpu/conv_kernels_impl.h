@@ -428,21 +428,29 @@ void depthwise_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const 
   });
 }
 
-// A dense channels_last copy of x (N x C x H x W) in dst, or x itself when it already is one.
-template <typename T>
-View4<const T> channels_last_view(const View4<const T>& x, int64_t N, int64_t C, int64_t H,
-                                  int64_t W, Scratch<T>& dst) {
-  if (dense_channels_last(x, C)) return x;
-  T* out = dst.get();
+// x as a dense channels_last tensor of element type D: x itself when it already is one, else a
+// copy in dst (which needs N * C * H * W elements then; see channels_last_copy_size).
+template <typename D, typename T>
+int64_t channels_last_copy_size(const View4<const T>& x, int64_t N, int64_t C, int64_t H, int64_t W) {
+  return std::is_same_v<D, T> && dense_channels_last(x, C) ? 0 : N * C * H * W;
+}
+
+template <typename D, typename T>
+View4<const D> channels_last_view(const View4<const T>& x, int64_t N, int64_t C, int64_t H,
+                                  int64_t W, Scratch<D>& dst) {
+  if constexpr (std::is_same_v<D, T>) {
+    if (dense_channels_last(x, C)) return x;
+  }
+  D* out = dst.get();
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const T* src = x.data + (item / H) * x.sN + (item % H) * x.sH;
-      T* row = out + item * W * C;
+      D* row = out + item * W * C;
       // 16 channels at a time: 16 read streams along the row, 16-element runs written.
       for (int64_t c0 = 0; c0 < C; c0 += 16) {
         const int64_t c1 = min64(C, c0 + 16);
         for (int64_t w = 0; w < W; ++w) {
-          for (int64_t c = c0; c < c1; ++c) row[w * C + c] = src[c * x.sC + w * x.sW];
+          for (int64_t c = c0; c < c1; ++c) row[w * C + c] = static_cast<D>(src[c * x.sC + w * x.sW]);
         }
       }
     }
@@ -450,83 +458,203 @@ View4<const T> channels_last_view(const View4<const T>& x, int64_t N, int64_t C,
   return {out, H * W * C, 1, W * C, C};
 }
 
-// The forward GEMM the other way round: y[position][oc] = sum_k patch[position][k] * w[k][oc]
-// with k = (kernel row, kernel col, channel), on x in channels_last order (copied there first
-// when it is not), so patches are gathered as contiguous runs of channels. A block of MR
-// positions' patches (K x MR) meets every panel of NR output channels while it is in L1, so this
-// pays only while that block fits there, and, on a copied x, when runs of channels are long
-// enough to beat the NCHW-order GEMM's runs along rows (measured: 3x3 convs with 64 channels
-// gain 1.3x; 1x1 convs, whose NCHW patches are plain rows, lose).
+// The forward pass as indirect convolution (Dukhan 2019), in NHWC order:
+//   y[position][oc] = sum over taps and channels c of x[tap's input position][c] * w[tap][c][oc]
+// Positions go MR at a time through a table of row pointers, one per position and tap (a row of
+// zeros where the tap reads padding), so the microkernel broadcasts x's values straight from
+// channels_last memory (x is copied there first when it is not) and no patch is ever packed.
+// Weights are packed once as [group][oc panel][tap][c][NR]. The reduction goes in blocks of
+// taps (or of channels, when one tap's are many) whose packed weights fit L2 while every block
+// of positions meets them; partial sums wait in a per-tile buffer between blocks.
 template <typename T>
-bool use_forward_nhwc_order(const ConvGeometry& g, const View4<const T>& x, const View4<T>& y) {
-  using A = typename AccOf<T>::type;
-  if (g.patch() * kMR * static_cast<int64_t>(sizeof(A)) > 40 * 1024) return false;
+bool use_forward_indirect(const ConvGeometry& g, const View4<const T>& x, const View4<T>& y) {
   if (dense_channels_last(x, g.C_in) && dense_channels_last(y, g.C_out)) return true;
   return g.C_in_g() >= 16 && g.KH * g.KW > 1;
 }
 
+// acc[MR][NR] = (c_in rows, or zero) + sum over taps t < taps and channels i < channels of
+// rows[t * MR + m][c0 + i] * b[t * channels + i][0..NR), + bias[0..NR) when given; stored to
+// c_out. Taps with padding[t] set read only zeros and are skipped. Rows of c_in / c_out are
+// ld_in / ld_out apart and need no alignment; b is 64-byte aligned.
+template <typename A>
+inline void indirect_microkernel(int64_t taps, int64_t channels, const A* const* rows,
+                                 const bool* padding, int64_t c0, const A* __restrict b,
+                                 const A* c_in, int64_t ld_in,
+                                 const A* bias, A* c_out, int64_t ld_out) {
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  V acc0[kMR], acc1[kMR];
+#pragma GCC unroll 16
+  for (int m = 0; m < kMR; ++m) {
+    if (c_in) {
+      __builtin_memcpy(&acc0[m], c_in + m * ld_in, sizeof(V));
+      __builtin_memcpy(&acc1[m], c_in + m * ld_in + VL, sizeof(V));
+    } else {
+      acc0[m] = acc1[m] = V{};
+    }
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    if (padding[t]) {
+      b += channels * 2 * VL;
+      continue;
+    }
+    const A* r[kMR];
+#pragma GCC unroll 16
+    for (int m = 0; m < kMR; ++m) r[m] = rows[t * kMR + m] + c0;
+    for (int64_t i = 0; i < channels; ++i) {
+      const V b0 = *reinterpret_cast<const V*>(b);
+      const V b1 = *reinterpret_cast<const V*>(b + VL);
+#pragma GCC unroll 16
+      for (int m = 0; m < kMR; ++m) {
+        const V am = splat<V>(r[m][i]);
+        acc0[m] += am * b0;
+        acc1[m] += am * b1;
+      }
+      b += 2 * VL;
+    }
+  }
+  if (bias) {
+    const V b0 = *reinterpret_cast<const V*>(bias);
+    const V b1 = *reinterpret_cast<const V*>(bias + VL);
+#pragma GCC unroll 16
+    for (int m = 0; m < kMR; ++m) {
+      acc0[m] += b0;
+      acc1[m] += b1;
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < kMR; ++m) {
+    __builtin_memcpy(c_out + m * ld_out, &acc0[m], sizeof(V));
+    __builtin_memcpy(c_out + m * ld_out + VL, &acc1[m], sizeof(V));
+  }
+}
+
+// Bytes of packed weights one reduction block of the indirect forward keeps in L2, and of the
+// partial sums of one of its tiles.
+constexpr int64_t kWeightBlockBytes = 1024 * 1024;
+constexpr int64_t kAccBytes = 512 * 1024;
+
 template <typename T>
-void conv_forward_nhwc_order(const ConvGeometry& g, View4<const T> x_any, View4<const T> w,
-                             const T* bias, View4<T> y) {
+void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<const T> w,
+                           const T* bias, View4<T> y) {
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
   const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW, K = g.patch();
-  const int64_t P = g.OH * g.OW, oc_panels = ceil_div(Mg, NR);
-  Scratch<T> x_copy(dense_channels_last(x_any, g.C_in) ? 0 : g.N * g.C_in * g.H * g.W);
-  const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
+  const int64_t P = g.OH * g.OW, oc_panels = ceil_div(Mg, NR), Mp = oc_panels * NR;
+  Scratch<A> x_copy(channels_last_copy_size<A>(x_any, g.N, g.C_in, g.H, g.W));
+  const View4<const A> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
+  Scratch<A> zeros(Cg);
+  fill_zero(zeros.get(), Cg);
 
-  // Weights as [group][oc panel][k = (ki, kj, ic)][NR], output channels past Mg zero.
+  // Weights as [group][oc panel][k = (tap, ic)][NR], output channels past Mg zero; bias likewise.
   Scratch<A> wpack(g.groups * oc_panels * K * NR);
   at::parallel_for(0, g.groups * oc_panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t grp = idx / oc_panels, jb = idx % oc_panels;
       A* dst = wpack.get() + idx * K * NR;
-      for (int64_t r = 0; r < NR; ++r) {
-        const int64_t oc = jb * NR + r;
-        const T* wo = w.data + (grp * Mg + oc) * w.sN;
-        for (int64_t tap = 0; tap < KHW; ++tap) {
-          const int64_t woff = (tap / g.KW) * w.sH + (tap % g.KW) * w.sW;
-          for (int64_t ic = 0; ic < Cg; ++ic) {
-            dst[(tap * Cg + ic) * NR + r] = oc < Mg ? static_cast<A>(wo[ic * w.sC + woff]) : A(0);
-          }
+      const T* wp = w.data + (grp * Mg + jb * NR) * w.sN;
+      const int64_t cols = min64(NR, Mg - jb * NR);
+      // Reads walk each weight row in memory order (channels innermost on channels_last weights),
+      // writes fill whole NR-runs.
+      const bool ic_inner = w.sC < w.sW;
+      for (int64_t outer = 0; outer < K; outer += (ic_inner ? Cg : KHW)) {
+        for (int64_t inner = 0; inner < (ic_inner ? Cg : KHW); ++inner) {
+          const int64_t ic = ic_inner ? inner : outer / KHW, tap = ic_inner ? outer / Cg : inner;
+          const T* src = wp + ic * w.sC + (tap / g.KW) * w.sH + (tap % g.KW) * w.sW;
+          A* out = dst + (tap * Cg + ic) * NR;
+          for (int64_t r = 0; r < cols; ++r) out[r] = static_cast<A>(src[r * w.sN]);
+          for (int64_t r = cols; r < NR; ++r) out[r] = A(0);
         }
       }
     }
   });
+  Scratch<A> bpack(bias ? g.groups * Mp : 0);
+  if (bias) {
+    for (int64_t i = 0; i < g.groups * Mp; ++i) {
+      const int64_t m = i % Mp;
+      bpack.get()[i] = m < Mg ? static_cast<A>(bias[i / Mp * Mg + m]) : A(0);
+    }
+  }
 
-  constexpr int64_t kPositionsPerItem = 8 * kMR;
-  const int64_t chunks = ceil_div(P, kPositionsPerItem);
-  at::parallel_for(0, g.N * g.groups * chunks, 1, [&](int64_t begin, int64_t end) {
-    Scratch<A> patch(K * kMR);
+  // Work items are (group, tile of positions, range of output-channel panels); positions run
+  // across images. While all packed weights fit L2, tiles are short (many items, any thread
+  // count). Otherwise every tile streams them again, so tiles are as long as their partial sums
+  // allow, and output channels are split across threads when tiles alone are too few.
+  const int64_t M = g.N * P;
+  int64_t item_panels = oc_panels, PT;
+  if (K * Mp * static_cast<int64_t>(sizeof(A)) <= kWeightBlockBytes) {
+    PT = tile_length(Mp * sizeof(A), M, kMR, g.groups);
+  } else {
+    const int64_t acc_bytes = M * static_cast<int64_t>(sizeof(A)) * NR;
+    const int64_t oc_items =
+        min64(oc_panels, ceil_div(at::get_num_threads(), g.groups * ceil_div(acc_bytes * oc_panels, kAccBytes)));
+    item_panels = ceil_div(oc_panels, oc_items);
+    PT = round_up(ceil_div(M, ceil_div(acc_bytes * item_panels, kAccBytes)), kMR);
+  }
+  const int64_t tiles = ceil_div(M, PT), oc_items = ceil_div(oc_panels, item_panels);
+
+  // Reduction blocks: `block_taps` taps of `chunk` channels each (chunk < Cg: one tap a block).
+  const int64_t kc = max64(64, kWeightBlockBytes / (item_panels * NR * static_cast<int64_t>(sizeof(A))));
+  const int64_t chunk = Cg <= kc ? Cg : ceil_div(Cg, ceil_div(Cg, kc));
+  const int64_t block_taps = chunk == Cg ? max64(1, kc / Cg) : 1;
+  const int64_t chunks_per_tap = ceil_div(Cg, chunk);
+  const int64_t blocks = chunk == Cg ? ceil_div(KHW, block_taps) : KHW * chunks_per_tap;
+  const bool direct_store = std::is_same_v<T, A> && blocks == 1 && dense_channels_last(y, g.C_out);
+
+  at::parallel_for(0, g.groups * tiles * oc_items, 1, [&](int64_t begin, int64_t end) {
+    Scratch<const A*> rows(PT * KHW);  // [block of MR positions][tap][MR]
+    Scratch<bool> padding(PT * KHW);   // [block of MR positions][tap]: all MR rows read zeros
+    const int64_t ld = item_panels * NR;
+    Scratch<A> acc(blocks > 1 ? PT * ld : 0);
     alignas(64) A tile[kMR * NR];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t chunk = item % chunks, grp = (item / chunks) % g.groups;
-      const int64_t n = item / chunks / g.groups;
-      const int64_t p_end = min64(P, (chunk + 1) * kPositionsPerItem);
-      for (int64_t p0 = chunk * kPositionsPerItem; p0 < p_end; p0 += kMR) {
-        const int64_t rows = min64(kMR, p_end - p0);
-        for (int64_t m = 0; m < kMR; ++m) {
-          const int64_t p = p0 + m, oh = p / g.OW, ow = p % g.OW;
-          for (int64_t tap = 0; tap < KHW; ++tap) {
-            A* dst = patch.get() + tap * Cg * kMR + m;
-            const int64_t ih = oh * g.sH - g.pH + (tap / g.KW) * g.dH;
-            const int64_t iw = ow * g.sW - g.pW + (tap % g.KW) * g.dW;
-            if (m < rows && inside(ih, g.H) && inside(iw, g.W)) {
-              const T* src = x.data + n * x.sN + ih * x.sH + iw * x.sW + grp * Cg;
-              for (int64_t ic = 0; ic < Cg; ++ic) dst[ic * kMR] = static_cast<A>(src[ic]);
-            } else {
-              for (int64_t ic = 0; ic < Cg; ++ic) dst[ic * kMR] = A(0);
-            }
-          }
+      const int64_t jb0 = (item % oc_items) * item_panels, jb1 = min64(oc_panels, jb0 + item_panels);
+      const int64_t q0 = (item / oc_items % tiles) * PT, grp = item / oc_items / tiles;
+      const int64_t pt = min64(PT, M - q0), mblocks = ceil_div(pt, kMR);
+      for (int64_t t = 0; t < mblocks * kMR; ++t) {
+        const int64_t n = (q0 + t) / P, oh = (q0 + t) % P / g.OW, ow = (q0 + t) % g.OW;
+        const A** dst = rows.get() + (t / kMR) * KHW * kMR + t % kMR;
+        for (int64_t tap = 0; tap < KHW; ++tap) {
+          const int64_t ih = oh * g.sH - g.pH + (tap / g.KW) * g.dH;
+          const int64_t iw = ow * g.sW - g.pW + (tap % g.KW) * g.dW;
+          dst[tap * kMR] = t < pt && inside(ih, g.H) && inside(iw, g.W)
+                               ? x.data + n * x.sN + ih * x.sH + iw * x.sW + grp * Cg
+                               : zeros.get();
         }
-        for (int64_t jb = 0; jb < oc_panels; ++jb) {
-          microkernel<A>(K, patch.get(), wpack.get() + (grp * oc_panels + jb) * K * NR, tile, NR);
-          const int64_t oc0 = grp * Mg + jb * NR, cols = min64(NR, Mg - jb * NR);
-          for (int64_t m = 0; m < rows; ++m) {
-            const int64_t p = p0 + m;
-            T* out = y.data + n * y.sN + (p / g.OW) * y.sH + (p % g.OW) * y.sW + oc0 * y.sC;
-            for (int64_t r = 0; r < cols; ++r) {
-              out[r * y.sC] = static_cast<T>(tile[m * NR + r] + (bias ? static_cast<A>(bias[oc0 + r]) : A(0)));
+      }
+      for (int64_t i = 0; i < mblocks * KHW; ++i) {
+        bool all = true;
+        for (int m = 0; m < kMR; ++m) all = all && rows.get()[i * kMR + m] == zeros.get();
+        padding.get()[i] = all;
+      }
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t t0 = chunk == Cg ? blk * block_taps : blk / chunks_per_tap;
+        const int64_t taps = chunk == Cg ? min64(block_taps, KHW - t0) : 1;
+        const int64_t c0 = chunk == Cg ? 0 : (blk % chunks_per_tap) * chunk;
+        const int64_t channels = min64(chunk, Cg - c0);
+        const bool last = blk == blocks - 1;
+        for (int64_t mb = 0; mb < mblocks; ++mb) {
+          const A* const* block_rows = rows.get() + (mb * KHW + t0) * kMR;
+          const bool* block_padding = padding.get() + mb * KHW + t0;
+          const int64_t q = q0 + mb * kMR, rows_here = min64(kMR, pt - mb * kMR);
+          for (int64_t jb = jb0; jb < jb1; ++jb) {
+            const A* b = wpack.get() + ((grp * oc_panels + jb) * K + t0 * Cg + c0) * NR;
+            A* partial = acc.get() + mb * kMR * ld + (jb - jb0) * NR;
+            const A* c_in = blk == 0 ? nullptr : partial;
+            const A* bias_here = last && bias ? bpack.get() + grp * Mp + jb * NR : nullptr;
+            const int64_t oc0 = grp * Mg + jb * NR, cols = min64(NR, Mg - jb * NR);
+            if (!last) {
+              indirect_microkernel<A>(taps, channels, block_rows, block_padding, c0, b, c_in, ld, nullptr, partial, ld);
+            } else if (direct_store && rows_here == kMR && cols == NR) {
+              A* out = reinterpret_cast<A*>(y.data) + q * g.C_out + oc0;
+              indirect_microkernel<A>(taps, channels, block_rows, block_padding, c0, b, c_in, ld, bias_here, out, g.C_out);
+            } else {
+              indirect_microkernel<A>(taps, channels, block_rows, block_padding, c0, b, c_in, ld, bias_here, tile, NR);
+              for (int64_t m = 0; m < rows_here; ++m) {
+                const int64_t n = (q + m) / P, oh = (q + m) % P / g.OW, ow = (q + m) % g.OW;
+                T* out = y.data + n * y.sN + oh * y.sH + ow * y.sW + oc0 * y.sC;
+                for (int64_t r = 0; r < cols; ++r) out[r * y.sC] = static_cast<T>(tile[m * NR + r]);
+              }
             }
           }
         }
@@ -558,7 +686,7 @@ void grouped_forward_direct(const ConvGeometry& g, View4<const T> x_any, View4<c
   using V = typename Vec8<A>::type;
   constexpr int PB = kGroupedBlock<MV>;
   const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW, K = Cg * KHW;
-  Scratch<T> x_copy(dense_channels_last(x_any, g.C_in) ? 0 : g.N * g.C_in * g.H * g.W);
+  Scratch<T> x_copy(channels_last_copy_size<T>(x_any, g.N, g.C_in, g.H, g.W));
   const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
   Scratch<T> zeros(Cg);
   for (int64_t c = 0; c < Cg; ++c) zeros.get()[c] = T(0);
@@ -641,8 +769,8 @@ void grouped_weight_grad_direct(const ConvGeometry& g, View4<const T> x_any,
   using V = typename Vec8<A>::type;
   constexpr int MG = 8 * MV;
   const int64_t Cg = g.C_in_g(), KHW = g.KH * g.KW, ic_blocks = ceil_div(Cg, 8);
-  Scratch<T> x_copy(dense_channels_last(x_any, g.C_in) ? 0 : g.N * g.C_in * g.H * g.W);
-  Scratch<T> gy_copy(dense_channels_last(gy_any, g.C_out) ? 0 : g.N * g.C_out * g.OH * g.OW);
+  Scratch<T> x_copy(channels_last_copy_size<T>(x_any, g.N, g.C_in, g.H, g.W));
+  Scratch<T> gy_copy(channels_last_copy_size<T>(gy_any, g.N, g.C_out, g.OH, g.OW));
   const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
   const View4<const T> gy = channels_last_view(gy_any, g.N, g.C_out, g.OH, g.OW, gy_copy);
   const int64_t rows = g.N * g.OH, rows_per_chunk = ceil_div(rows, min64(rows, 16));
@@ -715,7 +843,7 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
     return g.C_out_g() == 8 ? grouped_forward_direct<T, 1>(g, x, w, bias, y)
                             : grouped_forward_direct<T, 2>(g, x, w, bias, y);
   }
-  if (use_forward_nhwc_order(g, x, y)) return conv_forward_nhwc_order(g, x, w, bias, y);
+  if (use_forward_indirect(g, x, y)) return conv_forward_indirect(g, x, w, bias, y);
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
   const int64_t Mg = g.C_out_g(), K = g.patch(), P = g.OH * g.OW;
