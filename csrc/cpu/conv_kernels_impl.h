@@ -428,24 +428,29 @@ void depthwise_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const 
   });
 }
 
-// x as a dense channels_last tensor of element type D: x itself when it already is one, else a
-// copy in dst (which needs N * C * H * W elements then; see channels_last_copy_size).
+// x as a dense channels_last tensor of element type D: x itself when it already is one (and no
+// padding is asked for), else a copy in dst, whose rows have `pad` zero columns on each side
+// (the view starts at column 0, so reads may reach `pad` columns past either end).
 template <typename D, typename T>
-int64_t channels_last_copy_size(const View4<const T>& x, int64_t N, int64_t C, int64_t H, int64_t W) {
-  return std::is_same_v<D, T> && dense_channels_last(x, C) ? 0 : N * C * H * W;
+int64_t channels_last_copy_size(const View4<const T>& x, int64_t N, int64_t C, int64_t H, int64_t W,
+                                int64_t pad = 0) {
+  return std::is_same_v<D, T> && pad == 0 && dense_channels_last(x, C) ? 0 : N * C * H * (W + 2 * pad);
 }
 
 template <typename D, typename T>
 View4<const D> channels_last_view(const View4<const T>& x, int64_t N, int64_t C, int64_t H,
-                                  int64_t W, Scratch<D>& dst) {
+                                  int64_t W, Scratch<D>& dst, int64_t pad = 0) {
   if constexpr (std::is_same_v<D, T>) {
-    if (dense_channels_last(x, C)) return x;
+    if (pad == 0 && dense_channels_last(x, C)) return x;
   }
-  D* out = dst.get();
+  const int64_t row_len = (W + 2 * pad) * C;
+  D* out = dst.get() + pad * C;
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const T* src = x.data + (item / H) * x.sN + (item % H) * x.sH;
-      D* row = out + item * W * C;
+      D* row = out + item * row_len;
+      fill_zero(row - pad * C, pad * C);
+      fill_zero(row + W * C, pad * C);
       // 16 channels at a time: 16 read streams along the row, 16-element runs written.
       for (int64_t c0 = 0; c0 < C; c0 += 16) {
         const int64_t c1 = min64(C, c0 + 16);
@@ -455,7 +460,7 @@ View4<const D> channels_last_view(const View4<const T>& x, int64_t N, int64_t C,
       }
     }
   });
-  return {out, H * W * C, 1, W * C, C};
+  return {out, H * row_len, 1, row_len, C};
 }
 
 // The forward pass as indirect convolution (Dukhan 2019), in NHWC order:
@@ -469,7 +474,7 @@ View4<const D> channels_last_view(const View4<const T>& x, int64_t N, int64_t C,
 template <typename T>
 bool use_forward_indirect(const ConvGeometry& g, const View4<const T>& x, const View4<T>& y) {
   if (dense_channels_last(x, g.C_in) && dense_channels_last(y, g.C_out)) return true;
-  return g.C_in_g() >= 16 && g.KH * g.KW > 1;
+  return g.KH * g.KW > 1 && (g.C_in_g() >= 16 || (g.groups == 1 && g.dW == 1));
 }
 
 // acc[MR][NR] = (c_in rows, or zero) + sum over taps t < taps and channels i < channels of
@@ -541,10 +546,19 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   constexpr int NR = kNR<A>;
   const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW, K = g.patch();
   const int64_t P = g.OH * g.OW, oc_panels = ceil_div(Mg, NR), Mp = oc_panels * NR;
-  Scratch<A> x_copy(channels_last_copy_size<A>(x_any, g.N, g.C_in, g.H, g.W));
-  const View4<const A> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
-  Scratch<A> zeros(Cg);
-  fill_zero(zeros.get(), Cg);
+  // Where x is copied anyway, or has too few channels to amortise a tap's row pointers, the
+  // copy's rows get zero columns on both sides so that, with undilated columns, the taps of a
+  // kernel row are one run of KW * Cg values: the microkernel then sees KH taps of KW * Cg
+  // channels (the ResNet stem: 7 taps of 21 rather than 49 of 3).
+  const bool copied = channels_last_copy_size<A>(x_any, g.N, g.C_in, g.H, g.W) > 0;
+  const bool merge_rows = g.dW == 1 && g.groups == 1 && g.KW > 1 && (copied || Cg < 16);
+  const int64_t pad =
+      merge_rows ? max64(g.pW, (g.OW - 1) * g.sW - g.pW + g.KW - 1 - (g.W - 1)) : 0;
+  const int64_t taps = merge_rows ? g.KH : KHW, tap_ch = merge_rows ? g.KW * Cg : Cg;
+  Scratch<A> x_copy(channels_last_copy_size<A>(x_any, g.N, g.C_in, g.H, g.W, pad));
+  const View4<const A> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy, pad);
+  Scratch<A> zeros(tap_ch);
+  fill_zero(zeros.get(), tap_ch);
 
   // Weights as [group][oc panel][k = (tap, ic)][NR], output channels past Mg zero; bias likewise.
   Scratch<A> wpack(g.groups * oc_panels * K * NR);
@@ -593,17 +607,17 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   }
   const int64_t tiles = ceil_div(M, PT), oc_items = ceil_div(oc_panels, item_panels);
 
-  // Reduction blocks: `block_taps` taps of `chunk` channels each (chunk < Cg: one tap a block).
+  // Reduction blocks: `block_taps` taps of `chunk` channels each (chunk < tap_ch: one tap a block).
   const int64_t kc = max64(64, kWeightBlockBytes / (item_panels * NR * static_cast<int64_t>(sizeof(A))));
-  const int64_t chunk = Cg <= kc ? Cg : ceil_div(Cg, ceil_div(Cg, kc));
-  const int64_t block_taps = chunk == Cg ? max64(1, kc / Cg) : 1;
-  const int64_t chunks_per_tap = ceil_div(Cg, chunk);
-  const int64_t blocks = chunk == Cg ? ceil_div(KHW, block_taps) : KHW * chunks_per_tap;
+  const int64_t chunk = tap_ch <= kc ? tap_ch : ceil_div(tap_ch, ceil_div(tap_ch, kc));
+  const int64_t block_taps = chunk == tap_ch ? max64(1, kc / tap_ch) : 1;
+  const int64_t chunks_per_tap = ceil_div(tap_ch, chunk);
+  const int64_t blocks = chunk == tap_ch ? ceil_div(taps, block_taps) : taps * chunks_per_tap;
   const bool direct_store = std::is_same_v<T, A> && blocks == 1 && dense_channels_last(y, g.C_out);
 
   at::parallel_for(0, g.groups * tiles * oc_items, 1, [&](int64_t begin, int64_t end) {
-    Scratch<const A*> rows(PT * KHW);  // [block of MR positions][tap][MR]
-    Scratch<bool> padding(PT * KHW);   // [block of MR positions][tap]: all MR rows read zeros
+    Scratch<const A*> rows(PT * taps);  // [block of MR positions][tap][MR]
+    Scratch<bool> padding(PT * taps);   // [block of MR positions][tap]: all MR rows read zeros
     const int64_t ld = item_panels * NR;
     Scratch<A> acc(blocks > 1 ? PT * ld : 0);
     alignas(64) A tile[kMR * NR];
@@ -613,47 +627,51 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
       const int64_t pt = min64(PT, M - q0), mblocks = ceil_div(pt, kMR);
       for (int64_t t = 0; t < mblocks * kMR; ++t) {
         const int64_t n = (q0 + t) / P, oh = (q0 + t) % P / g.OW, ow = (q0 + t) % g.OW;
-        const A** dst = rows.get() + (t / kMR) * KHW * kMR + t % kMR;
-        for (int64_t tap = 0; tap < KHW; ++tap) {
-          const int64_t ih = oh * g.sH - g.pH + (tap / g.KW) * g.dH;
-          const int64_t iw = ow * g.sW - g.pW + (tap % g.KW) * g.dW;
-          dst[tap * kMR] = t < pt && inside(ih, g.H) && inside(iw, g.W)
+        const A** dst = rows.get() + (t / kMR) * taps * kMR + t % kMR;
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const int64_t ih = oh * g.sH - g.pH + (merge_rows ? tap : tap / g.KW) * g.dH;
+          const int64_t iw = ow * g.sW - g.pW + (merge_rows ? 0 : (tap % g.KW) * g.dW);
+          dst[tap * kMR] = t < pt && inside(ih, g.H) && (merge_rows || inside(iw, g.W))
                                ? x.data + n * x.sN + ih * x.sH + iw * x.sW + grp * Cg
                                : zeros.get();
         }
       }
-      for (int64_t i = 0; i < mblocks * KHW; ++i) {
+      for (int64_t i = 0; i < mblocks * taps; ++i) {
         bool all = true;
         for (int m = 0; m < kMR; ++m) all = all && rows.get()[i * kMR + m] == zeros.get();
         padding.get()[i] = all;
       }
       for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t t0 = chunk == Cg ? blk * block_taps : blk / chunks_per_tap;
-        const int64_t taps = chunk == Cg ? min64(block_taps, KHW - t0) : 1;
-        const int64_t c0 = chunk == Cg ? 0 : (blk % chunks_per_tap) * chunk;
-        const int64_t channels = min64(chunk, Cg - c0);
+        const int64_t t0 = chunk == tap_ch ? blk * block_taps : blk / chunks_per_tap;
+        const int64_t block_len = chunk == tap_ch ? min64(block_taps, taps - t0) : 1;
+        const int64_t c0 = chunk == tap_ch ? 0 : (blk % chunks_per_tap) * chunk;
+        const int64_t channels = min64(chunk, tap_ch - c0);
         const bool last = blk == blocks - 1;
         for (int64_t mb = 0; mb < mblocks; ++mb) {
-          const A* const* block_rows = rows.get() + (mb * KHW + t0) * kMR;
-          const bool* block_padding = padding.get() + mb * KHW + t0;
+          const A* const* block_rows = rows.get() + (mb * taps + t0) * kMR;
+          const bool* block_padding = padding.get() + mb * taps + t0;
           const int64_t q = q0 + mb * kMR, rows_here = min64(kMR, pt - mb * kMR);
           for (int64_t jb = jb0; jb < jb1; ++jb) {
-            const A* b = wpack.get() + ((grp * oc_panels + jb) * K + t0 * Cg + c0) * NR;
+            const A* b = wpack.get() + ((grp * oc_panels + jb) * K + t0 * tap_ch + c0) * NR;
             A* partial = acc.get() + mb * kMR * ld + (jb - jb0) * NR;
             const A* c_in = blk == 0 ? nullptr : partial;
             const A* bias_here = last && bias ? bpack.get() + grp * Mp + jb * NR : nullptr;
             const int64_t oc0 = grp * Mg + jb * NR, cols = min64(NR, Mg - jb * NR);
             if (!last) {
-              indirect_microkernel<A>(taps, channels, block_rows, block_padding, c0, b, c_in, ld, nullptr, partial, ld);
+              indirect_microkernel<A>(block_len, channels, block_rows, block_padding, c0, b, c_in, ld, nullptr, partial, ld);
             } else if (direct_store && rows_here == kMR && cols == NR) {
               A* out = reinterpret_cast<A*>(y.data) + q * g.C_out + oc0;
-              indirect_microkernel<A>(taps, channels, block_rows, block_padding, c0, b, c_in, ld, bias_here, out, g.C_out);
+              indirect_microkernel<A>(block_len, channels, block_rows, block_padding, c0, b, c_in, ld, bias_here, out, g.C_out);
             } else {
-              indirect_microkernel<A>(taps, channels, block_rows, block_padding, c0, b, c_in, ld, bias_here, tile, NR);
+              indirect_microkernel<A>(block_len, channels, block_rows, block_padding, c0, b, c_in, ld, bias_here, tile, NR);
+              // Channel by channel, so that on NCHW y each channel's positions are written as a run.
+              T* out[kMR];
               for (int64_t m = 0; m < rows_here; ++m) {
                 const int64_t n = (q + m) / P, oh = (q + m) % P / g.OW, ow = (q + m) % g.OW;
-                T* out = y.data + n * y.sN + oh * y.sH + ow * y.sW + oc0 * y.sC;
-                for (int64_t r = 0; r < cols; ++r) out[r * y.sC] = static_cast<T>(tile[m * NR + r]);
+                out[m] = y.data + n * y.sN + oh * y.sH + ow * y.sW + oc0 * y.sC;
+              }
+              for (int64_t r = 0; r < cols; ++r) {
+                for (int64_t m = 0; m < rows_here; ++m) out[m][r * y.sC] = static_cast<T>(tile[m * NR + r]);
               }
             }
           }
