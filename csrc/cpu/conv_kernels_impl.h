@@ -214,9 +214,9 @@ void pack_depthwise_weights(const ConvGeometry& g, View4<const T> w, A* out) {
 // One dense channels_last depthwise pass: each destination position (N x rows x cols) sums,
 // over the kernel taps, weight[tap][c] * src[tap's source position][c], plus bias[c].
 // src_index(d, k, is_row) gives the source row (col) that tap row (col) k reads for destination
-// row (col) d, or -1 when it reads none. The forward pass reads the input; the input gradient
-// (the transposed pass) gathers from the outputs whose windows cover each input position, so
-// neither needs atomics.
+// row (col) d, or -1 when it reads none; it is tabulated once per pass (it may divide). The
+// forward pass reads the input; the input gradient (the transposed pass) gathers from the
+// outputs whose windows cover each input position, so neither needs atomics.
 template <typename T, typename SrcIndex>
 void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T> w,
                        const T* bias, View4<T> dst, int64_t rows, int64_t cols,
@@ -225,6 +225,9 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
   const int64_t C = g.C_in;
   Scratch<A> wt(g.KH * g.KW * C);
   pack_depthwise_weights(g, w, wt.get());
+  Scratch<int64_t> src_rows(rows * g.KH), src_cols(cols * g.KW);
+  for (int64_t r = 0; r < rows * g.KH; ++r) src_rows.get()[r] = src_index(r / g.KH, r % g.KH, true);
+  for (int64_t c = 0; c < cols * g.KW; ++c) src_cols.get()[c] = src_index(c / g.KW, c % g.KW, false);
   at::parallel_for(0, g.N * rows, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> acc_mem(C);
     A* __restrict acc = acc_mem.get();
@@ -233,10 +236,10 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
       for (int64_t col = 0; col < cols; ++col) {
         for (int64_t c = 0; c < C; ++c) acc[c] = bias ? static_cast<A>(bias[c]) : A(0);
         for (int64_t ki = 0; ki < g.KH; ++ki) {
-          const int64_t sh = src_index(row, ki, true);
+          const int64_t sh = src_rows.get()[row * g.KH + ki];
           if (sh < 0) continue;
           for (int64_t kj = 0; kj < g.KW; ++kj) {
-            const int64_t sw = src_index(col, kj, false);
+            const int64_t sw = src_cols.get()[col * g.KW + kj];
             if (sw < 0) continue;
             const T* __restrict in = src.data + n * src.sN + sh * src.sH + sw * src.sW;
             const A* __restrict wk = wt.get() + (ki * g.KW + kj) * C;
