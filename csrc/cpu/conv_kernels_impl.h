@@ -312,12 +312,70 @@ void depthwise_weight_grad_cl(const ConvGeometry& g, View4<const T> x, View4<con
   });
 }
 
+// Stride-1 depthwise planes (NCHW), flat: on the zero-padded plane, `cols` wide, output (oh, ow)
+// reads flat index oh * cols + ow plus a per-tap offset, so a plane is one run of OH * cols
+// outputs (the cols - OW past each row's end are computed and dropped), a block of vectors at a
+// time with the block's sums in registers across all taps. Each thread zeroes its padded plane
+// once: later planes overwrite only the inside, so the border stays zero.
+template <typename T>
+void depthwise_forward_flat(const ConvGeometry& g, View4<const T> x, View4<const T> w,
+                            const T* bias, View4<T> y) {
+  using A = typename AccOf<T>::type;
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>, kVectors = 4;
+  const PaddedPlane padded(g);
+  const int64_t cols = padded.cols, Mg = g.C_out_g(), KHW = g.KH * g.KW;
+  const int64_t span = round_up(g.OH * cols, kVectors * VL);
+  const int64_t reach = (g.KH - 1) * g.dH * cols + (g.KW - 1) * g.dW;
+  Scratch<int64_t> offset(KHW);
+  for (int64_t t = 0; t < KHW; ++t) offset.get()[t] = (t / g.KW) * g.dH * cols + (t % g.KW) * g.dW;
+  at::parallel_for(0, g.N * g.C_in, 1, [&](int64_t begin, int64_t end) {
+    const int64_t plane_size = max64(padded.size(), span + reach);
+    Scratch<A> xp(plane_size), out(span), wk(KHW);
+    fill_zero(xp.get(), plane_size);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / g.C_in, c = item % g.C_in;
+      const T* plane = x.data + n * x.sN + c * x.sC;
+      for (int64_t h = 0; h < g.H; ++h) {
+        A* row = xp.get() + (h + g.pH) * cols + g.pW;
+        for (int64_t i = 0; i < g.W; ++i) row[i] = static_cast<A>(plane[h * x.sH + i * x.sW]);
+      }
+      for (int64_t m = 0; m < Mg; ++m) {
+        const int64_t oc = c * Mg + m;
+        for (int64_t t = 0; t < KHW; ++t) {
+          wk.get()[t] = static_cast<A>(w.data[oc * w.sN + (t / g.KW) * w.sH + (t % g.KW) * w.sW]);
+        }
+        const V b = splat<V>(bias ? static_cast<A>(bias[oc]) : A(0));
+        for (int64_t i0 = 0; i0 < span; i0 += kVectors * VL) {
+          V acc[kVectors];
+          for (int v = 0; v < kVectors; ++v) acc[v] = b;
+          for (int64_t t = 0; t < KHW; ++t) {
+            const V wt = splat<V>(wk.get()[t]);
+            const A* src = xp.get() + i0 + offset.get()[t];
+            for (int v = 0; v < kVectors; ++v) {
+              V xv;
+              __builtin_memcpy(&xv, src + v * VL, sizeof(V));
+              acc[v] += wt * xv;
+            }
+          }
+          for (int v = 0; v < kVectors; ++v) *reinterpret_cast<V*>(out.get() + i0 + v * VL) = acc[v];
+        }
+        T* dst = y.data + n * y.sN + oc * y.sC;
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          for (int64_t ow = 0; ow < g.OW; ++ow) dst[oh * y.sH + ow * y.sW] = static_cast<T>(out.get()[oh * cols + ow]);
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void depthwise_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                        View4<T> y) {
   if (g.C_out_g() == 1 && dense_channels_last(x, g.C_in) && dense_channels_last(y, g.C_out)) {
     return depthwise_forward_cl(g, x, w, bias, y);
   }
+  if (g.sH == 1 && g.sW == 1) return depthwise_forward_flat(g, x, w, bias, y);
   using A = typename AccOf<T>::type;
   const PaddedPlane padded(g);
   const int64_t Mg = g.C_out_g();
