@@ -8,9 +8,9 @@ import torch.nn.functional as F
 import convext.functional as CF
 from utils import assert_close_to_reference, make_layout, same_layout
 
-# Paths: the NHWC-order forward on NCHW tensors, stride-1 input grads as forward convs (with
-# output_padding), channels_last weight grads in NHWC order, and the direct grouped kernels (8 and
-# 16 channels per group).
+# Paths: the indirect forward on NCHW tensors, stride-1 input grads as forward convs (with
+# output_padding), channels_last weight grads in NHWC order, the direct grouped kernels (8 and
+# 16 channels per group) and the depthwise kernels.
 PATH_CASES = {
     "3x3_c32": dict(cin=32, cout=24, k=3, stride=1, padding=1, dilation=1, groups=1),
     "1x1_c32": dict(cin=32, cout=48, k=1, stride=1, padding=0, dilation=1, groups=1),
@@ -18,6 +18,10 @@ PATH_CASES = {
     "grouped_8": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=2, groups=4),
     "grouped_16_s2": dict(cin=24, cout=32, k=3, stride=2, padding=1, dilation=1, groups=2),
     "grouped_in16": dict(cin=48, cout=24, k=3, stride=1, padding=1, dilation=1, groups=3),
+    # Depthwise with enough channels for the register blocks of whole vectors (4, then 1-3 of
+    # them) plus leftover channels; 13 columns end in a partial block of columns.
+    "depthwise_c117": dict(cin=117, cout=117, k=3, stride=1, padding=1, dilation=1, groups=117),
+    "depthwise_c117_s2": dict(cin=117, cout=117, k=5, stride=2, padding=3, dilation=1, groups=117),
 }
 
 

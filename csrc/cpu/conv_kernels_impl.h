@@ -211,30 +211,97 @@ void pack_depthwise_weights(const ConvGeometry& g, View4<const T> w, A* out) {
   }
 }
 
+// kCols destination columns x CV vectors of channels from c0 of a channels_last depthwise pass,
+// the sums in registers across every tap: out[q][c] = bias[c] + sum over taps t of
+// wt[t][c] * src[t][q][c], where src[t][q] points at the source row of channels (or at zeros).
+constexpr int kDepthwiseCols = 4;
+
+template <typename A, int CV>
+inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* wt, int64_t C,
+                               int64_t c0, const A* bias, A* out, int64_t cols) {
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  V acc[kDepthwiseCols][CV];
+  for (int v = 0; v < CV; ++v) {
+    V b;
+    __builtin_memcpy(&b, bias + c0 + v * VL, sizeof(V));
+    for (int q = 0; q < kDepthwiseCols; ++q) acc[q][v] = b;
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    V wv[CV];
+    for (int v = 0; v < CV; ++v) __builtin_memcpy(&wv[v], wt + t * C + c0 + v * VL, sizeof(V));
+#pragma GCC unroll 4
+    for (int q = 0; q < kDepthwiseCols; ++q) {
+      const A* p = src[t * kDepthwiseCols + q] + c0;
+      for (int v = 0; v < CV; ++v) {
+        V xv;
+        __builtin_memcpy(&xv, p + v * VL, sizeof(V));
+        acc[q][v] += wv[v] * xv;
+      }
+    }
+  }
+  for (int q = 0; q < cols; ++q) {
+    for (int v = 0; v < CV; ++v) __builtin_memcpy(out + q * C + c0 + v * VL, &acc[q][v], sizeof(V));
+  }
+}
+
 // One dense channels_last depthwise pass: each destination position (N x rows x cols) sums,
 // over the kernel taps, weight[tap][c] * src[tap's source position][c], plus bias[c].
 // src_index(d, k, is_row) gives the source row (col) that tap row (col) k reads for destination
 // row (col) d, or -1 when it reads none; it is tabulated once per pass (it may divide). The
 // forward pass reads the input; the input gradient (the transposed pass) gathers from the
-// outputs whose windows cover each input position, so neither needs atomics.
+// outputs whose windows cover each input position, so neither needs atomics. Where source and
+// destination hold the accumulation type, whole vectors of channels go through
+// depthwise_cl_block (taps past the border read a row of zeros); other channels, per position.
 template <typename T, typename SrcIndex>
 void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T> w,
                        const T* bias, View4<T> dst, int64_t rows, int64_t cols,
                        SrcIndex src_index) {
   using A = typename AccOf<T>::type;
-  const int64_t C = g.C_in;
-  Scratch<A> wt(g.KH * g.KW * C);
+  constexpr int VL = kVL<A>;
+  const int64_t C = g.C_in, KHW = g.KH * g.KW;
+  const int64_t c_blocked = std::is_same_v<T, A> ? C / VL * VL : 0;
+  Scratch<A> wt(KHW * C), bias_a(C), zeros(C);
   pack_depthwise_weights(g, w, wt.get());
+  for (int64_t c = 0; c < C; ++c) bias_a.get()[c] = bias ? static_cast<A>(bias[c]) : A(0);
+  fill_zero(zeros.get(), C);
   Scratch<int64_t> src_rows(rows * g.KH), src_cols(cols * g.KW);
   for (int64_t r = 0; r < rows * g.KH; ++r) src_rows.get()[r] = src_index(r / g.KH, r % g.KH, true);
   for (int64_t c = 0; c < cols * g.KW; ++c) src_cols.get()[c] = src_index(c / g.KW, c % g.KW, false);
+  const int64_t col_blocks = ceil_div(cols, kDepthwiseCols);
   at::parallel_for(0, g.N * rows, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> acc_mem(C);
     A* __restrict acc = acc_mem.get();
+    Scratch<const A*> ptr(c_blocked > 0 ? KHW * kDepthwiseCols : 0);  // [tap][column of the block]
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / rows, row = item % rows;
+      T* dst_row = dst.data + n * dst.sN + row * dst.sH;
+      for (int64_t cb = 0; c_blocked > 0 && cb < col_blocks; ++cb) {
+        for (int64_t t = 0; t < KHW; ++t) {
+          const int64_t sh = src_rows.get()[row * g.KH + t / g.KW];
+          for (int q = 0; q < kDepthwiseCols; ++q) {
+            const int64_t col = cb * kDepthwiseCols + q;
+            const int64_t sw = col < cols ? src_cols.get()[col * g.KW + t % g.KW] : -1;
+            ptr.get()[t * kDepthwiseCols + q] =
+                sh < 0 || sw < 0 ? zeros.get()
+                                 : reinterpret_cast<const A*>(src.data + n * src.sN + sh * src.sH + sw * src.sW);
+          }
+        }
+        A* out = reinterpret_cast<A*>(dst_row) + cb * kDepthwiseCols * C;
+        const int64_t cols_here = min64(kDepthwiseCols, cols - cb * kDepthwiseCols);
+        int64_t c0 = 0;
+        for (; c0 + 4 * VL <= c_blocked; c0 += 4 * VL) {
+          depthwise_cl_block<A, 4>(KHW, ptr.get(), wt.get(), C, c0, bias_a.get(), out, cols_here);
+        }
+        switch ((c_blocked - c0) / VL) {  // the last 1-3 vectors in one block
+          case 3: depthwise_cl_block<A, 3>(KHW, ptr.get(), wt.get(), C, c0, bias_a.get(), out, cols_here); break;
+          case 2: depthwise_cl_block<A, 2>(KHW, ptr.get(), wt.get(), C, c0, bias_a.get(), out, cols_here); break;
+          case 1: depthwise_cl_block<A, 1>(KHW, ptr.get(), wt.get(), C, c0, bias_a.get(), out, cols_here); break;
+        }
+      }
+      if (c_blocked == C) continue;
       for (int64_t col = 0; col < cols; ++col) {
-        for (int64_t c = 0; c < C; ++c) acc[c] = bias ? static_cast<A>(bias[c]) : A(0);
+        for (int64_t c = c_blocked; c < C; ++c) acc[c] = bias_a.get()[c];
         for (int64_t ki = 0; ki < g.KH; ++ki) {
           const int64_t sh = src_rows.get()[row * g.KH + ki];
           if (sh < 0) continue;
@@ -243,11 +310,11 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
             if (sw < 0) continue;
             const T* __restrict in = src.data + n * src.sN + sh * src.sH + sw * src.sW;
             const A* __restrict wk = wt.get() + (ki * g.KW + kj) * C;
-            for (int64_t c = 0; c < C; ++c) acc[c] += wk[c] * static_cast<A>(in[c]);
+            for (int64_t c = c_blocked; c < C; ++c) acc[c] += wk[c] * static_cast<A>(in[c]);
           }
         }
-        T* out = dst.data + n * dst.sN + row * dst.sH + col * dst.sW;
-        for (int64_t c = 0; c < C; ++c) out[c] = static_cast<T>(acc[c]);
+        T* out = dst_row + col * dst.sW;
+        for (int64_t c = c_blocked; c < C; ++c) out[c] = static_cast<T>(acc[c]);
       }
     }
   });
