@@ -339,41 +339,76 @@ void depthwise_input_grad_cl(const ConvGeometry& g, View4<const T> gy, View4<con
   });
 }
 
-// Work items are blocks of channels, each summing over every image and position in a fixed
-// order: no reduction across threads, and the same result for any thread count.
+// Work items are chunks of output rows of one image (a size-fixed split), each with its own
+// partial sums [tap][channel]; the chunks' sums are then added in chunk order, so the result is
+// the same for any thread count. Within a row, each (tap, block of channel vectors) sums over
+// the row's valid positions in registers: two loads per FMA, no partial sum in memory per
+// position. Channels past the last whole vector (all of them for half types) go one at a time.
 template <typename T>
 void depthwise_weight_grad_cl(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
                               View4<T> gw) {
   using A = typename AccOf<T>::type;
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>, kVectors = 4;
   const int64_t C = g.C_in, KHW = g.KH * g.KW;
-  const int64_t block = min64(C, round_up(ceil_div(C, 2 * static_cast<int64_t>(at::get_num_threads())), 16));
-  at::parallel_for(0, ceil_div(C, block), 1, [&](int64_t begin, int64_t end) {
-    Scratch<A> acc_mem(KHW * block);
-    A* __restrict acc = acc_mem.get();
+  const int64_t c_blocked = std::is_same_v<T, A> ? C / VL * VL : 0;
+  constexpr int64_t kChunkRows = 8;
+  const int64_t chunks_per_image = ceil_div(g.OH, kChunkRows), chunks = g.N * chunks_per_image;
+  Scratch<A> partial(chunks * KHW * C);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t c0 = item * block, nc = min64(block, C - c0);
-      fill_zero(acc, KHW * block);
-      for (int64_t n = 0; n < g.N; ++n) {
-        for (int64_t oh = 0; oh < g.OH; ++oh) {
-          for (int64_t ow = 0; ow < g.OW; ++ow) {
-            const T* __restrict go = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + c0;
-            for (int64_t ki = 0; ki < g.KH; ++ki) {
-              const int64_t ih = oh * g.sH - g.pH + ki * g.dH;
-              if (!inside(ih, g.H)) continue;
-              for (int64_t kj = 0; kj < g.KW; ++kj) {
-                const int64_t iw = ow * g.sW - g.pW + kj * g.dW;
-                if (!inside(iw, g.W)) continue;
-                const T* __restrict in = x.data + n * x.sN + ih * x.sH + iw * x.sW + c0;
-                A* __restrict a = acc + (ki * g.KW + kj) * block;
-                for (int64_t c = 0; c < nc; ++c) a[c] += static_cast<A>(go[c]) * static_cast<A>(in[c]);
+      const int64_t n = item / chunks_per_image, oh0 = (item % chunks_per_image) * kChunkRows;
+      A* sums = partial.get() + item * KHW * C;
+      fill_zero(sums, KHW * C);
+      for (int64_t oh = oh0; oh < min64(g.OH, oh0 + kChunkRows); ++oh) {
+        const T* go_row = gy.data + n * gy.sN + oh * gy.sH;
+        for (int64_t ki = 0; ki < g.KH; ++ki) {
+          const int64_t ih = oh * g.sH - g.pH + ki * g.dH;
+          if (!inside(ih, g.H)) continue;
+          for (int64_t kj = 0; kj < g.KW; ++kj) {
+            int64_t lo, hi;  // output columns whose tap reads inside the row
+            run_inside(g, ih, kj * g.dW - g.pW, g.OW, lo, hi);
+            if (lo >= hi) continue;
+            const T* x_at = x.data + n * x.sN + ih * x.sH + (lo * g.sW - g.pW + kj * g.dW) * x.sW;
+            const T* go_at = go_row + lo * gy.sW;
+            const int64_t x_step = g.sW * x.sW, len = hi - lo;
+            A* tap_sums = sums + (ki * g.KW + kj) * C;
+            for (int64_t c0 = 0; c0 < c_blocked; c0 += kVectors * VL) {
+              const int vectors = static_cast<int>(min64(kVectors, (c_blocked - c0) / VL));
+              V acc[kVectors] = {};
+              for (int64_t i = 0; i < len; ++i) {
+                const A* xp = reinterpret_cast<const A*>(x_at + i * x_step) + c0;
+                const A* gp = reinterpret_cast<const A*>(go_at + i * gy.sW) + c0;
+                for (int v = 0; v < kVectors; ++v) {
+                  if (v >= vectors) break;
+                  V xv, gv;
+                  __builtin_memcpy(&xv, xp + v * VL, sizeof(V));
+                  __builtin_memcpy(&gv, gp + v * VL, sizeof(V));
+                  acc[v] += xv * gv;
+                }
               }
+              for (int v = 0; v < vectors; ++v) {
+                for (int l = 0; l < VL; ++l) tap_sums[c0 + v * VL + l] += acc[v][l];
+              }
+            }
+            for (int64_t c = c_blocked; c < C; ++c) {
+              A acc = A(0);
+              for (int64_t i = 0; i < len; ++i) {
+                acc += static_cast<A>(go_at[i * gy.sW + c]) * static_cast<A>(x_at[i * x_step + c]);
+              }
+              tap_sums[c] += acc;
             }
           }
         }
       }
-      for (int64_t c = 0; c < nc; ++c) {
-        T* dst = gw.data + (c0 + c) * gw.sN;
-        for (int64_t k = 0; k < KHW; ++k) dst[(k / g.KW) * gw.sH + (k % g.KW) * gw.sW] = static_cast<T>(acc[k * block + c]);
+    }
+  });
+  at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      for (int64_t t = 0; t < KHW; ++t) {
+        A sum = partial.get()[t * C + c];
+        for (int64_t k = 1; k < chunks; ++k) sum += partial.get()[(k * KHW + t) * C + c];
+        gw.data[c * gw.sN + (t / g.KW) * gw.sH + (t % g.KW) * gw.sW] = static_cast<T>(sum);
       }
     }
   });
