@@ -1,7 +1,7 @@
 """Every convext CUDA kernel once or more on small inputs, forward and backward, for
 compute-sanitizer (scripts/gpu_check.sh): each layout and dtype path of the pooling kernels, the
-indexed ops' error path, and the depthwise and grouped convolutions when convext has CUDA kernels
-for them."""
+indexed ops' error path, and the depthwise, grouped and dense (implicit-GEMM) convolutions when
+convext has CUDA kernels for them."""
 import torch
 
 import convext.functional as CF
@@ -69,6 +69,22 @@ if has_cuda_kernel("conv2d"):
                 b = torch.randn(out, device="cuda", dtype=dtype)
                 params = [t.requires_grad_(backward) for t in (x, w, b)]
                 y = CF.conv2d(*params, stride=2, padding=1, groups=groups)
+                if backward:
+                    torch.autograd.grad(y.float().square().sum(), params)
+    # Dense convs on the implicit-GEMM kernels: tensor cores (half types, float32 under TF32),
+    # FMA (strict float32, float64); 16-byte chunks (channels_last) and gathers; stride 1 (all
+    # three passes) and 2 (forward, weight grad); 24 x 24 planes split the weight grad in chunks.
+    cases = [(dtype, False) for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)]
+    for dtype, tf32 in cases + [(torch.float32, True)]:
+        torch.backends.cudnn.allow_tf32 = tf32
+        for stride in (1, 2):
+            for x in layouts(torch.randn(2, 16, 24, 24, device="cuda", dtype=dtype)):
+                w = torch.randn(32, 16, 3, 3, device="cuda", dtype=dtype)
+                if x.is_contiguous(memory_format=torch.channels_last):
+                    w = w.contiguous(memory_format=torch.channels_last)
+                b = torch.randn(32, device="cuda", dtype=dtype)
+                params = [t.requires_grad_(backward) for t in (x, w, b)]
+                y = CF.conv2d(*params, stride=stride, padding=1)
                 if backward:
                     torch.autograd.grad(y.float().square().sum(), params)
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with an NVIDIA GPU (README: "Contributors: the GPU check"): builds
 # convext with its CUDA kernels, runs the CUDA tests, compute-sanitizer's memcheck over every
-# CUDA kernel, and the CUDA benchmark rows. Each step runs under its own time limit (7 minutes in
-# all) and keeps its log in $OUT (default ./gpu-check) even when it fails; a failed step does not
-# stop the later ones (except a failed build). Exit status: the number of failed steps.
+# CUDA kernel, and the CUDA benchmark rows. Each step runs under its own time limit (7.5 minutes
+# in all) and keeps its log in $OUT (default ./gpu-check) even when it fails; a failed step does
+# not stop the later ones (except a failed build). Exit status: the number of failed steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-check}"
@@ -41,11 +41,11 @@ fi
 pytest_args=(tests -q -k cuda -p no:cacheprovider)
 "$PY" -c 'import expecttest' 2>/dev/null || pytest_args+=(--ignore=tests/test_opinfo.py)
 "$PY" -c 'import xdist' 2>/dev/null && pytest_args+=(-n 8)
-step tests 90 "$PY" -m pytest "${pytest_args[@]}"
+step tests 100 "$PY" -m pytest "${pytest_args[@]}"
 
 # Without the caching allocator every tensor is its own allocation, so memcheck sees any access
 # past a tensor's end.
-step memcheck 80 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+step memcheck 70 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
   compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" scripts/cuda_smoke.py
 
 # The pooling rows, and the depthwise and grouped conv rows when convext has CUDA convolutions.
@@ -53,11 +53,20 @@ layers=(--layer pool)
 has_cuda_conv='import torch, convext
 raise SystemExit(not torch._C._dispatch_has_kernel_for_dispatch_key("convext::conv2d", "CUDA"))'
 "$PY" -c "$has_cuda_conv" && layers+=(--layer dw --layer g32)
-step bench 80 "$PY" -m benchmarks --device cuda --dtype fp32 "${layers[@]}" --out "$OUT" --no-plot
+step bench 50 "$PY" -m benchmarks --device cuda --dtype fp32 "${layers[@]}" --out "$OUT" --no-plot
+
+# Dense convs (the implicit-GEMM kernels) against cuDNN: three ResNet-50 layers in strict float32,
+# TF32, float16 and bfloat16, NCHW and NHWC, forward and forward+backward, short measurements.
+if "$PY" -c "$has_cuda_conv"; then
+  step bench-dense 60 "$PY" -m benchmarks --device cuda --quick --dtype all \
+    --layer "ResNet-50 3x3 64" --layer "ResNet-50 3x3 256" --layer "ResNet-50 1x1 1024" \
+    --out "$OUT/dense" --no-plot
+fi
 
 echo "== results"
 cat "$OUT/summary.txt"
 tail -n 3 "$OUT/tests.log"
 grep -h "ERROR SUMMARY" "$OUT/memcheck.log"
 [ -f "$OUT/benchmark.txt" ] && cat "$OUT/benchmark.txt"
+[ -f "$OUT/dense/benchmark.txt" ] && cat "$OUT/dense/benchmark.txt"
 exit $failed

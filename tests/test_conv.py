@@ -15,7 +15,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import convext
 import convext.functional as CF
 from utils import (DEVICES, FLOAT_DTYPES, LAYOUTS, assert_close_to_reference, make_layout,
-                   same_layout, tolerances)
+                   same_layout, tf32_convolutions, tolerances)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -475,6 +475,174 @@ def test_cuda_deterministic(layout):
     for first, second in zip(*runs):
         assert torch.equal(first, second)
 
+
+
+# --- CUDA: the implicit-GEMM kernels ----------------------------------------------------------
+
+# (input, weight, stride, padding, dilation, groups). Dense and grouped convs with at least 16
+# output channels a group run as implicit GEMMs (tensor cores for the half types, and float32
+# under TF32; register-tiled FMA for strict float32 and float64); channels a multiple of 16 bytes
+# are copied in 16-byte chunks on channels_last, other layouts and counts gathered one by one.
+IGEMM_CASES = [
+    ((2, 32, 17, 19), (80, 32, 3, 3), 1, 1, 1, 1),  # tails in every GEMM dimension
+    ((2, 64, 12, 12), (64, 32, 3, 3), 1, 1, 1, 2),  # two groups
+    ((3, 24, 15, 13), (48, 24, 1, 1), 1, 1, 1, 1),  # padding past a 1x1's reach (input grad)
+    ((2, 40, 16, 16), (32, 40, 3, 3), 2, 1, 1, 1),  # strided: input grad on the general kernel
+    ((2, 16, 14, 14), (32, 16, 3, 2), 1, (2, 1), (2, 3), 1),  # dilation, non-square kernel
+    ((1, 3, 33, 33), (64, 3, 7, 7), 2, 3, 1, 1),    # a stem: 3 channels, gathered
+    ((2, 20, 9, 10), (24, 20, 3, 3), 1, 1, 1, 1),   # 20 channels: no 16-byte chunks in half
+    ((4, 16, 24, 24), (16, 16, 3, 3), 1, 1, 1, 1),  # weight grad split into several chunks
+    ((2, 16, 10, 10), (8, 16, 3, 3), 1, 1, 1, 1),   # 8 output channels: the general kernels
+]
+IGEMM_LAYOUTS = ["nchw", "nhwc", "strided", "misaligned"]
+
+
+def _igemm_layout(t, layout, weight=False):
+    """x (or, weight=True, w) laid out as asked: NCHW, channels_last (weights too), a strided
+    view, or channels_last one element past an aligned address (cp.async's run-time fallback)."""
+    if layout == "nhwc" or (layout == "misaligned" and weight):
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "misaligned":
+        n, c, h, w = t.shape
+        buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        view = buf[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+        view.copy_(t)
+        return view
+    return t.contiguous() if layout == "nchw" or weight else make_layout(t, "strided")
+
+
+def _igemm_run(case, dtype, layout, seed=0, transposed=False):
+    """convext on CUDA: output and grads (x, w, b) of conv2d (or, transposed, conv_transpose2d
+    with the case's weight read as a transposed conv's) for fixed random inputs; and the inputs."""
+    xs, ws, stride, padding, dilation, groups = case
+    gen = torch.Generator().manual_seed(seed)
+    if transposed:  # x has the forward's output channels; w is (Cin, Cout/g, kH, kW) of the transposed conv
+        xs = (xs[0], ws[0], xs[2], xs[3])
+    x, w = (torch.randn(shape, generator=gen).to(dtype) for shape in (xs, ws))
+    b = torch.randn(ws[1] * groups if transposed else ws[0], generator=gen).to(dtype)
+    leaves = [_igemm_layout(x.cuda(), layout), _igemm_layout(w.cuda(), layout, weight=True),
+              b.cuda()]
+    leaves = [t.requires_grad_() for t in leaves]
+    if transposed:
+        out_pad = tuple(d - 1 for d in _pair(dilation))
+        fn = lambda x, w, b: CF.conv_transpose2d(x, w, b, 1, padding, out_pad, groups, dilation)  # noqa: E731
+        ref_fn = lambda x, w, b: F.conv_transpose2d(x, w, b, 1, padding, out_pad, groups, dilation)  # noqa: E731
+    else:
+        fn = lambda x, w, b: CF.conv2d(x, w, b, stride, padding, dilation, groups)  # noqa: E731
+        ref_fn = lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups)  # noqa: E731
+    y = fn(*leaves)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
+    grads = torch.autograd.grad(y, leaves, gy.cuda())
+    return [y, *grads], (x, w, b, gy), ref_fn
+
+
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def _igemm_reference(inputs, ref_fn):
+    """torch on the CPU in float64 from the same (rounded) inputs: output and grads."""
+    x, w, b, gy = (t.double() for t in inputs)
+    leaves = [t.requires_grad_() for t in (x, w, b)]
+    y = ref_fn(*leaves)
+    return [y.detach(), *torch.autograd.grad(y, leaves, gy)]
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", IGEMM_LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("case", IGEMM_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}")
+def test_cuda_igemm_matches_torch(case, dtype, layout):
+    # float32 with TF32 off (conftest): exact float32 sums, held to float32's tolerance.
+    results, inputs, ref_fn = _igemm_run(case, dtype, layout)
+    for got, ref in zip(results, _igemm_reference(inputs, ref_fn)):
+        assert got.dtype == dtype and got.shape == ref.shape
+        assert_close_to_reference(got.cpu(), ref)
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("case", [IGEMM_CASES[0], IGEMM_CASES[2], IGEMM_CASES[4]],
+                         ids=["tails", "1x1-padded", "dilated"])
+def test_cuda_igemm_stride1_transposed(case, dtype, layout):
+    # conv_transpose2d at stride 1 runs the forward implicit GEMM on its input, with the weight
+    # flipped and transposed per group (output_padding: dilation - 1).
+    results, inputs, ref_fn = _igemm_run(case, dtype, layout, transposed=True)
+    for got, ref in zip(results, _igemm_reference(inputs, ref_fn)):
+        assert got.dtype == dtype and got.shape == ref.shape
+        assert_close_to_reference(got.cpu(), ref)
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", IGEMM_CASES[:3], ids=["tails", "grouped", "1x1-padded"])
+def test_cuda_tf32_follows_torch_flag(case, layout):
+    # allow_tf32 on: float32 through TF32 tensor cores, within TF32's error (10-bit mantissas);
+    # off: exact float32, within float32's tolerance, and so different bits from the TF32 run
+    # (output, input grad and weight grad; the bias grad is a plain sum either way).
+    with tf32_convolutions(True):
+        tf32, inputs, ref_fn = _igemm_run(case, torch.float32, layout)
+    strict, _, _ = _igemm_run(case, torch.float32, layout)  # conftest: TF32 off
+    for i, (a, s, ref) in enumerate(zip(tf32, strict, _igemm_reference(inputs, ref_fn))):
+        scale = max(1.0, ref.abs().max().item())
+        torch.testing.assert_close(a.cpu().double(), ref, rtol=1e-2, atol=1e-2 * scale)
+        assert_close_to_reference(s.cpu(), ref)
+        if i < 3:
+            assert not torch.equal(a, s)
+
+
+def _cuda_kernel_names(fn):
+    """Names of the CUDA kernels fn launches (empty where the profiler cannot trace CUDA)."""
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+    except RuntimeError:
+        return set()
+    return {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype,tf32,kind", [
+    (torch.float16, False, "mma"), (torch.bfloat16, False, "mma"), (torch.float32, True, "mma"),
+    (torch.float32, False, "simt"), (torch.float64, False, "simt")], ids=str)
+def test_cuda_igemm_paths_are_taken(dtype, tf32, kind):
+    # Which kernels run (their names, from the profiler): stride 1 takes the implicit GEMM in all
+    # three passes; stride 2 leaves the input grad to the general kernel; 8 output channels a
+    # group take the general kernels throughout.
+    expect = {
+        0: {f"igemm_forward_{kind}", f"igemm_weight_grad_{kind}"},
+        3: {f"igemm_forward_{kind}", f"igemm_weight_grad_{kind}", "conv_input_grad_general"},
+        8: {"conv_forward_general", "conv_input_grad_general", "weight_grad_"},
+    }
+    for index, names in expect.items():
+        with tf32_convolutions(tf32):
+            kernels = _cuda_kernel_names(lambda: _igemm_run(IGEMM_CASES[index], dtype, "nhwc"))
+        if not kernels:
+            pytest.skip("the profiler saw no CUDA kernels (no CUPTI here)")
+        for name in names:
+            assert any(name in k for k in kernels), (name, sorted(kernels))
+        absent = {0: ["conv_input_grad_general", f"_{'simt' if kind == 'mma' else 'mma'}<"],
+                  3: [f"_{'simt' if kind == 'mma' else 'mma'}<"], 8: ["igemm"]}[index]
+        for name in absent:
+            assert not any(name in k for k in kernels), (name, sorted(kernels))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype,tf32", [(torch.float16, False), (torch.bfloat16, False),
+                                        (torch.float32, True), (torch.float32, False),
+                                        (torch.float64, False)], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_cuda_igemm_deterministic(dtype, tf32, layout):
+    # Fixed-order sums everywhere (the weight grad's split into chunks included): the same bits
+    # on every run.
+    case = ((4, 32, 24, 24), (48, 32, 3, 3), 1, 1, 1, 1)
+    with tf32_convolutions(tf32):
+        first, _, _ = _igemm_run(case, dtype, layout)
+        second, _, _ = _igemm_run(case, dtype, layout)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
 
 # --- every SIMD build of the kernels ----------------------------------------------------------
 

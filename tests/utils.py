@@ -1,4 +1,6 @@
 """Helpers shared by the test files: devices, layouts, reference comparison, grads."""
+import contextlib
+
 import pytest
 import torch
 
@@ -70,3 +72,16 @@ def leaf(t: torch.Tensor, dtype=None, requires_grad=True) -> torch.Tensor:
     if dtype is not None:
         t = t.to(dtype)
     return t.detach().clone(memory_format=torch.preserve_format).requires_grad_(requires_grad)
+
+
+@contextlib.contextmanager
+def tf32_convolutions(allowed: bool):
+    """torch.backends.cudnn.allow_tf32, which torch's and convext's CUDA convolutions follow, set
+    for the block and restored after it. Set through torch._C: torch's own test utilities (which
+    the OpInfo tests import) make the torch.backends.cudnn setters raise."""
+    saved = torch._C._get_cudnn_allow_tf32()
+    torch._C._set_cudnn_allow_tf32(allowed)
+    try:
+        yield
+    finally:
+        torch._C._set_cudnn_allow_tf32(saved)

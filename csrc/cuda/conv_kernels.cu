@@ -1,12 +1,15 @@
 // CUDA convolution kernels (interface and conventions: conv_kernels.h).
 //
-// Two families:
+// Three families:
+// - Implicit-GEMM kernels for dense and grouped convolutions (conv_igemm.cu: tensor cores for
+//   the half types, and for float where TF32 is allowed): the forward, the stride-1 input
+//   gradient and the weight gradient, wherever their tiles pay and the device has sm_80.
 // - General direct kernels, correct for every form (groups, stride, padding, dilation, kernel
-//   size, 1x1, transposed). The forward and the input gradient compute one output per thread;
-//   the input gradient gathers (each gx element sums the gy elements that reach it), so nothing
-//   is scattered and nothing needs atomics. The weight and bias gradients sum each result over
-//   N x OH x OW in two stages: per-block partial sums into a workspace, then a fixed-order sum.
-//   No tiling: dense convs are compute-bound and get tensor-core kernels of their own.
+//   size, 1x1, transposed): everything the other two do not take. The forward and the input
+//   gradient compute one output per thread; the input gradient gathers (each gx element sums
+//   the gy elements that reach it), so nothing is scattered and nothing needs atomics. The
+//   weight and bias gradients sum each result over N x OH x OW in two stages: per-block partial
+//   sums into a workspace, then a fixed-order sum.
 // - Depthwise kernels (groups == C_in, any channel multiplier m = C_out / C_in; forward, input
 //   gradient and weight gradient), which are memory-bound. NCHW: a block stages the input tile of
 //   its output tile, halo and zero padding included, in shared memory, and each thread computes a
@@ -17,6 +20,7 @@
 // Index types: general kernels use int32 offsets when every offset fits, int64 otherwise; the
 // depthwise kernels use int32 only (tensors whose offsets do not fit take the general kernels).
 #include "cuda/conv_kernels.h"
+#include "cuda/conv_igemm.h"
 #include "cuda/strided.cuh"
 
 #include <algorithm>
@@ -1175,7 +1179,7 @@ bool dw_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w, c
 // How a weight (or bias) gradient runs: which stage-one kernel, its split, and the partial sums
 // it leaves (chunks x E in the accumulator type) for sum_partials.
 struct WeightGradPlan {
-  enum Path { kEmpty, kRows, kChannels, kDwNchw, kDwNhwc } path = kEmpty;
+  enum Path { kEmpty, kRows, kChannels, kDwNchw, kDwNhwc, kIgemm } path = kEmpty;
   bool i32 = false;  // general kernels: int32 offsets
   Split split{0, 1};
   Tile tile{};
@@ -1212,7 +1216,14 @@ WeightGradPlan plan_general_weight_grad(const ConvGeometry& g, View4<const T> x,
 template <typename T>
 WeightGradPlan plan_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy) {
   WeightGradPlan plan = plan_general_weight_grad(g, x, gy);
-  if (plan.path == WeightGradPlan::kEmpty || !depthwise(g, x, gy)) return plan;
+  if (plan.path == WeightGradPlan::kEmpty) return plan;
+  if (!depthwise(g, x, gy)) {
+    if (const int64_t chunks = igemm_weight_grad_chunks(g, x, gy)) {
+      plan.path = WeightGradPlan::kIgemm;
+      plan.split = {chunks, 0};
+    }
+    return plan;
+  }
   const bool nhwc = channels_last(x, gy, g.C_in);
   with_weight_grad_size<T>(g, [&](auto, auto st) {
     constexpr int S = decltype(st)::value;
@@ -1284,8 +1295,11 @@ void dw_weight_grad(const WeightGradPlan& plan, const ConvGeometry& g, View4<con
 
 template <typename T>
 cudaError_t conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
-                         View4<T> y, cudaStream_t stream) {
-  if (depthwise(g, x, y) && dw_forward(g, x, w, bias, y, stream)) return cudaGetLastError();
+                         View4<T> y, bool tf32, cudaStream_t stream) {
+  if (depthwise(g, x, y) ? dw_forward(g, x, w, bias, y, stream)
+                         : igemm_forward(g, x, w, bias, y, tf32, stream)) {
+    return cudaGetLastError();
+  }
   if (general_fits_i32(g, x, w, View4<const T>{y.data, y.sN, y.sC, y.sH, y.sW})) {
     general_forward<T, int32_t>(g, x, w, bias, y, stream);
   } else {
@@ -1296,8 +1310,9 @@ cudaError_t conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T>
 
 template <typename T>
 cudaError_t conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
-                            const T* bias, View4<T> gx, cudaStream_t stream) {
-  if (depthwise(g, gx, gy) && dw_input_grad(g, gy, w, bias, gx, stream)) {
+                            const T* bias, View4<T> gx, bool tf32, cudaStream_t stream) {
+  if (depthwise(g, gx, gy) ? dw_input_grad(g, gy, w, bias, gx, stream)
+                           : igemm_input_grad(g, gy, w, bias, gx, tf32, stream)) {
     return cudaGetLastError();
   }
   if (general_fits_i32(g, View4<const T>{gx.data, gx.sN, gx.sC, gx.sH, gx.sW}, w, gy)) {
@@ -1315,10 +1330,12 @@ size_t conv_weight_grad_workspace(const ConvGeometry& g, View4<const T> x, View4
 
 template <typename T>
 cudaError_t conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
-                             View4<T> gw, void* workspace, cudaStream_t stream) {
+                             View4<T> gw, void* workspace, bool tf32, cudaStream_t stream) {
   const WeightGradPlan plan = plan_weight_grad(g, x, gy);
   auto* partial = static_cast<Acc<T>*>(workspace);
-  if (plan.path == WeightGradPlan::kDwNchw || plan.path == WeightGradPlan::kDwNhwc) {
+  if (plan.path == WeightGradPlan::kIgemm) {
+    igemm_weight_grad(g, x, gy, plan.split.chunks, partial, tf32, stream);
+  } else if (plan.path == WeightGradPlan::kDwNchw || plan.path == WeightGradPlan::kDwNhwc) {
     dw_weight_grad(plan, g, x, gy, partial, stream);
   } else if (plan.path != WeightGradPlan::kEmpty) {
     general_weight_grad<T, false>(plan, g, x, gy, partial, stream);
@@ -1349,13 +1366,13 @@ cudaError_t conv_bias_grad(View4<const T> gy, int64_t N, int64_t C, int64_t H, i
 
 #define CONVEXT_CONV_KERNELS(T)                                                                  \
   template cudaError_t conv_forward<T>(const ConvGeometry&, View4<const T>, View4<const T>,     \
-                                       const T*, View4<T>, cudaStream_t);                        \
+                                       const T*, View4<T>, bool, cudaStream_t);                  \
   template cudaError_t conv_input_grad<T>(const ConvGeometry&, View4<const T>, View4<const T>,  \
-                                          const T*, View4<T>, cudaStream_t);                     \
+                                          const T*, View4<T>, bool, cudaStream_t);               \
   template size_t conv_weight_grad_workspace<T>(const ConvGeometry&, View4<const T>,             \
                                                 View4<const T>);                                 \
   template cudaError_t conv_weight_grad<T>(const ConvGeometry&, View4<const T>, View4<const T>, \
-                                           View4<T>, void*, cudaStream_t);                       \
+                                           View4<T>, void*, bool, cudaStream_t);                 \
   template size_t conv_bias_grad_workspace<T>(View4<const T>, int64_t, int64_t, int64_t,         \
                                               int64_t);                                          \
   template cudaError_t conv_bias_grad<T>(View4<const T>, int64_t, int64_t, int64_t, int64_t, T*, \

@@ -12,11 +12,12 @@
 // Views are element strides (N, C, H, W), so NCHW, NHWC and any other strides work; bias is
 // contiguous or null. T is the device storage type: float, double, __half or __nv_bfloat16 (the
 // host passes c10::Half / c10::BFloat16 storage as the latter two); half types accumulate in
-// float, double in double.
+// float, double in double. tf32: float may be multiplied in TF32 on tensor cores (torch's
+// allow_tf32 for convolutions, as cuDNN); otherwise float results are exact float sums.
 //
 // Every kernel is deterministic: each result is summed by one thread, or by partial sums added
 // in a fixed order (per-block sums into a workspace, then one thread per result adds them up in
-// order); the split depends on the sizes only, never on the device. No atomics.
+// order); the split depends on the sizes only, never on the device's SM count. No atomics.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -30,11 +31,11 @@ namespace convext::cuda {
 
 template <typename T>
 cudaError_t conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
-                         View4<T> y, cudaStream_t stream);
+                         View4<T> y, bool tf32, cudaStream_t stream);
 
 template <typename T>
 cudaError_t conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
-                            const T* bias, View4<T> gx, cudaStream_t stream);
+                            const T* bias, View4<T> gx, bool tf32, cudaStream_t stream);
 
 // Bytes of workspace conv_weight_grad needs for these arguments (its partial sums).
 template <typename T>
@@ -42,7 +43,7 @@ size_t conv_weight_grad_workspace(const ConvGeometry& g, View4<const T> x, View4
 
 template <typename T>
 cudaError_t conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
-                             View4<T> gw, void* workspace, cudaStream_t stream);
+                             View4<T> gw, void* workspace, bool tf32, cudaStream_t stream);
 
 // gy is (N, C, H, W); gb has C contiguous elements.
 template <typename T>

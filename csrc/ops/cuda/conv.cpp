@@ -5,12 +5,20 @@
 // torch.use_deterministic_algorithms(True) has nothing to flag here: every kernel sums in a fixed
 // order (no atomics; the weight and bias gradients' partial sums are added in order), so each op
 // gives bitwise the same result on every run.
+//
+// float32 follows torch's policy for convolutions: TF32 tensor cores where
+// torch.backends.cudnn.allow_tf32 is true (torch's default, as its cuDNN convolutions), exact
+// float32 otherwise.
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <string>
+#include <type_traits>
 
 #include "common/conv_shape.h"
 #include "cuda/conv_kernels.h"
@@ -30,6 +38,31 @@ static_assert(sizeof(c10::Half) == sizeof(__half) && sizeof(c10::BFloat16) == si
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+// Whether float32 convolutions may use TF32: torch.backends.cudnn.allow_tf32, or, in torch
+// versions with per-op precision, the convolutions' own (torch.backends.cudnn.conv.fp32_precision;
+// asked without an op, those versions raise where conv and RNN differ). Told apart by
+// allowTF32CuDNN's parameter: none, the op's name, or an at::Float32Op (optional or not).
+template <typename F> struct Tf32Flag;
+template <typename C> struct Tf32Flag<bool (C::*)() const> {
+  static bool get(const C& c) { return c.allowTF32CuDNN(); }
+};
+template <typename C, typename Op> struct Tf32Flag<bool (C::*)(Op) const> {
+  static bool get(const C& c) {
+    using O = std::decay_t<Op>;
+    if constexpr (std::is_same_v<O, std::string>) {
+      return c.allowTF32CuDNN("conv");
+    } else if constexpr (std::is_enum_v<O>) {
+      return c.allowTF32CuDNN(O::CONV);
+    } else {
+      return c.allowTF32CuDNN(O::value_type::CONV);
+    }
+  }
+};
+
+bool allow_tf32() {
+  return Tf32Flag<decltype(&at::Context::allowTF32CuDNN)>::get(at::globalContext());
+}
 
 at::Tensor empty_conv_output(const at::Tensor& like, at::IntArrayRef sizes, bool channels_last) {
   return at::empty(sizes, like.options().memory_format(conv_memory_format(channels_last)));
@@ -58,7 +91,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
     using T = device_t<scalar_t>;
     if (out.numel() == 0) return;
     C10_CUDA_CHECK(cuda::conv_forward<T>(g, cview4<T>(input), cview4<T>(weight), data_or_null<T>(b),
-                                         view4<T>(out), current_stream()));
+                                         view4<T>(out), allow_tf32(), current_stream()));
   });
   return out;
 }
@@ -78,7 +111,8 @@ at::Tensor conv_transpose2d_cuda(const at::Tensor& input, const at::Tensor& weig
     using T = device_t<scalar_t>;
     if (out.numel() == 0) return;
     C10_CUDA_CHECK(cuda::conv_input_grad<T>(g, cview4<T>(input), cview4<T>(weight),
-                                            data_or_null<T>(b), view4<T>(out), current_stream()));
+                                            data_or_null<T>(b), view4<T>(out), allow_tf32(),
+                                            current_stream()));
   });
   return out;
 }
@@ -98,7 +132,7 @@ at::Tensor conv2d_weight_grad_cuda(const at::Tensor& input, const at::Tensor& gr
     const auto gy = cview4<T>(grad_output);
     at::Tensor scratch = workspace(input, cuda::conv_weight_grad_workspace<T>(g, x, gy));
     C10_CUDA_CHECK(cuda::conv_weight_grad<T>(g, x, gy, view4<T>(out), scratch.data_ptr(),
-                                             current_stream()));
+                                             allow_tf32(), current_stream()));
   });
   return out;
 }
