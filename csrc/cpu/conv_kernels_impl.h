@@ -250,17 +250,19 @@ inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* wt, i
 // src_index(d, k, is_row) gives the source row (col) that tap row (col) k reads for destination
 // row (col) d, or -1 when it reads none; it is tabulated once per pass (it may divide). The
 // forward pass reads the input; the input gradient (the transposed pass) gathers from the
-// outputs whose windows cover each input position, so neither needs atomics. Where source and
-// destination hold the accumulation type, whole vectors of channels go through
-// depthwise_cl_block (taps past the border read a row of zeros); other channels, per position.
+// outputs whose windows cover each input position, so neither needs atomics. With `blocked`,
+// where source and destination hold the accumulation type, whole vectors of channels go through
+// depthwise_cl_block (taps past the border read a row of zeros); other channels go per position,
+// skipping the taps that read nothing (the transposed pass at stride > 1 leaves most of them
+// empty, and measured slower blocked).
 template <typename T, typename SrcIndex>
 void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T> w,
-                       const T* bias, View4<T> dst, int64_t rows, int64_t cols,
+                       const T* bias, View4<T> dst, int64_t rows, int64_t cols, bool blocked,
                        SrcIndex src_index) {
   using A = typename AccOf<T>::type;
   constexpr int VL = kVL<A>;
   const int64_t C = g.C_in, KHW = g.KH * g.KW;
-  const int64_t c_blocked = std::is_same_v<T, A> ? C / VL * VL : 0;
+  const int64_t c_blocked = blocked && std::is_same_v<T, A> ? C / VL * VL : 0;
   Scratch<A> wt(KHW * C), bias_a(C), zeros(C);
   pack_depthwise_weights(g, w, wt.get());
   for (int64_t c = 0; c < C; ++c) bias_a.get()[c] = bias ? static_cast<A>(bias[c]) : A(0);
@@ -323,7 +325,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
 template <typename T>
 void depthwise_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T> w,
                           const T* bias, View4<T> y) {
-  depthwise_cl_pass(g, x, w, bias, y, g.OH, g.OW, [&](int64_t o, int64_t k, bool is_row) {
+  depthwise_cl_pass(g, x, w, bias, y, g.OH, g.OW, true, [&](int64_t o, int64_t k, bool is_row) {
     const int64_t i = is_row ? o * g.sH - g.pH + k * g.dH : o * g.sW - g.pW + k * g.dW;
     return inside(i, is_row ? g.H : g.W) ? i : -1;
   });
@@ -332,7 +334,7 @@ void depthwise_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T
 template <typename T>
 void depthwise_input_grad_cl(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
                              const T* bias, View4<T> gx) {
-  depthwise_cl_pass(g, gy, w, bias, gx, g.H, g.W, [&](int64_t i, int64_t k, bool is_row) {
+  depthwise_cl_pass(g, gy, w, bias, gx, g.H, g.W, g.sH == 1 && g.sW == 1, [&](int64_t i, int64_t k, bool is_row) {
     const int64_t s = is_row ? g.sH : g.sW;
     const int64_t t = is_row ? i + g.pH - k * g.dH : i + g.pW - k * g.dW;
     return t >= 0 && t % s == 0 && t / s < (is_row ? g.OH : g.OW) ? t / s : int64_t(-1);
