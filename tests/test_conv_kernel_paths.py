@@ -123,3 +123,34 @@ def test_blocked_forward_matches_torch_for_any_thread_count(case, dtype, layout)
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     assert_close_to_reference(outs[0], F.conv2d(x.double(), w.double(), b.double(), *args))
     assert same_layout(outs[0], F.conv2d(x, w, b, *args))
+
+
+# conv_transpose2d (and so strided input grads) split into the stride's phases, each a stride-1
+# forward conv: phases no tap reaches (kernel 1, stride 2), dilation sharing a factor with the
+# stride (phases with dilated taps), padding past the kernel's reach (taps starting inside),
+# output_padding, groups.
+PHASE_CASES = {
+    "k1_s2": dict(k=1, stride=2, padding=0, output_padding=1, dilation=1, groups=1),
+    "k4_s2_dcgan": dict(k=4, stride=2, padding=1, output_padding=0, dilation=1, groups=1),
+    "k3_s3_d2": dict(k=3, stride=3, padding=2, output_padding=2, dilation=2, groups=1),
+    "k3_s2_p3_g2": dict(k=3, stride=2, padding=3, output_padding=1, dilation=1, groups=2),
+}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", list(PHASE_CASES))
+def test_strided_transposed_by_phases(case, layout):
+    c = PHASE_CASES[case]
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(2, 32, 7, 6, generator=gen, dtype=torch.float64), layout)
+    x.requires_grad_()
+    w = torch.randn(32, 40 // c["groups"], c["k"], c["k"], generator=gen, dtype=torch.float64,
+                    requires_grad=True)
+    b = torch.randn(40, generator=gen, dtype=torch.float64, requires_grad=True)
+    args = (c["stride"], c["padding"], c["output_padding"], c["groups"], c["dilation"])
+    out, ref = CF.conv_transpose2d(x, w, b, *args), F.conv_transpose2d(x, w, b, *args)
+    torch.testing.assert_close(out, ref)
+    assert same_layout(out, ref)
+    gy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    for a, r in zip(torch.autograd.grad(out, (x, w, b), gy), torch.autograd.grad(ref, (x, w, b), gy)):
+        torch.testing.assert_close(a, r)

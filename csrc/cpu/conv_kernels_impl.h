@@ -638,7 +638,7 @@ View4<const D> channels_last_view(const View4<const T>& x, int64_t N, int64_t C,
 // of positions meets them; partial sums wait in a per-tile buffer between blocks.
 template <typename T>
 bool use_forward_indirect(const ConvGeometry& g, const View4<const T>& x, const View4<T>& y) {
-  if (dense_channels_last(x, g.C_in) && dense_channels_last(y, g.C_out)) return true;
+  if (dense_channels_last(x, g.C_in)) return true;
   return g.KH * g.KW > 1 && (g.C_in_g() >= 16 || (g.groups == 1 && g.dW == 1));
 }
 
@@ -718,7 +718,7 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   const bool copied = channels_last_copy_size<A>(x_any, g.N, g.C_in, g.H, g.W) > 0;
   const bool merge_rows = g.dW == 1 && g.groups == 1 && g.KW > 1 && (copied || Cg < 16);
   const int64_t pad =
-      merge_rows ? max64(g.pW, (g.OW - 1) * g.sW - g.pW + g.KW - 1 - (g.W - 1)) : 0;
+      merge_rows ? max64(0, max64(g.pW, (g.OW - 1) * g.sW - g.pW + g.KW - 1 - (g.W - 1))) : 0;
   const int64_t taps = merge_rows ? g.KH : KHW, tap_ch = merge_rows ? g.KW * Cg : Cg;
   Scratch<A> x_copy(channels_last_copy_size<A>(x_any, g.N, g.C_in, g.H, g.W, pad));
   const View4<const A> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy, pad);
@@ -778,7 +778,8 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   const int64_t block_taps = chunk == tap_ch ? max64(1, kc / tap_ch) : 1;
   const int64_t chunks_per_tap = ceil_div(tap_ch, chunk);
   const int64_t blocks = chunk == tap_ch ? ceil_div(taps, block_taps) : taps * chunks_per_tap;
-  const bool direct_store = std::is_same_v<T, A> && blocks == 1 && dense_channels_last(y, g.C_out);
+  const bool direct_store = std::is_same_v<T, A> && blocks == 1 && dense_channels_last(y, g.C_out) &&
+                            y.sH == g.OW * g.C_out && y.sN == g.OH * y.sH;
 
   at::parallel_for(0, g.groups * tiles * oc_items, 1, [&](int64_t begin, int64_t end) {
     Scratch<const A*> rows(PT * taps);  // [block of MR positions][tap][MR]
@@ -829,14 +830,20 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
               indirect_microkernel<A>(block_len, channels, block_rows, block_padding, c0, b, c_in, ld, bias_here, out, g.C_out);
             } else {
               indirect_microkernel<A>(block_len, channels, block_rows, block_padding, c0, b, c_in, ld, bias_here, tile, NR);
-              // Channel by channel, so that on NCHW y each channel's positions are written as a run.
+              // On NCHW y channel by channel, so that each channel's positions are written as a run.
               T* out[kMR];
               for (int64_t m = 0; m < rows_here; ++m) {
                 const int64_t n = (q + m) / P, oh = (q + m) % P / g.OW, ow = (q + m) % g.OW;
                 out[m] = y.data + n * y.sN + oh * y.sH + ow * y.sW + oc0 * y.sC;
               }
-              for (int64_t r = 0; r < cols; ++r) {
-                for (int64_t m = 0; m < rows_here; ++m) out[m][r * y.sC] = static_cast<T>(tile[m * NR + r]);
+              if (y.sC == 1) {
+                for (int64_t m = 0; m < rows_here; ++m) {
+                  for (int64_t r = 0; r < cols; ++r) out[m][r] = static_cast<T>(tile[m * NR + r]);
+                }
+              } else {
+                for (int64_t r = 0; r < cols; ++r) {
+                  for (int64_t m = 0; m < rows_here; ++m) out[m][r * y.sC] = static_cast<T>(tile[m * NR + r]);
+                }
               }
             }
           }
@@ -1092,52 +1099,103 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
   });
 }
 
-// With stride 1, the input gradient is itself a forward convolution: of gy, padded by
-// d * (k - 1) - p, with each group's weights transposed (input and output channels swapped) and
-// flipped. Its outputs past the padded size (output_padding) read only padding: zeros.
-ConvGeometry input_grad_as_forward(const ConvGeometry& g) {
-  ConvGeometry t = g;
-  t.C_in = g.C_out, t.C_out = g.C_in;
-  t.H = g.OH, t.W = g.OW, t.OH = g.H, t.OW = g.W;
-  t.pH = g.dH * (g.KH - 1) - g.pH, t.pW = g.dW * (g.KW - 1) - g.pW;
-  return t;
+// The input gradient as forward convolutions of gy, one per phase (a, b) of the stride: the rows
+// ih = a (mod sH) of gx meet only the kernel rows ki with sH dividing a + pH - ki * dH, which read
+// gy row (ih + pH - ki * dH) / sH. In gy's terms that is a stride-1 convolution over those taps,
+// flipped (the last tap reads the lowest row), with dilation dH / gcd(sH, dH) and padding minus
+// the last tap's offset (negative where the taps start inside gy); with each group's weights
+// transposed (input and output channels swapped), into the phase's rows and columns of gx. At
+// stride 1 there is one phase: padding d (k - 1) - p, all taps, the same dilation.
+struct PhaseAxis {
+  int64_t last, step, count, dilation, padding, size;  // taps last, last - step, ...; gx rows
+};
+
+PhaseAxis phase_axis(int64_t a, int64_t s, int64_t p, int64_t d, int64_t K, int64_t in) {
+  int64_t gcd = s;
+  for (int64_t r = d; r != 0;) {
+    const int64_t t = gcd % r;
+    gcd = r;
+    r = t;
+  }
+  PhaseAxis ax{0, s / gcd, 0, d / gcd, 0, max64(0, ceil_div(in - a, s))};
+  int64_t first = 0;
+  while (first < K && (a + p - first * d) % s != 0) ++first;
+  if (first == K) return ax;
+  ax.count = (K - 1 - first) / ax.step + 1;
+  ax.last = first + (ax.count - 1) * ax.step;
+  ax.padding = -((a + p - ax.last * d) / s);
+  return ax;
 }
 
 // Measured faster than the scatter below wherever groups have 16 or more output channels (up
-// to 3.5x on 1x1 convs); with fewer, the forward GEMMs waste most of their columns.
-bool use_input_grad_as_forward(const ConvGeometry& g) {
-  return g.sH == 1 && g.sW == 1 && g.pH <= g.dH * (g.KH - 1) && g.pW <= g.dW * (g.KW - 1) &&
-         (g.C_out_g() >= 16 || use_grouped_direct(input_grad_as_forward(g)));
+// to 3.5x on 1x1 convs); with fewer, the forward GEMMs waste most of their columns. At stride > 1
+// only into channels_last gx (U-Net's 2x2 s2 transposed conv 46 -> 28 ms): into NCHW the phases'
+// strided stores lose (31 -> 36 ms there).
+template <typename T>
+bool use_input_grad_by_phases(const ConvGeometry& g, const View4<T>& gx) {
+  return ((g.sH == 1 && g.sW == 1) || gx.sC == 1) &&
+         (g.C_out_g() >= 16 || use_grouped_direct(ConvGeometry{0, g.C_out, g.C_in, g.groups}));
 }
 
 template <typename T>
-void conv_input_grad_as_forward(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
-                                const T* bias, View4<T> gx) {
-  const ConvGeometry t = input_grad_as_forward(g);
-  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KH = g.KH, KW = g.KW;
-  Scratch<T> wt(g.C_in * Mg * KH * KW);  // [group][ic][oc][flipped ki][flipped kj], dense
-  at::parallel_for(0, g.C_in, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t grp = row / Cg, ic = row % Cg;
-      T* dst = wt.get() + row * Mg * KH * KW;
-      for (int64_t oc = 0; oc < Mg; ++oc) {
-        const T* src = w.data + (grp * Mg + oc) * w.sN + ic * w.sC;
-        for (int64_t ki = 0; ki < KH; ++ki) {
-          for (int64_t kj = 0; kj < KW; ++kj) {
-            dst[(oc * KH + ki) * KW + kj] = src[(KH - 1 - ki) * w.sH + (KW - 1 - kj) * w.sW];
+void conv_input_grad_by_phases(const ConvGeometry& g, View4<const T> gy_any, View4<const T> w,
+                               const T* bias, View4<T> gx) {
+  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g();
+  // Several phases read gy: copied to channels_last once, not by each phase's forward.
+  const bool copy = g.sH * g.sW > 1 && channels_last_copy_size<T>(gy_any, g.N, g.C_out, g.OH, g.OW) > 0;
+  Scratch<T> gy_copy(copy ? g.N * g.C_out * g.OH * g.OW : 0);
+  const View4<const T> gy = copy ? channels_last_view(gy_any, g.N, g.C_out, g.OH, g.OW, gy_copy) : gy_any;
+  for (int64_t a = 0; a < g.sH; ++a) {
+    const PhaseAxis rows = phase_axis(a, g.sH, g.pH, g.dH, g.KH, g.H);
+    for (int64_t b = 0; b < g.sW; ++b) {
+      const PhaseAxis cols = phase_axis(b, g.sW, g.pW, g.dW, g.KW, g.W);
+      const View4<T> out{gx.data + a * gx.sH + b * gx.sW, gx.sN, gx.sC, gx.sH * g.sH, gx.sW * g.sW};
+      if (rows.size == 0 || cols.size == 0) continue;
+      if (rows.count == 0 || cols.count == 0) {  // no tap reaches these rows or columns
+        at::parallel_for(0, g.N * g.C_in, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t item = begin; item < end; ++item) {
+            T* dst = out.data + (item / g.C_in) * out.sN + (item % g.C_in) * out.sC;
+            const T value = bias ? bias[item % g.C_in] : T(0);
+            for (int64_t i = 0; i < rows.size * cols.size; ++i) dst[(i / cols.size) * out.sH + (i % cols.size) * out.sW] = value;
+          }
+        });
+        continue;
+      }
+      const ConvGeometry t{g.N, g.C_out, g.C_in, g.groups, g.OH, g.OW, rows.size, cols.size,
+                           rows.count, cols.count, 1, 1, rows.padding, cols.padding,
+                           rows.dilation, cols.dilation};
+      const int64_t KH = rows.count, KW = cols.count;
+      Scratch<T> wt(g.C_in * Mg * KH * KW);  // [group][ic][oc][phase tap row][col], dense
+      // 16 input channels at a time: reads stay within a few lines of each of w's rows.
+      constexpr int64_t kIcBlock = 16;
+      const int64_t ic_blocks = ceil_div(Cg, kIcBlock);
+      at::parallel_for(0, g.groups * ic_blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t grp = item / ic_blocks, ic0 = (item % ic_blocks) * kIcBlock;
+          for (int64_t oc = 0; oc < Mg; ++oc) {
+            for (int64_t ic = ic0; ic < min64(Cg, ic0 + kIcBlock); ++ic) {
+              const T* src = w.data + (grp * Mg + oc) * w.sN + ic * w.sC;
+              T* dst = wt.get() + ((grp * Cg + ic) * Mg + oc) * KH * KW;
+              for (int64_t i = 0; i < KH; ++i) {
+                for (int64_t j = 0; j < KW; ++j) {
+                  dst[i * KW + j] =
+                      src[(rows.last - i * rows.step) * w.sH + (cols.last - j * cols.step) * w.sW];
+                }
+              }
+            }
           }
         }
-      }
+      });
+      conv_forward(t, gy, View4<const T>{wt.get(), Mg * KH * KW, KH * KW, KW, 1}, bias, out);
     }
-  });
-  conv_forward(t, gy, View4<const T>{wt.get(), Mg * KH * KW, KH * KW, KW, 1}, bias, gx);
+  }
 }
 
 template <typename T>
 void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w, const T* bias,
                      View4<T> gx) {
   if (use_depthwise(g)) return depthwise_input_grad(g, gy, w, bias, gx);
-  if (use_input_grad_as_forward(g)) return conv_input_grad_as_forward(g, gy, w, bias, gx);
+  if (use_input_grad_by_phases(g, gx)) return conv_input_grad_by_phases(g, gy, w, bias, gx);
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
   const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW;
