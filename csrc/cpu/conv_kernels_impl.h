@@ -517,6 +517,17 @@ void depthwise_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const 
   if (g.C_out_g() == 1 && dense_channels_last(gy, g.C_out) && dense_channels_last(gx, g.C_in)) {
     return depthwise_input_grad_cl(g, gy, w, bias, gx);
   }
+  if (g.C_out_g() == 1 && g.sH == 1 && g.sW == 1 && g.pH <= g.dH * (g.KH - 1) &&
+      g.pW <= g.dW * (g.KW - 1)) {
+    // At stride 1 the transposed pass is the forward pass over gy, padded by d (k - 1) - p, with
+    // the kernel flipped (read through negative strides).
+    ConvGeometry t = g;
+    t.H = g.OH, t.W = g.OW, t.OH = g.H, t.OW = g.W;
+    t.pH = g.dH * (g.KH - 1) - g.pH, t.pW = g.dW * (g.KW - 1) - g.pW;
+    const View4<const T> flipped{w.data + (g.KH - 1) * w.sH + (g.KW - 1) * w.sW, w.sN, w.sC,
+                                 -w.sH, -w.sW};
+    return depthwise_forward_flat(t, gy, flipped, bias, gx);
+  }
   using A = typename AccOf<T>::type;
   const PaddedPlane padded(g);
   const int64_t Mg = g.C_out_g();
