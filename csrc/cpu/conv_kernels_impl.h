@@ -944,13 +944,16 @@ void grouped_forward_direct(const ConvGeometry& g, View4<const T> x_any, View4<c
               }
             }
           }
-          for (int q = 0; q < PB && ow0 + q < g.OW; ++q) {
-            T* out = y.data + n * y.sN + oh * y.sH + (ow0 + q) * y.sW + grp * Mg * y.sC;
+          const int qs = static_cast<int>(min64(PB, g.OW - ow0));
+          T* out = y.data + n * y.sN + oh * y.sH + ow0 * y.sW + grp * Mg * y.sC;
+          if (sizeof(T) == sizeof(A) && y.sC == 1) {
+            for (int q = 0; q < qs; ++q) {
+              for (int mv = 0; mv < MV; ++mv) __builtin_memcpy(out + q * y.sW + mv * 8, &acc[q][mv], sizeof(V));
+            }
+          } else {  // a channel at a time: on NCHW y, runs of positions
             for (int mv = 0; mv < MV; ++mv) {
-              if (sizeof(T) == sizeof(A) && y.sC == 1) {
-                __builtin_memcpy(out + mv * 8, &acc[q][mv], sizeof(V));
-              } else {
-                for (int l = 0; l < 8; ++l) out[(mv * 8 + l) * y.sC] = static_cast<T>(acc[q][mv][l]);
+              for (int l = 0; l < 8; ++l) {
+                for (int q = 0; q < qs; ++q) out[(mv * 8 + l) * y.sC + q * y.sW] = static_cast<T>(acc[q][mv][l]);
               }
             }
           }
