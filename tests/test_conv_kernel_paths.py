@@ -154,3 +154,29 @@ def test_strided_transposed_by_phases(case, layout):
     gy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
     for a, r in zip(torch.autograd.grad(out, (x, w, b), gy), torch.autograd.grad(ref, (x, w, b), gy)):
         torch.testing.assert_close(a, r)
+
+
+# The channels_last weight grad as indirect GEMMs over positions (whole tiles: input channels per
+# group a multiple of 8, output channels of 32): several chunks of positions, blocks within them.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("groups,stride,padding,dilation", [(1, 1, 1, 1), (2, 2, 2, 2)])
+def test_indirect_weight_grad(dtype, groups, stride, padding, dilation):
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(3, 32, 47, 45, generator=gen, dtype=dtype), "channels_last")
+    w = torch.randn(64, 32 // groups, 3, 3, generator=gen, dtype=dtype)
+    args = ([stride] * 2, [padding] * 2, [dilation] * 2, groups)
+    y = F.conv2d(x, w, None, *args)
+    gy = make_layout(torch.randn(y.shape, generator=gen, dtype=dtype), "channels_last")
+    grads = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            grads.append(torch.ops.convext.conv2d_weight_grad(x, gy, [3, 3], *args, True))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0], grads[1])
+    ref = torch.ops.aten.convolution_backward(gy.double(), x.double(), w.double(), None, *args[:3],
+                                              False, [0, 0], groups, [False, True, False])[1]
+    assert_close_to_reference(grads[0], ref)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last)

@@ -1465,6 +1465,98 @@ void conv_weight_grad_nhwc_order(const ConvGeometry& g, View4<const T> x, View4<
   weight_grad_gemm(g, gy, gw_offset.get(), gw, pack_a, pack_b);
 }
 
+// The weight gradient as indirect GEMMs over positions, one per tap, on channels_last x and gy:
+//   gw[tap][ic][oc] = sum over positions q of x[q's input position for the tap][ic] * gy[q][oc]
+// MR input channels come from x's row through a row pointer (zeros past the border), NR output
+// channels from gy's row, and positions are the GEMM's reduction: no patch is gathered. Positions (across
+// images) go in size-fixed chunks, each work item one (chunk, group, tap) with its own partial
+// sums, added in chunk order at the end: the same result for any thread count. Needs whole
+// tiles: channels per group a multiple of MR in x and of NR in gy.
+template <typename T>
+bool use_weight_grad_indirect(const ConvGeometry& g, const View4<const T>& x, const View4<const T>& gy) {
+  using A = typename AccOf<T>::type;
+  return std::is_same_v<T, A> && g.C_in_g() % kMR == 0 && g.C_out_g() % kNR<A> == 0 &&
+         dense_channels_last(x, g.C_in) && dense_channels_last(gy, g.C_out) &&
+         gy.sH == g.OW * g.C_out && gy.sN == g.OH * gy.sH;
+}
+
+constexpr int64_t kWeightGradBlock = 128;
+
+template <typename T>
+void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
+                               View4<T> gw) {
+  using A = typename AccOf<T>::type;  // T itself (use_weight_grad_indirect)
+  constexpr int NR = kNR<A>;
+  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW;
+  const int64_t M = g.N * g.OH * g.OW, slab = Cg * Mg;  // a (chunk, group, tap)'s partial sums
+  // Chunks of at least 1024 positions, fewer where the partial sums would pass 16 MB.
+  const int64_t max_chunks = max64(1, (16 << 20) / (g.groups * KHW * slab * static_cast<int64_t>(sizeof(A))));
+  const int64_t chunks = min64(ceil_div(M, 1024), max_chunks), len = ceil_div(M, chunks);
+  Scratch<A> partial(chunks * g.groups * KHW * slab);  // [chunk][group][tap][ic][oc]
+  Scratch<A> zeros(Cg);
+  fill_zero(zeros.get(), Cg);
+  at::parallel_for(0, chunks * g.groups * KHW, 1, [&](int64_t begin, int64_t end) {
+    Scratch<const A*> rows(len);
+    Scratch<A> panels(kWeightGradBlock * Mg);  // [oc panel][position][NR]
+    alignas(64) A slice[kWeightGradBlock * kMR];  // [position][MR]
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t tap = item % KHW, grp = item / KHW % g.groups, chunk = item / KHW / g.groups;
+      const int64_t q0 = chunk * len, count = min64(len, M - q0);
+      const int64_t di = (tap / g.KW) * g.dH - g.pH, dj = (tap % g.KW) * g.dW - g.pW;
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t q = q0 + i, n = q / (g.OH * g.OW), oh = q / g.OW % g.OH, ow = q % g.OW;
+        const int64_t ih = oh * g.sH + di, iw = ow * g.sW + dj;
+        rows.get()[i] = inside(ih, g.H) && inside(iw, g.W)
+                            ? reinterpret_cast<const A*>(x.data + n * x.sN + ih * x.sH + iw * x.sW) + grp * Cg
+                            : zeros.get();
+      }
+      A* out = partial.get() + item * slab;
+      const A* gq = reinterpret_cast<const A*>(gy.data) + q0 * g.C_out + grp * Mg;
+      // Blocks of positions, both operands copied out contiguous (in place, their rows are far
+      // apart: at 256 channels a block's lines share a few cache sets and every load missed L1):
+      // gy's NR-wide panels once per block, x's MR channels once per (block, channels), which
+      // then meet every panel in L1.
+      for (int64_t b0 = 0; b0 < count; b0 += kWeightGradBlock) {
+        const int64_t b = min64(kWeightGradBlock, count - b0);
+        for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
+          for (int64_t i = 0; i < b; ++i) {
+            __builtin_memcpy(panels.get() + (oc0 * kWeightGradBlock + i * NR),
+                             gq + (b0 + i) * g.C_out + oc0, NR * sizeof(A));
+          }
+        }
+        for (int64_t ic0 = 0; ic0 < Cg; ic0 += kMR) {
+          for (int64_t i = 0; i < b; ++i) {
+            __builtin_memcpy(slice + i * kMR, rows.get()[b0 + i] + ic0, kMR * sizeof(A));
+          }
+          for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
+            const A* panel = panels.get() + oc0 * kWeightGradBlock;
+            A* c = out + ic0 * Mg + oc0;
+            if (b0 == 0) {
+              microkernel<A>(b, slice, panel, c, Mg);
+            } else {
+              microkernel<A, true>(b, slice, panel, c, Mg);
+            }
+          }
+        }
+      }
+    }
+  });
+  const int64_t per_chunk = g.groups * KHW * slab;
+  at::parallel_for(0, g.C_out, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t oc_all = begin; oc_all < end; ++oc_all) {
+      const int64_t grp = oc_all / Mg, oc = oc_all % Mg;
+      for (int64_t tap = 0; tap < KHW; ++tap) {
+        for (int64_t ic = 0; ic < Cg; ++ic) {
+          const A* first = partial.get() + ((grp * KHW + tap) * Cg + ic) * Mg + oc;
+          A sum = first[0];
+          for (int64_t c = 1; c < chunks; ++c) sum += first[c * per_chunk];
+          gw.data[oc_all * gw.sN + ic * gw.sC + (tap / g.KW) * gw.sH + (tap % g.KW) * gw.sW] = static_cast<T>(sum);
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy, View4<T> gw) {
   if (use_depthwise(g)) return depthwise_weight_grad(g, x, gy, gw);
@@ -1472,6 +1564,7 @@ void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy
     return g.C_out_g() == 8 ? grouped_weight_grad_direct<T, 1>(g, x, gy, gw)
                             : grouped_weight_grad_direct<T, 2>(g, x, gy, gw);
   }
+  if (use_weight_grad_indirect(g, x, gy)) return conv_weight_grad_indirect(g, x, gy, gw);
   if (use_weight_grad_nhwc_order(g, x, gy)) return conv_weight_grad_nhwc_order(g, x, gy, gw);
   conv_weight_grad_nchw_order(g, x, gy, gw);
 }
