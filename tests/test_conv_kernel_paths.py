@@ -156,17 +156,19 @@ def test_strided_transposed_by_phases(case, layout):
         torch.testing.assert_close(a, r)
 
 
-# The channels_last weight grad as indirect GEMMs over positions (whole tiles: input channels per
-# group a multiple of 8, output channels of 32): several chunks of positions, blocks within them.
+# The weight grad as indirect GEMMs over positions (whole tiles: input channels per group a
+# multiple of 8, output channels of 32; NCHW tensors copied to channels_last): several chunks of
+# positions, blocks within them.
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("groups,stride,padding,dilation", [(1, 1, 1, 1), (2, 2, 2, 2)])
-def test_indirect_weight_grad(dtype, groups, stride, padding, dilation):
+def test_indirect_weight_grad(dtype, groups, stride, padding, dilation, layout):
     gen = torch.Generator().manual_seed(0)
-    x = make_layout(torch.randn(3, 32, 47, 45, generator=gen, dtype=dtype), "channels_last")
+    x = make_layout(torch.randn(3, 32, 47, 45, generator=gen, dtype=dtype), layout)
     w = torch.randn(64, 32 // groups, 3, 3, generator=gen, dtype=dtype)
     args = ([stride] * 2, [padding] * 2, [dilation] * 2, groups)
     y = F.conv2d(x, w, None, *args)
-    gy = make_layout(torch.randn(y.shape, generator=gen, dtype=dtype), "channels_last")
+    gy = make_layout(torch.randn(y.shape, generator=gen, dtype=dtype), layout)
     grads = []
     threads = torch.get_num_threads()
     try:
