@@ -40,7 +40,7 @@ fi
 # The CUDA tests; the OpInfo tests need expecttest, which the machine may lack.
 pytest_args=(tests -q -k cuda -p no:cacheprovider)
 "$PY" -c 'import expecttest' 2>/dev/null || pytest_args+=(--ignore=tests/test_opinfo.py)
-"$PY" -c 'import xdist' 2>/dev/null && pytest_args+=(-n 8)
+"$PY" -c "import xdist" 2>/dev/null && pytest_args+=(-n 16)
 step tests 100 "$PY" -m pytest "${pytest_args[@]}"
 
 # Without the caching allocator every tensor is its own allocation, so memcheck sees any access
