@@ -16,7 +16,8 @@ from typing import List, Optional, Sequence
 import torch
 
 from . import report
-from .measure import LAYOUTS, PASS_LABEL, PASSES, Case, Row, Timing, measure_ceilings, run_case
+from .measure import (LAYOUTS, PASS_LABEL, PASSES, Case, Row, Timing, keep_freed_memory_for_reuse,
+                      measure_ceilings, run_case)
 from .suite import OPS, Layer, select
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -128,8 +129,10 @@ def run(args: argparse.Namespace, timing: Optional[Timing] = None, argv: Sequenc
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # let cuDNN pick its fastest algorithm, as in training
 
+    allocator = keep_freed_memory_for_reuse() if device == "cpu" else None
     ceilings = measure_ceilings(device, dtypes, timing)
     header = report.make_header(device, ceilings, timing, build_info, convext.__version__, args.quick, argv)
+    header["allocator"] = allocator
     header_text = report.format_header(header)
     print(header_text, flush=True)
 

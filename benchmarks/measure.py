@@ -58,6 +58,29 @@ class Ceilings:
 # ------------------------------------------------------------------------------------------------
 # Timing
 # ------------------------------------------------------------------------------------------------
+def keep_freed_memory_for_reuse() -> str:
+    """Makes glibc's malloc serve every block from its heap and never hand freed memory back.
+
+    By default blocks over glibc's (moving) mmap threshold, up to 32 MiB, come fresh from the OS on
+    every call, and each first touch of a page then faults: about 1 us a page on a VM, 10 ms for a
+    40 MB output. Whether a row pays it depended on the threshold's state, so torch's time for the
+    same row moved up to 4x between runs. With reuse both sides time their kernels. Returns what it
+    did, for the header (the allocator it found, when it changed nothing)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return f"system allocator as it is (no glibc mallopt in {name})"
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    if mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
+        return "system allocator as it is (mallopt refused)"
+    return "glibc malloc reusing freed memory (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)"
+
+
 def time_cpu(fn: Callable[[], object], min_run_time: float) -> float:
     """Median seconds per call of fn. blocked_autorange's first (block-size) calls warm up."""
     timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())

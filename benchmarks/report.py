@@ -91,7 +91,7 @@ def format_header(h: Dict[str, object]) -> str:
         f"load average {h['load_average_1min']} at the start",
         f"ceilings  compute GFLOP/s: {compute} ({h['compute_ceiling_how']}); "
         f"memory {h['memory_ceiling_gbps']:.1f} GB/s ({h['memory_ceiling_how']})",
-        f"timing    {timing}",
+        f"timing    {timing}" + (f"; {h['allocator']}" if h.get("allocator") else ""),
         "speedup = torch ms / convext ms (> 1: convext faster); %ceil = GFLOP/s of the compute "
         "ceiling (bound C) or GB/s of the memory ceiling (bound M)",
     ]

@@ -8,12 +8,14 @@ import torch.nn.functional as F
 import convext.functional as CF
 from utils import assert_close_to_reference, make_layout, same_layout
 
-# Paths: the indirect forward on NCHW tensors, stride-1 input grads as forward convs (with
+# Paths: the GEMM forward on NCHW tensors, the indirect forward on NCHW tensors, stride-1 input grads as forward convs (with
 # output_padding), channels_last weight grads in NHWC order, the direct grouped kernels (8 and
 # 16 channels per group) and the depthwise kernels.
 PATH_CASES = {
     "3x3_c32": dict(cin=32, cout=24, k=3, stride=1, padding=1, dilation=1, groups=1),
     "1x1_c32": dict(cin=32, cout=48, k=1, stride=1, padding=0, dilation=1, groups=1),
+    # NCHW GEMM summing in y over several reduction blocks, with rows past the last MR block.
+    "1x1_c300": dict(cin=300, cout=20, k=1, stride=1, padding=0, dilation=1, groups=1),
     "3x3_c20_s2": dict(cin=20, cout=16, k=3, stride=2, padding=1, dilation=1, groups=1),
     "grouped_8": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=2, groups=4),
     "grouped_16_s2": dict(cin=24, cout=32, k=3, stride=2, padding=1, dilation=1, groups=2),

@@ -45,9 +45,29 @@ inline V splat(A s) {
   return s - V{};
 }
 
+// dst[0..n) = src[0..n) converted to A, inline: the plain loop became a call to memmove, whose
+// cost swamps copies of a few dozen values (the NCHW GEMMs' panels are made of them).
+template <typename A, typename T>
+inline void copy_run(A* __restrict dst, const T* __restrict src, int64_t n) {
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  if constexpr (std::is_same_v<A, T>) {
+    if (n >= VL) {  // whole vectors, the last one overlapping its neighbour
+      for (int64_t r = 0; r < n; r += VL) {
+        const int64_t at = min64(r, n - VL);
+        V v;
+        __builtin_memcpy(&v, src + at, sizeof(V));
+        __builtin_memcpy(dst + at, &v, sizeof(V));
+      }
+      return;
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) dst[r] = static_cast<A>(src[r]);
+}
+
 // c[MR][NR] (+)= sum over k of a[k][0..MR) (outer product) b[k][0..NR), accumulated in
 // registers; rows of c are ldc apart. With Accumulate, c's values are the starting sums.
-// a, b and every row of c are 64-byte aligned.
+// a and b are 64-byte aligned; c need not be.
 template <typename A, bool Accumulate = false>
 inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b, A* __restrict c,
                         int64_t ldc) {
@@ -57,8 +77,8 @@ inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b,
 #pragma GCC unroll 16
   for (int m = 0; m < kMR; ++m) {
     if constexpr (Accumulate) {
-      acc0[m] = *reinterpret_cast<const V*>(c + m * ldc);
-      acc1[m] = *reinterpret_cast<const V*>(c + m * ldc + VL);
+      __builtin_memcpy(&acc0[m], c + m * ldc, sizeof(V));
+      __builtin_memcpy(&acc1[m], c + m * ldc + VL, sizeof(V));
     } else {
       acc0[m] = acc1[m] = V{};
     }
@@ -77,8 +97,8 @@ inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b,
   }
 #pragma GCC unroll 16
   for (int m = 0; m < kMR; ++m) {
-    *reinterpret_cast<V*>(c + m * ldc) = acc0[m];
-    *reinterpret_cast<V*>(c + m * ldc + VL) = acc1[m];
+    __builtin_memcpy(c + m * ldc, &acc0[m], sizeof(V));
+    __builtin_memcpy(c + m * ldc + VL, &acc1[m], sizeof(V));
   }
 }
 
@@ -162,7 +182,14 @@ void pack_patches(const ConvGeometry& g, const View4<const T>& x, int64_t n, int
         run_inside(g, ih, iw, len, lo, hi);
         const T* src = plane + ih * x.sH + iw * x.sW;
         for (int64_t r = 0; r < lo; ++r) dst[r * dst_step] = A(0);
-        for (int64_t r = lo; r < hi; ++r) dst[r * dst_step] = static_cast<A>(src[r * src_step]);
+        if (dst_step == 1 && src_step == 1) {
+          copy_run(dst + lo, src + lo, hi - lo);
+          // The next tile's run in this plane, which is read only after every other patch row:
+          // asked for now, it comes from memory while this tile computes, not when it is needed.
+          for (int64_t r = lo; r < hi; r += 64 / sizeof(T)) __builtin_prefetch(src + r + positions, 0, 2);
+        } else {
+          for (int64_t r = lo; r < hi; ++r) dst[r * dst_step] = static_cast<A>(src[r * src_step]);
+        }
         for (int64_t r = hi; r < len; ++r) dst[r * dst_step] = A(0);
       });
     }
@@ -1074,7 +1101,11 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
 
   // The patch rows are taken KC at a time (GEMM blocking): a KC x NR panel stays in L1 while
   // every MR x KC weight block meets it, and the tile's weight blocks (Mg x KC) stay in L2 while
-  // every panel meets them; partial sums wait in `acc` (Mg x PT) between blocks.
+  // every panel meets them; partial sums wait in `acc` (Mg x PT) between blocks. Where each
+  // channel's positions are one run of y (NCHW), whole MR x NR blocks are summed in y itself:
+  // stores then overlap the arithmetic instead of following it as a pass of their own.
+  const bool direct = std::is_same_v<T, A> && y.sW == 1 && y.sH == g.OW;
+  const int64_t mfull = direct ? Mg / kMR * kMR : 0;
   const int64_t KC = min64(K, kKC);
   const int64_t PT = tile_length((KC + m_blocks * kMR) * sizeof(A), P, NR, g.N * g.groups);
   const int64_t tiles = ceil_div(P, PT);
@@ -1093,24 +1124,46 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
         pack_patches(g, x, n, grp, pos, pt, ld, k0, kc, NR,
                      [&](int64_t k, int64_t t) { return (t / NR) * kc * NR + k * NR + t % NR; },
                      panel.get());
+        const bool last = k0 + kc == K;
         for (int64_t j = 0; j < panels; ++j) {
           for (int64_t mb = 0; mb < m_blocks; ++mb) {
             const A* a = wpack.get() + (grp * m_blocks + mb) * K * kMR + k0 * kMR;
-            A* c = acc.get() + mb * kMR * ld + j * NR;
+            const bool in_y = (mb + 1) * kMR <= mfull && (j + 1) * NR <= pt;
+            A* c = in_y ? reinterpret_cast<A*>(y.data + n * y.sN + (grp * Mg + mb * kMR) * y.sC +
+                                               pos.out_offset[j * NR])
+                        : acc.get() + mb * kMR * ld + j * NR;
+            const int64_t ldc = in_y ? y.sC : ld;
             if (k0 == 0) {
-              microkernel<A>(kc, a, panel.get() + j * kc * NR, c, ld);
+              microkernel<A>(kc, a, panel.get() + j * kc * NR, c, ldc);
             } else {
-              microkernel<A, true>(kc, a, panel.get() + j * kc * NR, c, ld);
+              microkernel<A, true>(kc, a, panel.get() + j * kc * NR, c, ldc);
+            }
+            if (in_y && last && bias) {
+              for (int m = 0; m < kMR; ++m) {
+                const A b = static_cast<A>(bias[grp * Mg + mb * kMR + m]);
+                for (int r = 0; r < NR; ++r) c[m * ldc + r] += b;
+              }
             }
           }
         }
       }
+      // What is not in y yet: rows past the last whole MR block, and positions past the last
+      // whole panel.
+      const int64_t t_in_y = pt / NR * NR;
       for (int64_t m = 0; m < Mg; ++m) {
         const int64_t oc = grp * Mg + m;
         const A b = bias ? static_cast<A>(bias[oc]) : A(0);
         T* out = y.data + n * y.sN + oc * y.sC;
         const A* src = acc.get() + m * ld;
-        for (int64_t t = 0; t < pt; ++t) out[pos.out_offset[t]] = static_cast<T>(src[t] + b);
+        // Row runs of positions: contiguous on NCHW y, so stored as vectors rather than scattered.
+        for_each_row_run(g, pos, m < mfull ? t_in_y : 0, pt, [&](int64_t t0, int64_t t1) {
+          T* o = out + pos.out_offset[t0];
+          if (y.sW == 1) {
+            for (int64_t t = t0; t < t1; ++t) o[t - t0] = static_cast<T>(src[t] + b);
+          } else {
+            for (int64_t t = t0; t < t1; ++t) o[(t - t0) * y.sW] = static_cast<T>(src[t] + b);
+          }
+        });
       }
     }
   });
