@@ -18,6 +18,7 @@ PATH_CASES = {
     "1x1_c300": dict(cin=300, cout=20, k=1, stride=1, padding=0, dilation=1, groups=1),
     "3x3_c20_s2": dict(cin=20, cout=16, k=3, stride=2, padding=1, dilation=1, groups=1),
     "grouped_8": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=2, groups=4),
+    "grouped_16": dict(cin=32, cout=32, k=3, stride=1, padding=1, dilation=1, groups=2),
     "grouped_16_s2": dict(cin=24, cout=32, k=3, stride=2, padding=1, dilation=1, groups=2),
     "grouped_in16": dict(cin=48, cout=24, k=3, stride=1, padding=1, dilation=1, groups=3),
     # Depthwise with enough channels for the register blocks of whole vectors (4, then 1-3 of
@@ -71,26 +72,31 @@ def test_stride1_transposed_with_output_padding(layout):
         torch.testing.assert_close(a, r)
 
 
+@pytest.mark.parametrize("groups, cout", [(1, 20), (3, 24)], ids=["dense", "grouped_8"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_weight_grad_is_the_same_for_any_thread_count(layout):
+def test_weight_and_bias_grads_are_the_same_for_any_thread_count(layout, groups, cout):
     # Enough positions for several chunks of partial sums: the chunks, and so the order of the
     # sums, depend on the sizes only.
     gen = torch.Generator().manual_seed(0)
     x = make_layout(torch.randn(3, 24, 40, 30, generator=gen, dtype=torch.float64), layout)
-    w = torch.randn(20, 24, 3, 3, generator=gen, dtype=torch.float64)
-    gy = torch.randn(3, 20, 40, 30, generator=gen, dtype=torch.float64)
-    grads = []
+    w = torch.randn(cout, 24 // groups, 3, 3, generator=gen, dtype=torch.float64)
+    gy = make_layout(torch.randn(3, cout, 40, 30, generator=gen, dtype=torch.float64), layout)
+    grads, bias_grads = [], []
     threads = torch.get_num_threads()
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             grads.append(torch.ops.convext.conv2d_weight_grad(
-                x, gy, [3, 3], [1, 1], [1, 1], [1, 1], 1, layout == "channels_last"))
+                x, gy, [3, 3], [1, 1], [1, 1], [1, 1], groups, layout == "channels_last"))
+            bias_grads.append(torch.ops.convext.conv_bias_grad(gy))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
-    torch.testing.assert_close(grads[0], torch.ops.aten.convolution_backward(
-        gy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [False, True, False])[1])
+    assert torch.equal(bias_grads[0], bias_grads[1]) and torch.equal(bias_grads[0], bias_grads[2])
+    _, ref_w, ref_b = torch.ops.aten.convolution_backward(
+        gy, x, w, [cout], [1, 1], [1, 1], [1, 1], False, [0, 0], groups, [False, True, True])
+    torch.testing.assert_close(grads[0], ref_w)
+    torch.testing.assert_close(bias_grads[0], ref_b)
 
 
 # Forward convs whose packed weights leave L2, so the indirect forward reduces in blocks (of

@@ -5,6 +5,9 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "common/conv_shape.h"
 #include "cpu/conv_kernels.h"
 #include "ops/cpu/views.h"
@@ -71,6 +74,11 @@ at::Tensor conv2d_weight_grad_cpu(const at::Tensor& input, const at::Tensor& gra
   return out;
 }
 
+// Per channel, the sum of grad_output over images and positions, in double (exact enough for
+// every dtype). Positions go in chunks of whole rows fixed by the sizes, each with its own partial
+// sums, added in chunk order: the same result for any thread count. On channels_last memory a
+// chunk runs along each position's channels (contiguous, vectorised); otherwise along each
+// channel's rows with four running sums (one alone is a chain of dependent adds).
 at::Tensor conv_bias_grad_cpu(const at::Tensor& grad_output) {
   check_conv_bias_grad(grad_output);
   const int64_t C = grad_output.size(1);
@@ -78,19 +86,43 @@ at::Tensor conv_bias_grad_cpu(const at::Tensor& grad_output) {
   CONVEXT_DISPATCH_FLOATING(grad_output.scalar_type(), "conv_bias_grad", [&] {
     const auto go = cview4<scalar_t>(grad_output);
     const int64_t N = grad_output.size(0), H = grad_output.size(2), W = grad_output.size(3);
-    scalar_t* dst = out.data_ptr<scalar_t>();
-    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        double sum = 0;  // a sum over N*H*W terms: double keeps it exact enough for every dtype
-        for (int64_t n = 0; n < N; ++n) {
-          const scalar_t* plane = go.data + n * go.sN + c * go.sC;
-          for (int64_t h = 0; h < H; ++h) {
-            for (int64_t w = 0; w < W; ++w) sum += static_cast<double>(plane[h * go.sH + w * go.sW]);
+    const int64_t rows_per_chunk = std::max<int64_t>(1, 4096 / std::max<int64_t>(W, 1));
+    const int64_t row_chunks = (H + rows_per_chunk - 1) / rows_per_chunk, chunks = N * row_chunks;
+    std::vector<double> partial(chunks * C, 0.0);
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        const int64_t n = chunk / row_chunks, h0 = chunk % row_chunks * rows_per_chunk;
+        const int64_t h1 = std::min(H, h0 + rows_per_chunk);
+        double* sums = partial.data() + chunk * C;
+        if (go.sC == 1) {
+          for (int64_t h = h0; h < h1; ++h) {
+            for (int64_t w = 0; w < W; ++w) {
+              const scalar_t* v = go.data + n * go.sN + h * go.sH + w * go.sW;
+              for (int64_t c = 0; c < C; ++c) sums[c] += static_cast<double>(v[c]);
+            }
           }
+          continue;
         }
-        dst[c] = static_cast<scalar_t>(sum);
+        for (int64_t c = 0; c < C; ++c) {
+          double s[4] = {0, 0, 0, 0};
+          for (int64_t h = h0; h < h1; ++h) {
+            const scalar_t* row = go.data + n * go.sN + c * go.sC + h * go.sH;
+            int64_t w = 0;
+            for (; w + 4 <= W; w += 4) {
+              for (int j = 0; j < 4; ++j) s[j] += static_cast<double>(row[(w + j) * go.sW]);
+            }
+            for (; w < W; ++w) s[0] += static_cast<double>(row[w * go.sW]);
+          }
+          sums[c] = (s[0] + s[1]) + (s[2] + s[3]);
+        }
       }
     });
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) {
+      double sum = 0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partial[chunk * C + c];
+      dst[c] = static_cast<scalar_t>(sum);
+    }
   });
   return out;
 }
