@@ -72,7 +72,7 @@ def test_stride1_transposed_with_output_padding(layout):
         torch.testing.assert_close(a, r)
 
 
-@pytest.mark.parametrize("groups, cout", [(1, 20), (3, 24)], ids=["dense", "grouped_8"])
+@pytest.mark.parametrize("groups, cout", [(1, 20), (3, 24), (24, 24)], ids=["dense", "grouped_8", "depthwise"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_weight_and_bias_grads_are_the_same_for_any_thread_count(layout, groups, cout):
     # Enough positions for several chunks of partial sums: the chunks, and so the order of the

@@ -650,7 +650,7 @@ void forward_flat(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
   });
 }
 
-// Its weight gradient for grouped convs, also flat: gw[oc][ic][tap] = sum over flat positions i
+// Its weight gradient, also flat (OB = 1 for depthwise convs, 8 for grouped ones): gw[oc][ic][tap] = sum over flat positions i
 // of gy[oc][i] * x_padded[ic][i + offset[tap]], gy staged on the same flat grid with zeros past
 // each row's end. Register blocks: OB output channels x up to 3 taps of a kernel row, each a
 // vector of partial sums reduced across lanes at the end. Work items are (chunk of images,
@@ -820,6 +820,7 @@ void depthwise_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const 
   if (g.C_out_g() == 1 && dense_channels_last(x, g.C_in) && dense_channels_last(gy, g.C_out)) {
     return depthwise_weight_grad_cl(g, x, gy, gw);
   }
+  if (g.sH == 1 && g.sW == 1) return grouped_weight_grad_flat<T, 1>(g, x, gy, gw);
   using A = typename AccOf<T>::type;
   const PaddedPlane padded(g);
   const int64_t Mg = g.C_out_g(), KHW = g.KH * g.KW;
