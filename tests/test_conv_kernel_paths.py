@@ -16,6 +16,11 @@ PATH_CASES = {
     "1x1_c32": dict(cin=32, cout=48, k=1, stride=1, padding=0, dilation=1, groups=1),
     # NCHW GEMM summing in y over several reduction blocks, with rows past the last MR block.
     "1x1_c300": dict(cin=300, cout=20, k=1, stride=1, padding=0, dilation=1, groups=1),
+    # Two whole panels of output channels and a partial one: on NCHW y, blocks of positions in
+    # one row go out transposed, the others (rows' ends, the partial panel) element by element.
+    "3x3_c40_cout72": dict(cin=40, cout=72, k=3, stride=1, padding=1, dilation=1, groups=1),
+    # x rows too long for a tile of them to stay in L2: the forward loops positions outermost.
+    "3x3_c1024": dict(cin=1024, cout=40, k=3, stride=1, padding=1, dilation=1, groups=1),
     "3x3_c20_s2": dict(cin=20, cout=16, k=3, stride=2, padding=1, dilation=1, groups=1),
     "grouped_8": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=2, groups=4),
     "grouped_16": dict(cin=32, cout=32, k=3, stride=1, padding=1, dilation=1, groups=2),

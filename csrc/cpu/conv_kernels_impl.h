@@ -900,9 +900,9 @@ View4<const D> channels_last_view(const View4<const T>& x, int64_t N, int64_t C,
 // Positions go MR at a time through a table of row pointers, one per position and tap (a row of
 // zeros where the tap reads padding), so the microkernel broadcasts x's values straight from
 // channels_last memory (x is copied there first when it is not) and no patch is ever packed.
-// Weights are packed once as [group][oc panel][tap][c][NR]. The reduction goes in blocks of
-// taps (or of channels, when one tap's are many) whose packed weights fit L2 while every block
-// of positions meets them; partial sums wait in a per-tile buffer between blocks.
+// Weights are packed once as [group][oc panel][tap][c][NR]. The reduction goes in steps of
+// taps (or of channels, when one tap's are many) sized to a cache level (see below); partial
+// sums wait in y (channels_last) or a per-tile buffer between steps.
 template <typename T>
 bool use_forward_indirect(const ConvGeometry& g, const View4<const T>& x, const View4<T>& y) {
   if (dense_channels_last(x, g.C_in)) return true;
@@ -966,9 +966,11 @@ inline void indirect_microkernel(int64_t taps, int64_t channels, const A* const*
   }
 }
 
-// Bytes of packed weights one reduction block of the indirect forward keeps in L2, and of the
-// partial sums of one of its tiles.
+// Bytes of packed weights the indirect forward keeps in L2 (all of them, or an output-channel
+// share), of one panel's weights it keeps in L1 for a reduction step, and of one tile's partial sums.
 constexpr int64_t kWeightBlockBytes = 1024 * 1024;
+constexpr int64_t kL1PanelBytes = 24 * 1024;
+constexpr int64_t kTileRowsBytes = 1024 * 1024;
 constexpr int64_t kAccBytes = 512 * 1024;
 
 template <typename T>
@@ -1039,20 +1041,28 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   }
   const int64_t tiles = ceil_div(M, PT), oc_items = ceil_div(oc_panels, item_panels);
 
-  // Reduction blocks: `block_taps` taps of `chunk` channels each (chunk < tap_ch: one tap a block).
-  const int64_t kc = max64(64, kWeightBlockBytes / (item_panels * NR * static_cast<int64_t>(sizeof(A))));
+  // Reduction steps: `step_taps` taps of `chunk` channels each (chunk < tap_ch: one tap a step).
+  // Where the x rows a tile reads fit L2, steps are sized so that one panel's packed weights stay
+  // in L1 while every block of the tile's positions meets them (panels outer); otherwise (rows
+  // thousands of channels long, thrashing L2's sets) a block's x rows stay in L1 while the step's
+  // weights, L2-sized, go past them (positions outer).
+  const bool panels_outer = PT * tap_ch * static_cast<int64_t>(sizeof(A)) <= kTileRowsBytes;
+  const int64_t kc = max64(64, (panels_outer ? kL1PanelBytes : kWeightBlockBytes / item_panels) /
+                                 (NR * static_cast<int64_t>(sizeof(A))));
   const int64_t chunk = tap_ch <= kc ? tap_ch : ceil_div(tap_ch, ceil_div(tap_ch, kc));
-  const int64_t block_taps = chunk == tap_ch ? max64(1, kc / tap_ch) : 1;
+  const int64_t step_taps = chunk == tap_ch ? max64(1, kc / tap_ch) : 1;
   const int64_t chunks_per_tap = ceil_div(tap_ch, chunk);
-  const int64_t blocks = chunk == tap_ch ? ceil_div(taps, block_taps) : taps * chunks_per_tap;
-  const bool direct_store = std::is_same_v<T, A> && blocks == 1 && dense_channels_last(y, g.C_out) &&
+  const int64_t steps = chunk == tap_ch ? ceil_div(taps, step_taps) : taps * chunks_per_tap;
+  // Whole MR x NR blocks then sum in y itself; the others (and all of them on other layouts or
+  // types) in a per-tile buffer.
+  const bool direct_store = std::is_same_v<T, A> && dense_channels_last(y, g.C_out) &&
                             y.sH == g.OW * g.C_out && y.sN == g.OH * y.sH;
 
   at::parallel_for(0, g.groups * tiles * oc_items, 1, [&](int64_t begin, int64_t end) {
     Scratch<const A*> rows(PT * taps);  // [block of MR positions][tap][MR]
     Scratch<bool> padding(PT * taps);   // [block of MR positions][tap]: all MR rows read zeros
     const int64_t ld = item_panels * NR;
-    Scratch<A> acc(blocks > 1 ? PT * ld : 0);
+    Scratch<A> acc(steps > 1 || !direct_store ? PT * ld : 0);
     alignas(64) A tile[kMR * NR];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t jb0 = (item % oc_items) * item_panels, jb1 = min64(oc_panels, jb0 + item_panels);
@@ -1074,45 +1084,71 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
         for (int m = 0; m < kMR; ++m) all = all && rows.get()[i * kMR + m] == zeros.get();
         padding.get()[i] = all;
       }
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t t0 = chunk == tap_ch ? blk * block_taps : blk / chunks_per_tap;
-        const int64_t block_len = chunk == tap_ch ? min64(block_taps, taps - t0) : 1;
-        const int64_t c0 = chunk == tap_ch ? 0 : (blk % chunks_per_tap) * chunk;
+      for (int64_t step = 0; step < steps; ++step) {
+        const int64_t t0 = chunk == tap_ch ? step * step_taps : step / chunks_per_tap;
+        const int64_t step_len = chunk == tap_ch ? min64(step_taps, taps - t0) : 1;
+        const int64_t c0 = chunk == tap_ch ? 0 : (step % chunks_per_tap) * chunk;
         const int64_t channels = min64(chunk, tap_ch - c0);
-        const bool last = blk == blocks - 1;
-        for (int64_t mb = 0; mb < mblocks; ++mb) {
-          const A* const* block_rows = rows.get() + (mb * taps + t0) * kMR;
-          const bool* block_padding = padding.get() + mb * taps + t0;
+        const bool first = step == 0, last = step == steps - 1;
+        // The step for MR positions from block mb and the NR output channels of panel jb.
+        auto block = [&](int64_t mb, int64_t jb) {
+          const A* b = wpack.get() + ((grp * oc_panels + jb) * K + t0 * tap_ch + c0) * NR;
+          const A* bias_here = last && bias ? bpack.get() + grp * Mp + jb * NR : nullptr;
+          const int64_t oc0 = grp * Mg + jb * NR, cols = min64(NR, Mg - jb * NR);
+          const A* const* step_rows = rows.get() + (mb * taps + t0) * kMR;
+          const bool* step_padding = padding.get() + mb * taps + t0;
           const int64_t q = q0 + mb * kMR, rows_here = min64(kMR, pt - mb * kMR);
-          for (int64_t jb = jb0; jb < jb1; ++jb) {
-            const A* b = wpack.get() + ((grp * oc_panels + jb) * K + t0 * tap_ch + c0) * NR;
-            A* partial = acc.get() + mb * kMR * ld + (jb - jb0) * NR;
-            const A* c_in = blk == 0 ? nullptr : partial;
-            const A* bias_here = last && bias ? bpack.get() + grp * Mp + jb * NR : nullptr;
-            const int64_t oc0 = grp * Mg + jb * NR, cols = min64(NR, Mg - jb * NR);
-            if (!last) {
-              indirect_microkernel<A>(block_len, channels, block_rows, block_padding, c0, b, c_in, ld, nullptr, partial, ld);
-            } else if (direct_store && rows_here == kMR && cols == NR) {
-              A* out = reinterpret_cast<A*>(y.data) + q * g.C_out + oc0;
-              indirect_microkernel<A>(block_len, channels, block_rows, block_padding, c0, b, c_in, ld, bias_here, out, g.C_out);
-            } else {
-              indirect_microkernel<A>(block_len, channels, block_rows, block_padding, c0, b, c_in, ld, bias_here, tile, NR);
-              // On NCHW y channel by channel, so that each channel's positions are written as a run.
-              T* out[kMR];
-              for (int64_t m = 0; m < rows_here; ++m) {
-                const int64_t n = (q + m) / P, oh = (q + m) % P / g.OW, ow = (q + m) % g.OW;
-                out[m] = y.data + n * y.sN + oh * y.sH + ow * y.sW + oc0 * y.sC;
-              }
-              if (y.sC == 1) {
-                for (int64_t m = 0; m < rows_here; ++m) {
-                  for (int64_t r = 0; r < cols; ++r) out[m][r] = static_cast<T>(tile[m * NR + r]);
-                }
-              } else {
-                for (int64_t r = 0; r < cols; ++r) {
-                  for (int64_t m = 0; m < rows_here; ++m) out[m][r * y.sC] = static_cast<T>(tile[m * NR + r]);
-                }
-              }
+          if (direct_store && rows_here == kMR && cols == NR) {
+            A* out = reinterpret_cast<A*>(y.data) + q * g.C_out + oc0;
+            indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b,
+                                    first ? nullptr : out, g.C_out, bias_here, out, g.C_out);
+            return;
+          }
+          A* partial = acc.get() + mb * kMR * ld + (jb - jb0) * NR;
+          const A* c_in = first ? nullptr : partial;
+          if (!last) {
+            indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b, c_in, ld, nullptr, partial, ld);
+            return;
+          }
+          indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b, c_in, ld, bias_here, tile, NR);
+          const int64_t n = q / P, p0 = q % P;
+          if (std::is_same_v<T, A> && kMR == 8 && rows_here == kMR && cols == NR && y.sW == 1 &&
+              y.sH == g.OW && p0 + kMR <= P) {
+            // MR positions in a row of each NCHW plane: the block goes out through 8 x 8
+            // transposes as runs of 8 per channel (scalar stores took a quarter of the stem).
+            using V8 = typename Vec8<A>::type;
+            A* out = reinterpret_cast<A*>(y.data) + n * y.sN + p0 + oc0 * y.sC;
+            for (int64_t c8 = 0; c8 < NR; c8 += 8) {
+              V8 r[8];
+              for (int m = 0; m < 8; ++m) r[m] = loadu<V8>(tile + m * NR + c8);
+              transpose8(r);
+              for (int l = 0; l < 8; ++l) __builtin_memcpy(out + (c8 + l) * y.sC, &r[l], sizeof(V8));
             }
+            return;
+          }
+          // On NCHW y channel by channel, so that each channel's positions are written as a run.
+          T* out[kMR];
+          for (int64_t m = 0; m < rows_here; ++m) {
+            const int64_t n = (q + m) / P, oh = (q + m) % P / g.OW, ow = (q + m) % g.OW;
+            out[m] = y.data + n * y.sN + oh * y.sH + ow * y.sW + oc0 * y.sC;
+          }
+          if (y.sC == 1) {
+            for (int64_t m = 0; m < rows_here; ++m) {
+              for (int64_t r = 0; r < cols; ++r) out[m][r] = static_cast<T>(tile[m * NR + r]);
+            }
+          } else {
+            for (int64_t r = 0; r < cols; ++r) {
+              for (int64_t m = 0; m < rows_here; ++m) out[m][r * y.sC] = static_cast<T>(tile[m * NR + r]);
+            }
+          }
+        };
+        if (panels_outer) {
+          for (int64_t jb = jb0; jb < jb1; ++jb) {
+            for (int64_t mb = 0; mb < mblocks; ++mb) block(mb, jb);
+          }
+        } else {
+          for (int64_t mb = 0; mb < mblocks; ++mb) {
+            for (int64_t jb = jb0; jb < jb1; ++jb) block(mb, jb);
           }
         }
       }
