@@ -1780,8 +1780,9 @@ void conv_weight_grad_nhwc_order(const ConvGeometry& g, View4<const T> x, View4<
 //   gw[tap][ic][oc] = sum over positions q of x[q's input position for the tap][ic] * gy[q][oc]
 // MR input channels come from x's row through a row pointer (zeros past the border), NR output
 // channels from gy's row, and positions are the GEMM's reduction: no patch is gathered. Positions (across
-// images) go in size-fixed chunks, each work item one (chunk, group, tap) with its own partial
-// sums, added in chunk order at the end: the same result for any thread count. Needs whole
+// images) go in size-fixed chunks, each work item one (chunk, group, part of the input channels)
+// with its own partial sums for every tap, added in chunk order at the end: the same result for
+// any thread count. Needs whole
 // tiles: channels per group a multiple of MR in x and of NR in gy.
 // Other tensors are copied to channels_last first where kernels have several taps (3x3 64 @56
 // NCHW: 22 -> 15 ms with the copies); 1x1 convs do too little work per copied value (1x1
@@ -1812,46 +1813,61 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   Scratch<A> partial(chunks * g.groups * KHW * slab);  // [chunk][group][tap][ic][oc]
   Scratch<A> zeros(Cg);
   fill_zero(zeros.get(), Cg);
-  at::parallel_for(0, chunks * g.groups * KHW, 1, [&](int64_t begin, int64_t end) {
-    Scratch<const A*> rows(len), gy_rows(len);
+  // Input channels are split into parts only where chunks and groups give threads too few items
+  // (3x3 512 @7: one chunk); an item's sums do not depend on the split.
+  const int64_t ic_blocks = Cg / kMR, want = 4 * static_cast<int64_t>(at::get_num_threads());
+  int64_t ic_parts = 1;
+  while (chunks * g.groups * ic_parts < want && ic_parts * 2 <= ic_blocks) ic_parts *= 2;
+  const int64_t part_blocks = ceil_div(ic_blocks, ic_parts);
+  at::parallel_for(0, chunks * g.groups * ic_parts, 1, [&](int64_t begin, int64_t end) {
+    const A* gy_rows[kWeightGradBlock];
+    const A* rows[kWeightGradBlock];
+    int64_t ih0[kWeightGradBlock], iw0[kWeightGradBlock];
+    const T* image[kWeightGradBlock];
     Scratch<A> panels(kWeightGradBlock * Mg);  // [oc panel][position][NR]
     alignas(64) A slice[kWeightGradBlock * kMR];  // [position][MR]
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t tap = item % KHW, grp = item / KHW % g.groups, chunk = item / KHW / g.groups;
+      const int64_t part = item % ic_parts, grp = item / ic_parts % g.groups;
+      const int64_t chunk = item / ic_parts / g.groups;
+      const int64_t ic_begin = part * part_blocks * kMR, ic_end = min64(Cg, ic_begin + part_blocks * kMR);
       const int64_t q0 = chunk * len, count = min64(len, M - q0);
-      const int64_t di = (tap / g.KW) * g.dH - g.pH, dj = (tap % g.KW) * g.dW - g.pW;
-      for (int64_t i = 0; i < count; ++i) {
-        const int64_t q = q0 + i, n = q / (g.OH * g.OW), oh = q / g.OW % g.OH, ow = q % g.OW;
-        const int64_t ih = oh * g.sH + di, iw = ow * g.sW + dj;
-        gy_rows.get()[i] = reinterpret_cast<const A*>(gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW) + grp * Mg;
-        rows.get()[i] = inside(ih, g.H) && inside(iw, g.W)
-                            ? reinterpret_cast<const A*>(x.data + n * x.sN + ih * x.sH + iw * x.sW) + grp * Cg
-                            : zeros.get();
-      }
-      A* out = partial.get() + item * slab;
+      A* out = partial.get() + (chunk * g.groups + grp) * KHW * slab;
       // Blocks of positions, both operands copied out contiguous (in place, their rows are far
       // apart: at 256 channels a block's lines share a few cache sets and every load missed L1):
-      // gy's NR-wide panels once per block, x's MR channels once per (block, channels), which
-      // then meet every panel in L1.
+      // gy's NR-wide panels once per block for all taps, x's MR channels once per (block, tap,
+      // channels), which then meet every panel in L1.
       for (int64_t b0 = 0; b0 < count; b0 += kWeightGradBlock) {
         const int64_t b = min64(kWeightGradBlock, count - b0);
+        for (int64_t i = 0; i < b; ++i) {
+          const int64_t q = q0 + b0 + i, n = q / (g.OH * g.OW), oh = q / g.OW % g.OH, ow = q % g.OW;
+          gy_rows[i] = reinterpret_cast<const A*>(gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW) + grp * Mg;
+          image[i] = x.data + n * x.sN + grp * Cg;
+          ih0[i] = oh * g.sH - g.pH;
+          iw0[i] = ow * g.sW - g.pW;
+        }
         for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
           for (int64_t i = 0; i < b; ++i) {
-            __builtin_memcpy(panels.get() + (oc0 * kWeightGradBlock + i * NR),
-                             gy_rows.get()[b0 + i] + oc0, NR * sizeof(A));
+            __builtin_memcpy(panels.get() + (oc0 * kWeightGradBlock + i * NR), gy_rows[i] + oc0, NR * sizeof(A));
           }
         }
-        for (int64_t ic0 = 0; ic0 < Cg; ic0 += kMR) {
+        for (int64_t tap = 0; tap < KHW; ++tap) {
+          const int64_t di = (tap / g.KW) * g.dH, dj = (tap % g.KW) * g.dW;
           for (int64_t i = 0; i < b; ++i) {
-            __builtin_memcpy(slice + i * kMR, rows.get()[b0 + i] + ic0, kMR * sizeof(A));
+            const int64_t ih = ih0[i] + di, iw = iw0[i] + dj;
+            rows[i] = inside(ih, g.H) && inside(iw, g.W)
+                          ? reinterpret_cast<const A*>(image[i] + ih * x.sH + iw * x.sW)
+                          : zeros.get();
           }
-          for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
-            const A* panel = panels.get() + oc0 * kWeightGradBlock;
-            A* c = out + ic0 * Mg + oc0;
-            if (b0 == 0) {
-              microkernel<A>(b, slice, panel, c, Mg);
-            } else {
-              microkernel<A, true>(b, slice, panel, c, Mg);
+          for (int64_t ic0 = ic_begin; ic0 < ic_end; ic0 += kMR) {
+            for (int64_t i = 0; i < b; ++i) __builtin_memcpy(slice + i * kMR, rows[i] + ic0, kMR * sizeof(A));
+            for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
+              const A* panel = panels.get() + oc0 * kWeightGradBlock;
+              A* c = out + (tap * Cg + ic0) * Mg + oc0;
+              if (b0 == 0) {
+                microkernel<A>(b, slice, panel, c, Mg);
+              } else {
+                microkernel<A, true>(b, slice, panel, c, Mg);
+              }
             }
           }
         }
@@ -1860,15 +1876,17 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   });
   // The chunks' sums into gw, in tiles of 16 input x 16 output channels: the partial sums run
   // along output channels, gw along input channels or taps, and either order alone strides
-  // through one of them (3x3 512: a quarter of the weight grad's time went there).
+  // through one of them (3x3 512: a quarter of the weight grad's time went there). A tile's taps
+  // are consecutive items, so the lines of gw they share (NCHW: taps innermost) are filled
+  // while in cache (3x3 512 NCHW: the sum took as long as the GEMMs with taps outermost).
   constexpr int64_t kTile = 16;
   const int64_t per_chunk = g.groups * KHW * slab;
   const int64_t ic_tiles = ceil_div(Cg, kTile), oc_tiles = ceil_div(Mg, kTile);
   at::parallel_for(0, g.groups * KHW * ic_tiles * oc_tiles, 1, [&](int64_t begin, int64_t end) {
     A tile[kTile][kTile];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t oc0 = item % oc_tiles * kTile, ic0 = item / oc_tiles % ic_tiles * kTile;
-      const int64_t tap = item / oc_tiles / ic_tiles % KHW, grp = item / oc_tiles / ic_tiles / KHW;
+      const int64_t tap = item % KHW, oc0 = item / KHW % oc_tiles * kTile;
+      const int64_t ic0 = item / KHW / oc_tiles % ic_tiles * kTile, grp = item / KHW / oc_tiles / ic_tiles;
       const int64_t nic = min64(kTile, Cg - ic0), noc = min64(kTile, Mg - oc0);
       for (int64_t i = 0; i < nic; ++i) {
         const A* first = partial.get() + ((grp * KHW + tap) * Cg + ic0 + i) * Mg + oc0;
