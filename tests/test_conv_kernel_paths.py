@@ -29,6 +29,13 @@ PATH_CASES = {
     # Depthwise with enough channels for the register blocks of whole vectors (4, then 1-3 of
     # them) plus leftover channels; 13 columns end in a partial block of columns.
     "depthwise_c117": dict(cin=117, cout=117, k=3, stride=1, padding=1, dilation=1, groups=117),
+    # Stride 1 on channels_last: blocks of 8 columns slide along rows, reading all their source
+    # columns (k3 p0 forward, k3 p2 input grad) or clipped at either edge; 40 channels leave half
+    # a vector to the others.
+    "depthwise_c40_k3_p0": dict(cin=40, cout=40, k=3, stride=1, padding=0, dilation=1, groups=40),
+    "depthwise_c32_k3_p2": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=1, groups=32),
+    "depthwise_c48_k5": dict(cin=48, cout=48, k=5, stride=1, padding=2, dilation=1, groups=48),
+    "depthwise_c48_k7": dict(cin=48, cout=48, k=7, stride=1, padding=3, dilation=1, groups=48),
     "depthwise_c117_s2": dict(cin=117, cout=117, k=5, stride=2, padding=3, dilation=1, groups=117),
 }
 
@@ -48,7 +55,8 @@ def test_kernel_paths_match_torch(case, dtype, layout):
     ws = w.to(dtype).contiguous(memory_format=w_format).requires_grad_()
     bs = b.to(dtype).requires_grad_()
     out = CF.conv2d(xs, ws, bs, *args)
-    gy = torch.randn(out.shape, generator=gen).to(dtype)
+    # gy in out's layout, as the next layer would pass it (channels_last passes read it so).
+    gy = torch.randn(out.shape, generator=gen).to(dtype).contiguous(memory_format=w_format)
     grads = torch.autograd.grad(out, (xs, ws, bs), gy)
     ref_in = [t.detach().double().requires_grad_() for t in (xs, ws, bs)]
     ref = F.conv2d(*ref_in, *args)

@@ -294,6 +294,77 @@ inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* wt, i
   }
 }
 
+// kSlideCols destination columns x one vector of channels of a depthwise pass whose taps along
+// a row read consecutive source columns (stride 1, dilation 1): a sliding window. Each source
+// vector is loaded once and meets every tap that reads it, the weights of a kernel row stay in
+// registers, so loads are a few per KW FMAs instead of over one per FMA. Source vector e is
+// column first + e of the row rows[ki] starts (null where the kernel row reads padding); only
+// e in [e_lo, e_hi) are inside the source. DIR = 1: column q's tap kj reads vector q + kj (the
+// forward); DIR = -1: q + KW - 1 - kj (the transposed pass). (Two vectors of channels a block
+// spilled registers at KW = 7.)
+constexpr int kSlideCols = CONVEXT_VEC_BYTES == 64 ? 8 : 4;
+
+struct SlideBlock {
+  int dir;  // 0: the block's taps do not slide
+  int64_t first, e_lo, e_hi;
+};
+
+template <typename A, int KW, int DIR, bool Clipped>
+void depthwise_cl_slide(int64_t KH, const A* const* rows, const SlideBlock& blk, int64_t src_sW,
+                        const A* wt, int64_t C, int64_t c_end, const A* bias, A* out) {
+  using V = typename Vec<A>::type;
+  const int e_lo = static_cast<int>(blk.e_lo), e_hi = static_cast<int>(blk.e_hi);
+  for (int64_t c0 = 0; c0 < c_end; c0 += kVL<A>) {
+    V acc[kSlideCols];
+    const V b = loadu<V>(bias + c0);
+#pragma GCC unroll 16
+    for (int q = 0; q < kSlideCols; ++q) acc[q] = b;
+    for (int64_t ki = 0; ki < KH; ++ki) {
+      if (!rows[ki]) continue;
+      const A* src = rows[ki] + blk.first * src_sW + c0;
+      V wv[KW];
+#pragma GCC unroll 16
+      for (int kj = 0; kj < KW; ++kj) wv[kj] = loadu<V>(wt + (ki * KW + kj) * C + c0);
+#pragma GCC unroll 32
+      for (int e = 0; e < kSlideCols + KW - 1; ++e) {
+        if (Clipped && (e < e_lo || e >= e_hi)) continue;
+        const V xv = loadu<V>(src + e * src_sW);
+#pragma GCC unroll 16
+        for (int q = 0; q < kSlideCols; ++q) {
+          const int kk = e - q;
+          if (kk >= 0 && kk < KW) acc[q] += wv[DIR > 0 ? kk : KW - 1 - kk] * xv;
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < kSlideCols; ++q) __builtin_memcpy(out + q * C + c0, &acc[q], sizeof(V));
+  }
+}
+
+// Whether the kSlideCols columns whose source columns (per column and tap, -1 outside) start at
+// cols_of slide, and how: some first and dir make every tap inside read column first + e, and
+// every tap outside have e beyond the inside ones.
+inline SlideBlock slide_block(const int64_t* cols_of, int64_t KW) {
+  for (const int dir : {1, -1}) {
+    SlideBlock b{dir, 0, kSlideCols + KW, -1};
+    bool ok = true;
+    for (int64_t i = 0; ok && i < kSlideCols * KW; ++i) {
+      const int64_t q = i / KW, k = i % KW, e = dir > 0 ? q + k : q + KW - 1 - k;
+      if (cols_of[i] < 0) continue;
+      if (b.e_hi < 0) b.first = cols_of[i] - e;
+      ok = cols_of[i] - e == b.first;
+      b.e_lo = min64(b.e_lo, e);
+      b.e_hi = max64(b.e_hi, e + 1);
+    }
+    for (int64_t i = 0; ok && b.e_hi > 0 && i < kSlideCols * KW; ++i) {
+      const int64_t q = i / KW, k = i % KW, e = dir > 0 ? q + k : q + KW - 1 - k;
+      ok = (cols_of[i] >= 0) == (e >= b.e_lo && e < b.e_hi);
+    }
+    if (ok && b.e_hi > 0) return b;
+  }
+  return {0, 0, 0, 0};
+}
+
 // One dense channels_last depthwise pass: each destination position (N x rows x cols) sums,
 // over the kernel taps, weight[tap][c] * src[tap's source position][c], plus bias[c].
 // src_index(d, k, is_row) gives the source row (col) that tap row (col) k reads for destination
@@ -319,7 +390,13 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
   Scratch<int64_t> src_rows(rows * g.KH), src_cols(cols * g.KW);
   for (int64_t r = 0; r < rows * g.KH; ++r) src_rows.get()[r] = src_index(r / g.KH, r % g.KH, true);
   for (int64_t c = 0; c < cols * g.KW; ++c) src_cols.get()[c] = src_index(c / g.KW, c % g.KW, false);
-  const int64_t col_blocks = ceil_div(cols, kDepthwiseCols);
+  // Blocks of kSlideCols columns whose taps read the source one column further per column and
+  // per tap (or one back per tap) go through the sliding-window kernel.
+  const bool slide_kernel = (g.KW == 3 || g.KW == 5 || g.KW == 7) && g.KH <= 64;
+  std::vector<SlideBlock> slides(cols / kSlideCols, SlideBlock{0, 0, 0, 0});
+  for (int64_t i = 0; slide_kernel && i < cols / kSlideCols; ++i) {
+    slides[i] = slide_block(src_cols.get() + i * kSlideCols * g.KW, g.KW);
+  }
   at::parallel_for(0, g.N * rows, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> acc_mem(C);
     A* __restrict acc = acc_mem.get();
@@ -327,19 +404,51 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / rows, row = item % rows;
       T* dst_row = dst.data + n * dst.sN + row * dst.sH;
-      for (int64_t cb = 0; c_blocked > 0 && cb < col_blocks; ++cb) {
+      for (int64_t col0 = 0; c_blocked > 0 && col0 < cols;) {
+        const SlideBlock blk = col0 % kSlideCols == 0 && col0 + kSlideCols <= cols ? slides[col0 / kSlideCols]
+                                                                                   : SlideBlock{0, 0, 0, 0};
+        if (blk.dir != 0) {
+          const A* slide_rows[64];
+          for (int64_t ki = 0; ki < g.KH; ++ki) {
+            const int64_t sh = src_rows.get()[row * g.KH + ki];
+            slide_rows[ki] = sh < 0 ? nullptr : reinterpret_cast<const A*>(src.data + n * src.sN + sh * src.sH);
+          }
+          A* out = reinterpret_cast<A*>(dst_row) + col0 * C;
+          const auto slide = [&](auto kernel) {
+            kernel(g.KH, slide_rows, blk, src.sW, wt.get(), C, c_blocked, bias_a.get(), out);
+          };
+          // Blocks reading all their source columns (most) without the range checks.
+          const bool clipped = blk.e_lo > 0 || blk.e_hi < kSlideCols + g.KW - 1;
+          switch (g.KW * blk.dir * (clipped ? 2 : 1)) {
+            case 3: slide(depthwise_cl_slide<A, 3, 1, false>); break;
+            case 5: slide(depthwise_cl_slide<A, 5, 1, false>); break;
+            case 7: slide(depthwise_cl_slide<A, 7, 1, false>); break;
+            case -3: slide(depthwise_cl_slide<A, 3, -1, false>); break;
+            case -5: slide(depthwise_cl_slide<A, 5, -1, false>); break;
+            case -7: slide(depthwise_cl_slide<A, 7, -1, false>); break;
+            case 6: slide(depthwise_cl_slide<A, 3, 1, true>); break;
+            case 10: slide(depthwise_cl_slide<A, 5, 1, true>); break;
+            case 14: slide(depthwise_cl_slide<A, 7, 1, true>); break;
+            case -6: slide(depthwise_cl_slide<A, 3, -1, true>); break;
+            case -10: slide(depthwise_cl_slide<A, 5, -1, true>); break;
+            case -14: slide(depthwise_cl_slide<A, 7, -1, true>); break;
+          }
+          col0 += kSlideCols;
+          continue;
+        }
         for (int64_t t = 0; t < KHW; ++t) {
           const int64_t sh = src_rows.get()[row * g.KH + t / g.KW];
           for (int q = 0; q < kDepthwiseCols; ++q) {
-            const int64_t col = cb * kDepthwiseCols + q;
+            const int64_t col = col0 + q;
             const int64_t sw = col < cols ? src_cols.get()[col * g.KW + t % g.KW] : -1;
             ptr.get()[t * kDepthwiseCols + q] =
                 sh < 0 || sw < 0 ? zeros.get()
                                  : reinterpret_cast<const A*>(src.data + n * src.sN + sh * src.sH + sw * src.sW);
           }
         }
-        A* out = reinterpret_cast<A*>(dst_row) + cb * kDepthwiseCols * C;
-        const int64_t cols_here = min64(kDepthwiseCols, cols - cb * kDepthwiseCols);
+        A* out = reinterpret_cast<A*>(dst_row) + col0 * C;
+        const int64_t cols_here = min64(kDepthwiseCols, cols - col0);
+        col0 += kDepthwiseCols;
         int64_t c0 = 0;
         for (; c0 + 4 * VL <= c_blocked; c0 += 4 * VL) {
           depthwise_cl_block<A, 4>(KHW, ptr.get(), wt.get(), C, c0, bias_a.get(), out, cols_here);

@@ -9,6 +9,7 @@
 #include <limits>
 #include <new>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/conv_kernels.h"
 #include "cpu/isa.h"
