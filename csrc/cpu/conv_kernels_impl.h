@@ -414,24 +414,18 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
             slide_rows[ki] = sh < 0 ? nullptr : reinterpret_cast<const A*>(src.data + n * src.sN + sh * src.sH);
           }
           A* out = reinterpret_cast<A*>(dst_row) + col0 * C;
-          const auto slide = [&](auto kernel) {
+          // Blocks reading all their source columns (most) go without the range checks.
+          const bool clipped = blk.e_lo > 0 || blk.e_hi < kSlideCols + g.KW - 1;
+          const auto slide = [&](auto kw) {
+            constexpr int KW = decltype(kw)::value;
+            const auto kernel = blk.dir > 0 ? (clipped ? depthwise_cl_slide<A, KW, 1, true> : depthwise_cl_slide<A, KW, 1, false>)
+                                            : (clipped ? depthwise_cl_slide<A, KW, -1, true> : depthwise_cl_slide<A, KW, -1, false>);
             kernel(g.KH, slide_rows, blk, src.sW, wt.get(), C, c_blocked, bias_a.get(), out);
           };
-          // Blocks reading all their source columns (most) without the range checks.
-          const bool clipped = blk.e_lo > 0 || blk.e_hi < kSlideCols + g.KW - 1;
-          switch (g.KW * blk.dir * (clipped ? 2 : 1)) {
-            case 3: slide(depthwise_cl_slide<A, 3, 1, false>); break;
-            case 5: slide(depthwise_cl_slide<A, 5, 1, false>); break;
-            case 7: slide(depthwise_cl_slide<A, 7, 1, false>); break;
-            case -3: slide(depthwise_cl_slide<A, 3, -1, false>); break;
-            case -5: slide(depthwise_cl_slide<A, 5, -1, false>); break;
-            case -7: slide(depthwise_cl_slide<A, 7, -1, false>); break;
-            case 6: slide(depthwise_cl_slide<A, 3, 1, true>); break;
-            case 10: slide(depthwise_cl_slide<A, 5, 1, true>); break;
-            case 14: slide(depthwise_cl_slide<A, 7, 1, true>); break;
-            case -6: slide(depthwise_cl_slide<A, 3, -1, true>); break;
-            case -10: slide(depthwise_cl_slide<A, 5, -1, true>); break;
-            case -14: slide(depthwise_cl_slide<A, 7, -1, true>); break;
+          switch (g.KW) {
+            case 3: slide(std::integral_constant<int, 3>{}); break;
+            case 5: slide(std::integral_constant<int, 5>{}); break;
+            case 7: slide(std::integral_constant<int, 7>{}); break;
           }
           col0 += kSlideCols;
           continue;
