@@ -36,6 +36,8 @@ PATH_CASES = {
     "depthwise_c32_k3_p2": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=1, groups=32),
     "depthwise_c48_k5": dict(cin=48, cout=48, k=5, stride=1, padding=2, dilation=1, groups=48),
     "depthwise_c48_k7": dict(cin=48, cout=48, k=7, stride=1, padding=3, dilation=1, groups=48),
+    # Small output planes (7 x 9): NCHW tensors go through the channels_last kernels on copies.
+    "depthwise_c20_k5_p0": dict(cin=20, cout=20, k=5, stride=1, padding=0, dilation=1, groups=20),
     "depthwise_c117_s2": dict(cin=117, cout=117, k=5, stride=2, padding=3, dilation=1, groups=117),
 }
 
