@@ -9,6 +9,7 @@ Switches (environment variables):
 import glob
 import os
 import shutil
+import sys
 
 import torch
 from setuptools import setup
@@ -34,6 +35,19 @@ def sources(pattern: str) -> list:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
 
 
+def loaded_libstdcxx() -> list:
+    """The shared libstdc++ that torch runs with, as a linker input (Linux), so that the extension
+    uses it too. A toolchain without a shared libstdc++ (one GPU image's /opt/gcc) otherwise links
+    a static copy into the extension: two copies of the iostream locale tables in one process, and
+    the first number formatted into an error message (c10::str) calls the wrong facet and
+    segfaults."""
+    if not sys.platform.startswith("linux"):
+        return []
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    return sorted(paths)[:1]
+
+
 def is_cuda_source(path: str) -> bool:
     """CUDA builds only: .cu files, and the .cpp files of any cuda/ folder (CUDA entry points)."""
     return path.endswith(".cu") or "cuda" in os.path.dirname(path).split(os.sep)
@@ -49,7 +63,7 @@ def extension():
         f'-DCONVEXT_TORCH_VERSION="{torch.__version__}"',
     ]
     srcs = sources("csrc/**/*.cpp") + sources("csrc/**/*.cu")
-    kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=[os.path.join(ROOT, "csrc")])
+    kwargs = dict(extra_link_args=["-fopenmp"] + loaded_libstdcxx(), include_dirs=[os.path.join(ROOT, "csrc")])
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCH_LIST)
         cxx_flags.append("-DCONVEXT_WITH_CUDA")

@@ -6,9 +6,6 @@
 #include <string>
 
 namespace convext {
-namespace {
-
-}  // namespace
 
 int64_t pool_output_size(int64_t in, int64_t k, int64_t pad, int64_t stride, int64_t dilation,
                     bool ceil_mode) {
