@@ -23,6 +23,9 @@ PATH_CASES = {
     "3x3_c1024": dict(cin=1024, cout=40, k=3, stride=1, padding=1, dilation=1, groups=1),
     "3x3_c20_s2": dict(cin=20, cout=16, k=3, stride=2, padding=1, dilation=1, groups=1),
     "grouped_8": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=2, groups=4),
+    # channels_last float: two groups of 8 share a 16-lane vector (AVX-512); 15 output columns
+    # make a block of 14 and a partial one, and the input grad's forward has no padding.
+    "grouped_8_pairs": dict(cin=48, cout=48, k=3, stride=1, padding=2, dilation=1, groups=6),
     "grouped_16": dict(cin=32, cout=32, k=3, stride=1, padding=1, dilation=1, groups=2),
     "grouped_16_s2": dict(cin=24, cout=32, k=3, stride=2, padding=1, dilation=1, groups=2),
     "grouped_in16": dict(cin=48, cout=24, k=3, stride=1, padding=1, dilation=1, groups=3),

@@ -1507,10 +1507,103 @@ void grouped_weight_grad_direct(const ConvGeometry& g, View4<const T> x_any,
   });
 }
 
+// Grouped convs with 8 channels a group on 16-lane vectors (float, AVX-512), stride 1 and
+// kernel rows of 3 taps, channels_last x and y: a vector holds the output channels of two
+// groups, so FMAs use whole registers without the planes' transposes. Input channel i of both
+// groups is spread over their 8 lanes each by one permute of the 16 channels at a position, and
+// that one permute feeds the 3 taps of a kernel row that read the position.
+template <typename T>
+bool use_grouped_pairs(const ConvGeometry& g, const View4<const T>& x, const View4<T>& y) {
+  return std::is_same_v<T, float> && kVL<float> == 16 && g.C_in_g() == 8 && g.C_out_g() == 8 &&
+         g.groups % 2 == 0 && g.sH == 1 && g.sW == 1 && g.KW == 3 && g.dW == 1 && x.sC == 1 &&
+         y.sC == 1;
+}
+
+template <typename T>
+void grouped_forward_pairs(const ConvGeometry& g, View4<const T> x, View4<const T> w,
+                           const T* bias, View4<T> y) {
+  if constexpr (std::is_same_v<T, float> && kVL<float> == 16) {
+    using V = typename Vec<T>::type;  // dependent: other ISAs never instantiate this
+    typedef int32_t I __attribute__((vector_size(64)));
+    constexpr int PB = 14;  // positions a block: 14 accumulators, 3 weights, the permuted x
+    const int64_t pairs = g.groups / 2, KH = g.KH, row_taps = KH * 3 * 8 * 16;
+    // Weights as [pair][kernel row][tap][input channel i][lane]: lane l is output channel
+    // 16 * pair + l, reading input channel i of its own group.
+    Scratch<T> wp(pairs * row_taps);
+    for (int64_t oc = 0; oc < g.C_out; ++oc) {
+      for (int64_t i = 0; i < 8; ++i) {
+        for (int64_t kh = 0; kh < KH; ++kh) {
+          for (int64_t kw = 0; kw < 3; ++kw) {
+            wp.get()[(oc / 16) * row_taps + ((kh * 3 + kw) * 8 + i) * 16 + oc % 16] =
+                w.data[oc * w.sN + i * w.sC + kh * w.sH + kw * w.sW];
+          }
+        }
+      }
+    }
+    const T zeros[16] = {};
+    I spread[8];
+    for (int i = 0; i < 8; ++i) {
+      for (int l = 0; l < 16; ++l) spread[i][l] = (l / 8) * 8 + i;
+    }
+    // Locals, not g's fields: stores through the may_alias vectors would make every use reload them.
+    const int64_t H = g.H, W = g.W, OH = g.OH, OW = g.OW, pH = g.pH, pW = g.pW, dH = g.dH;
+    at::parallel_for(0, g.N * OH, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / OH, oh = item % OH;
+        for (int64_t pair = 0; pair < pairs; ++pair) {
+          const V b = bias ? loadu<V>(bias + pair * 16) : V{};
+          for (int64_t ow0 = 0; ow0 < OW; ow0 += PB) {
+            V acc[PB];
+            for (int q = 0; q < PB; ++q) acc[q] = b;
+            for (int64_t kh = 0; kh < KH; ++kh) {
+              const int64_t ih = oh - pH + kh * dH;
+              if (!inside(ih, H)) continue;
+              // Input column ow0 - pW + r feeds outputs q = r - kw of the block; columns
+              // outside the row read zeros.
+              const T* src[PB + 2];
+              for (int r = 0; r < PB + 2; ++r) {
+                const int64_t iw = ow0 - pW + r;
+                src[r] = inside(iw, W) ? x.data + n * x.sN + ih * x.sH + iw * x.sW + pair * 16 : zeros;
+              }
+              const T* wk = wp.get() + pair * row_taps + kh * 3 * 8 * 16;
+              // Input channel outermost, so consecutive FMAs go to different accumulators (the
+              // other order chains 24 FMAs on 3 of them, waiting on their latency).
+#pragma GCC unroll 1
+              for (int i = 0; i < 8; ++i) {
+                const I index = spread[i];
+                V wv[3];
+                for (int kw = 0; kw < 3; ++kw) wv[kw] = *reinterpret_cast<const V*>(wk + (kw * 8 + i) * 16);
+#pragma GCC unroll 16
+                for (int r = 0; r < PB + 2; ++r) {
+                  // The x vectors are the same for every i: kept across iterations they would
+                  // take 16 more registers and spill, so they are reloaded (from L1), from an
+                  // address the compiler cannot see is unchanged.
+                  const T* at = src[r];
+                  asm("" : "+r"(at));
+                  const V xe = __builtin_shuffle(loadu<V>(at), index);
+#pragma GCC unroll 3
+                  for (int kw = 0; kw < 3; ++kw) {
+                    const int q = r - kw;
+                    if (q >= 0 && q < PB) acc[q] += xe * wv[kw];
+                  }
+                }
+              }
+            }
+            T* out = y.data + n * y.sN + oh * y.sH + ow0 * y.sW + pair * 16;
+            const int qs = static_cast<int>(min64(PB, OW - ow0));
+            for (int q = 0; q < qs; ++q) __builtin_memcpy(out + q * y.sW, &acc[q], sizeof(V));
+          }
+        }
+      }
+    });
+  }
+}
+
 template <typename T>
 void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                   View4<T> y) {
   if (use_depthwise(g)) return depthwise_forward(g, x, w, bias, y);
+  if (use_grouped_pairs(g, x, y)) return grouped_forward_pairs(g, x, w, bias, y);
   if (use_grouped_direct(g)) {
     if (g.sH == 1 && g.sW == 1) return forward_flat<T, 8, 2>(g, x, w, bias, y);
     return g.C_out_g() == 8 ? grouped_forward_direct<T, 1>(g, x, w, bias, y)
