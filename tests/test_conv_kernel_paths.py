@@ -23,9 +23,11 @@ PATH_CASES = {
     "3x3_c1024": dict(cin=1024, cout=40, k=3, stride=1, padding=1, dilation=1, groups=1),
     "3x3_c20_s2": dict(cin=20, cout=16, k=3, stride=2, padding=1, dilation=1, groups=1),
     "grouped_8": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=2, groups=4),
-    # channels_last float: two groups of 8 share a 16-lane vector (AVX-512); 15 output columns
-    # make a block of 14 and a partial one, and the input grad's forward has no padding.
-    "grouped_8_pairs": dict(cin=48, cout=48, k=3, stride=1, padding=2, dilation=1, groups=6),
+    # channels_last float: two groups of 8 share a 16-lane vector (AVX-512). Padding 2: 15
+    # output columns make a block of 14 and a partial one. Padding 0: the weight grad's first and
+    # last input columns meet fewer than 3 gy columns.
+    "grouped_8_pairs_p2": dict(cin=48, cout=48, k=3, stride=1, padding=2, dilation=1, groups=6),
+    "grouped_8_pairs_p0": dict(cin=48, cout=48, k=3, stride=1, padding=0, dilation=1, groups=6),
     "grouped_16": dict(cin=32, cout=32, k=3, stride=1, padding=1, dilation=1, groups=2),
     "grouped_16_s2": dict(cin=24, cout=32, k=3, stride=2, padding=1, dilation=1, groups=2),
     "grouped_in16": dict(cin=48, cout=24, k=3, stride=1, padding=1, dilation=1, groups=3),
@@ -90,14 +92,16 @@ def test_stride1_transposed_with_output_padding(layout):
         torch.testing.assert_close(a, r)
 
 
-@pytest.mark.parametrize("groups, cout", [(1, 20), (3, 24), (24, 24)], ids=["dense", "grouped_8", "depthwise"])
+@pytest.mark.parametrize("cin, groups, cout, dtype", [
+    (24, 1, 20, torch.float64), (24, 3, 24, torch.float64), (24, 24, 24, torch.float64),
+    (32, 4, 32, torch.float32)], ids=["dense", "grouped_8", "depthwise", "grouped_8_pairs"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_weight_and_bias_grads_are_the_same_for_any_thread_count(layout, groups, cout):
+def test_weight_and_bias_grads_are_the_same_for_any_thread_count(layout, cin, groups, cout, dtype):
     # Enough positions for several chunks of partial sums: the chunks, and so the order of the
     # sums, depend on the sizes only.
     gen = torch.Generator().manual_seed(0)
-    x = make_layout(torch.randn(3, 24, 40, 30, generator=gen, dtype=torch.float64), layout)
-    w = torch.randn(cout, 24 // groups, 3, 3, generator=gen, dtype=torch.float64)
+    x = make_layout(torch.randn(3, cin, 40, 30, generator=gen, dtype=torch.float64), layout)
+    w = torch.randn(cout, cin // groups, 3, 3, generator=gen, dtype=torch.float64)
     gy = make_layout(torch.randn(3, cout, 40, 30, generator=gen, dtype=torch.float64), layout)
     grads, bias_grads = [], []
     threads = torch.get_num_threads()
@@ -105,16 +109,17 @@ def test_weight_and_bias_grads_are_the_same_for_any_thread_count(layout, groups,
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             grads.append(torch.ops.convext.conv2d_weight_grad(
-                x, gy, [3, 3], [1, 1], [1, 1], [1, 1], groups, layout == "channels_last"))
-            bias_grads.append(torch.ops.convext.conv_bias_grad(gy))
+                x.to(dtype), gy.to(dtype), [3, 3], [1, 1], [1, 1], [1, 1], groups,
+                layout == "channels_last"))
+            bias_grads.append(torch.ops.convext.conv_bias_grad(gy.to(dtype)))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
     assert torch.equal(bias_grads[0], bias_grads[1]) and torch.equal(bias_grads[0], bias_grads[2])
     _, ref_w, ref_b = torch.ops.aten.convolution_backward(
         gy, x, w, [cout], [1, 1], [1, 1], [1, 1], False, [0, 0], groups, [False, True, True])
-    torch.testing.assert_close(grads[0], ref_w)
-    torch.testing.assert_close(bias_grads[0], ref_b)
+    assert_close_to_reference(grads[0], ref_w)
+    assert_close_to_reference(bias_grads[0], ref_b)
 
 
 # Forward convs whose packed weights leave L2, so the indirect forward reduces in blocks (of

@@ -1513,10 +1513,17 @@ void grouped_weight_grad_direct(const ConvGeometry& g, View4<const T> x_any,
 // groups is spread over their 8 lanes each by one permute of the 16 channels at a position, and
 // that one permute feeds the 3 taps of a kernel row that read the position.
 template <typename T>
-bool use_grouped_pairs(const ConvGeometry& g, const View4<const T>& x, const View4<T>& y) {
+bool use_grouped_pairs(const ConvGeometry& g, bool channels_last) {
   return std::is_same_v<T, float> && kVL<float> == 16 && g.C_in_g() == 8 && g.C_out_g() == 8 &&
-         g.groups % 2 == 0 && g.sH == 1 && g.sW == 1 && g.KW == 3 && g.dW == 1 && x.sC == 1 &&
-         y.sC == 1;
+         g.groups % 2 == 0 && g.sH == 1 && g.sW == 1 && g.KW == 3 && g.dW == 1 && channels_last;
+}
+
+// The permute's index vectors: lanes of group j (0 or 1) take input channel i of group j.
+template <typename I>
+void pair_spread_indices(I spread[8]) {
+  for (int i = 0; i < 8; ++i) {
+    for (int l = 0; l < 16; ++l) spread[i][l] = (l / 8) * 8 + i;
+  }
 }
 
 template <typename T>
@@ -1542,9 +1549,7 @@ void grouped_forward_pairs(const ConvGeometry& g, View4<const T> x, View4<const 
     }
     const T zeros[16] = {};
     I spread[8];
-    for (int i = 0; i < 8; ++i) {
-      for (int l = 0; l < 16; ++l) spread[i][l] = (l / 8) * 8 + i;
-    }
+    pair_spread_indices(spread);
     // Locals, not g's fields: stores through the may_alias vectors would make every use reload them.
     const int64_t H = g.H, W = g.W, OH = g.OH, OW = g.OW, pH = g.pH, pW = g.pW, dH = g.dH;
     at::parallel_for(0, g.N * OH, 1, [&](int64_t begin, int64_t end) {
@@ -1599,11 +1604,92 @@ void grouped_forward_pairs(const ConvGeometry& g, View4<const T> x, View4<const 
   }
 }
 
+// Its weight gradient, the same pairing: gw[oc][i][kh][kw] sums gy[oh][ow][oc] * x[ih][iw][i of
+// oc's group] over positions, 16 output channels in the lanes. Along each row, input column iw
+// meets the gy columns iw + pW - kw, so one permute of x feeds the 3 taps of a kernel row: per
+// kernel row and half of the input channels, 12 accumulators. Work items are (chunk of images,
+// pair of groups), with chunks fixed by the sizes and their sums added in order: the same result
+// for any thread count.
+template <typename T>
+void grouped_weight_grad_pairs(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
+                               View4<T> gw) {
+  if constexpr (std::is_same_v<T, float> && kVL<float> == 16) {
+    using V = typename Vec<T>::type;  // dependent: other ISAs never instantiate this
+    typedef int32_t I __attribute__((vector_size(64)));
+    const int64_t pairs = g.groups / 2, KH = g.KH, KHW = KH * 3;
+    const int64_t chunks = min64(g.N, 16), per_chunk = ceil_div(g.N, chunks);
+    const int64_t slab = g.C_out * 8 * KHW;  // one chunk's partial sums, as gw's values
+    Scratch<T> partial(chunks * slab);
+    const T zeros[16] = {};
+    I spread[8];
+    pair_spread_indices(spread);
+    // Locals, not g's fields: stores through the may_alias vectors would make every use reload them.
+    const int64_t H = g.H, W = g.W, OH = g.OH, OW = g.OW, pH = g.pH, pW = g.pW, dH = g.dH;
+    at::parallel_for(0, chunks * pairs, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t chunk = item / pairs, pair = item % pairs;
+        T* sums = partial.get() + chunk * slab + pair * 16 * 8 * KHW;  // [oc][i][tap]
+        for (int64_t kh = 0; kh < KH; ++kh) {
+          for (int half = 0; half < 2; ++half) {
+            V acc[4][3] = {};
+            for (int64_t n = chunk * per_chunk; n < min64(g.N, (chunk + 1) * per_chunk); ++n) {
+              for (int64_t oh = 0; oh < OH; ++oh) {
+                const int64_t ih = oh - pH + kh * dH;
+                if (!inside(ih, H)) continue;
+                const T* xrow = x.data + n * x.sN + ih * x.sH + pair * 16;
+                const T* grow = gy.data + n * gy.sN + oh * gy.sH + pair * 16;
+                const auto column = [&](int64_t iw, const T* g0, const T* g1, const T* g2) {
+                  const V gv[3] = {loadu<V>(g0), loadu<V>(g1), loadu<V>(g2)};
+                  const V xv = loadu<V>(xrow + iw * x.sW);
+#pragma GCC unroll 4
+                  for (int i = 0; i < 4; ++i) {
+                    const V xe = __builtin_shuffle(xv, spread[half * 4 + i]);
+#pragma GCC unroll 3
+                    for (int kw = 0; kw < 3; ++kw) acc[i][kw] += gv[kw] * xe;
+                  }
+                };
+                // gy column of tap kw for input column iw, or zeros outside gy.
+                const auto gy_at = [&](int64_t iw, int64_t kw) {
+                  const int64_t ow = iw + pW - kw;
+                  return inside(ow, OW) ? grow + ow * gy.sW : zeros;
+                };
+                // Columns whose 3 gy columns all lie inside gy, unchecked; the others checked.
+                const int64_t lo = min64(W, max64(0, 2 - pW)), hi = max64(lo, min64(W, OW - pW));
+                for (int64_t iw = 0; iw < lo; ++iw) column(iw, gy_at(iw, 0), gy_at(iw, 1), gy_at(iw, 2));
+                for (int64_t iw = lo; iw < hi; ++iw) {
+                  const T* at = grow + (iw + pW) * gy.sW;
+                  column(iw, at, at - gy.sW, at - 2 * gy.sW);
+                }
+                for (int64_t iw = hi; iw < W; ++iw) column(iw, gy_at(iw, 0), gy_at(iw, 1), gy_at(iw, 2));
+              }
+            }
+            for (int i = 0; i < 4; ++i) {
+              for (int kw = 0; kw < 3; ++kw) {
+                for (int l = 0; l < 16; ++l) sums[(l * 8 + half * 4 + i) * KHW + kh * 3 + kw] = acc[i][kw][l];
+              }
+            }
+          }
+        }
+      }
+    });
+    at::parallel_for(0, g.C_out, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t oc = begin; oc < end; ++oc) {
+        for (int64_t k = 0; k < 8 * KHW; ++k) {
+          const T* first = partial.get() + oc * 8 * KHW + k;
+          T sum = first[0];
+          for (int64_t c = 1; c < chunks; ++c) sum += first[c * slab];
+          gw.data[oc * gw.sN + (k / KHW) * gw.sC + (k % KHW / 3) * gw.sH + (k % 3) * gw.sW] = sum;
+        }
+      }
+    });
+  }
+}
+
 template <typename T>
 void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                   View4<T> y) {
   if (use_depthwise(g)) return depthwise_forward(g, x, w, bias, y);
-  if (use_grouped_pairs(g, x, y)) return grouped_forward_pairs(g, x, w, bias, y);
+  if (use_grouped_pairs<T>(g, x.sC == 1 && y.sC == 1)) return grouped_forward_pairs(g, x, w, bias, y);
   if (use_grouped_direct(g)) {
     if (g.sH == 1 && g.sW == 1) return forward_flat<T, 8, 2>(g, x, w, bias, y);
     return g.C_out_g() == 8 ? grouped_forward_direct<T, 1>(g, x, w, bias, y)
@@ -2190,6 +2276,7 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
 template <typename T>
 void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy, View4<T> gw) {
   if (use_depthwise(g)) return depthwise_weight_grad(g, x, gy, gw);
+  if (use_grouped_pairs<T>(g, x.sC == 1 && gy.sC == 1)) return grouped_weight_grad_pairs(g, x, gy, gw);
   if (use_grouped_direct(g)) {
     if (g.sH == 1 && g.sW == 1) return grouped_weight_grad_flat<T, 8>(g, x, gy, gw);
     return g.C_out_g() == 8 ? grouped_weight_grad_direct<T, 1>(g, x, gy, gw)
