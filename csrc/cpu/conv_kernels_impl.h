@@ -1120,6 +1120,10 @@ inline void indirect_microkernel(int64_t taps, int64_t channels, const A* const*
     for (int64_t i = 0; i < channels; ++i) {
       const V b0 = *reinterpret_cast<const V*>(b);
       const V b1 = *reinterpret_cast<const V*>(b + VL);
+      // 16 steps ahead: where a step's weights stream from L2 (thousands of channels a tap),
+      // their loads otherwise wait on its latency.
+      __builtin_prefetch(b + 32 * VL);
+      __builtin_prefetch(b + 33 * VL);
 #pragma GCC unroll 16
       for (int m = 0; m < kMR; ++m) {
         const V am = splat<V>(r[m][i]);
