@@ -596,6 +596,26 @@ inline void transpose8(V r[8]) {
   }
 }
 
+// dst[t * stride + m] = rows[m][t] for 8 rows of len values each, 8 x 8 blocks at a time through
+// registers: the GEMMs' operand packing, done value by value, took longer than the GEMM it fed
+// (1x1 64->256 NCHW weight grad).
+template <typename T, typename A>
+void interleave8(const T* const rows[8], int64_t len, A* dst, int64_t stride) {
+  int64_t t = 0;
+  if constexpr (std::is_same_v<T, A>) {
+    using V = typename Vec8<A>::type;
+    for (; t + 8 <= len; t += 8) {
+      V r[8];
+      for (int m = 0; m < 8; ++m) r[m] = loadu<V>(rows[m] + t);
+      transpose8(r);
+      for (int j = 0; j < 8; ++j) __builtin_memcpy(dst + (t + j) * stride, &r[j], sizeof(V));
+    }
+  }
+  for (; t < len; ++t) {
+    for (int m = 0; m < 8; ++m) dst[t * stride + m] = static_cast<A>(rows[m][t]);
+  }
+}
+
 // Channels [c0, c0 + count) of image n of src (H x W) as planes: channel c's (h, w) to
 // dst[c * plane + h * cols + w]. From channels_last memory 8 channels x 8 columns at a time go
 // through registers: element by element, the scattered reads and writes cost more than the
@@ -2078,6 +2098,18 @@ void conv_weight_grad_nchw_order(const ConvGeometry& g, View4<const T> x, View4<
   patch_offsets(g, gw, gw_offset.get());
   auto pack_a = [&](int64_t n, int64_t grp, const TilePositions& pos, int64_t pt, A* out) {
     for (int64_t mb = 0; mb < m_blocks; ++mb) {
+      if constexpr (kMR == 8) {
+        if (gy.sW == 1 && (mb + 1) * kMR <= Mg) {  // 8 channels' runs of positions, interleaved
+          for_each_row_run(g, pos, 0, pt, [&](int64_t t0, int64_t t1) {
+            const T* rows[8];
+            for (int m = 0; m < 8; ++m) {
+              rows[m] = gy.data + n * gy.sN + (grp * Mg + mb * kMR + m) * gy.sC + pos.out_offset[t0];
+            }
+            interleave8(rows, t1 - t0, out + mb * pt * kMR + t0 * kMR, kMR);
+          });
+          continue;
+        }
+      }
       for (int m = 0; m < kMR; ++m) {
         const int64_t oc = mb * kMR + m;
         A* dst = out + mb * pt * kMR + m;
@@ -2090,10 +2122,24 @@ void conv_weight_grad_nchw_order(const ConvGeometry& g, View4<const T> x, View4<
       }
     }
   };
+  // Unpadded 1x1 convs at stride 1 read rows of x as they are: 8 channels' runs interleaved at
+  // a time; the rest (and every other conv) value by value.
+  const bool interleave_x = K == g.C_in_g() && g.sW == 1 && x.sW == 1 && g.pH == 0 && g.pW == 0;
   auto pack_b = [&](int64_t n, int64_t grp, const TilePositions& pos, int64_t pt, int64_t k0,
                     int64_t cols, A* out) {
-    pack_patches(g, x, n, grp, pos, pt, pt, k0, cols, NR,
-                 [&](int64_t k, int64_t t) { return (k / NR) * pt * NR + t * NR + k % NR; }, out);
+    const auto at = [&](int64_t k, int64_t t) { return (k / NR) * pt * NR + t * NR + k % NR; };
+    int64_t k8 = 0;
+    for (; interleave_x && k8 + 8 <= cols && k0 + k8 + 8 <= K; k8 += 8) {
+      for_each_row_run(g, pos, 0, pt, [&](int64_t t0, int64_t t1) {
+        const T* rows[8];
+        for (int m = 0; m < 8; ++m) {
+          rows[m] = x.data + n * x.sN + (grp * K + k0 + k8 + m) * x.sC + pos.ih0[t0] * x.sH + pos.iw0[t0];
+        }
+        interleave8(rows, t1 - t0, out + at(k8, t0), NR);
+      });
+    }
+    pack_patches(g, x, n, grp, pos, pt, pt, k0 + k8, cols - k8, NR,
+                 [&](int64_t k, int64_t t) { return at(k + k8, t); }, out);
   };
   weight_grad_gemm(g, gy, gw_offset.get(), gw, pack_a, pack_b);
 }
