@@ -1841,13 +1841,13 @@ PhaseAxis phase_axis(int64_t a, int64_t s, int64_t p, int64_t d, int64_t K, int6
 
 // Measured faster than the scatter below wherever groups have 16 or more output channels (up
 // to 3.5x on 1x1 convs); with fewer, the forward GEMMs waste most of their columns. At stride > 1
-// only into channels_last gx (U-Net's 2x2 s2 transposed conv 46 -> 28 ms; into NCHW the phases'
-// strided stores lose, 31 -> 36 ms there) with 16 or more channels per group in gx (the ResNet
-// stem's 3 fill a tenth of the forward's columns, and its backward lost 2x).
-template <typename T>
-bool use_input_grad_by_phases(const ConvGeometry& g, const View4<T>& gx) {
+// with 16 or more channels per group in gx (the ResNet stem's 3 fill a tenth of the forward's
+// columns, and its backward lost 2x): U-Net's 2x2 s2 transposed conv 46 -> 28 ms into
+// channels_last, and, since the forward stores NCHW blocks transposed, into NCHW too (2 threads:
+// 3x3 s2 128 input grad 11.4-11.9 -> 7.7-8.3 ms, U-Net 33 -> 29 ms).
+bool use_input_grad_by_phases(const ConvGeometry& g) {
   const bool stride1 = g.sH == 1 && g.sW == 1;
-  return (stride1 || (gx.sC == 1 && g.C_in_g() >= 16)) &&
+  return (stride1 || g.C_in_g() >= 16) &&
          (g.C_out_g() >= 16 || use_grouped_direct(ConvGeometry{0, g.C_out, g.C_in, g.groups}));
 }
 
@@ -1918,7 +1918,7 @@ template <typename T>
 void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w, const T* bias,
                      View4<T> gx) {
   if (use_depthwise(g)) return depthwise_input_grad(g, gy, w, bias, gx);
-  if (use_input_grad_by_phases(g, gx)) return conv_input_grad_by_phases(g, gy, w, bias, gx);
+  if (use_input_grad_by_phases(g)) return conv_input_grad_by_phases(g, gy, w, bias, gx);
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
   const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW;
