@@ -233,3 +233,29 @@ def test_depthwise_stride2_wide_rows(dtype, padding):
     assert_close_to_reference(out, expected)
     for g, r in zip(torch.autograd.grad(out, ours, gy.to(dtype)), torch.autograd.grad(expected, ref, gy)):
         assert_close_to_reference(g, r)
+
+
+# Winograd F(4x4, 3x3): 3x3 stride-1 float32 convs with 16 or more channels each way, forward
+# and (as a forward conv of gy) input grad. Tiles past the outputs' edges, tails of input and
+# output channels (20 and 40), dilation 2 along rows (tiles on interleaved grids), weights in each order
+# their transform gathers them (and reversed, for the input grad), and both schedules: 2 x 100 x
+# 100 outputs make too many tiles for one block, so U is transformed once and shared by blocks.
+@pytest.mark.parametrize("w_layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("cin,cout,size,padding,dilation", [
+    (20, 40, 11, 0, 1), (32, 48, 13, (2, 1), (2, 1)), (16, 16, 100, 1, 1)])
+def test_winograd(cin, cout, size, padding, dilation, layout, w_layout):
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(2, cin, size, size + 1, generator=gen), layout).requires_grad_()
+    w = torch.randn(cout, cin, 3, 3, generator=gen)
+    w = {"contiguous": w, "channels_last": w.contiguous(memory_format=torch.channels_last),
+         "strided": torch.zeros(cout, cin, 3, 6).index_copy_(3, torch.arange(0, 6, 2), w)[..., ::2]}[w_layout]
+    w.requires_grad_()
+    b = torch.randn(cout, generator=gen, requires_grad=True)
+    out = CF.conv2d(x, w, b, 1, padding, dilation)
+    gy = torch.randn(out.shape, generator=gen)
+    ref_in = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    ref = F.conv2d(*ref_in, 1, padding, dilation)
+    assert_close_to_reference(out, ref)
+    for g, r in zip(torch.autograd.grad(out, (x, w, b), gy), torch.autograd.grad(ref, ref_in, gy.double())):
+        assert_close_to_reference(g, r)

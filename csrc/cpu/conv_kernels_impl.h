@@ -1422,6 +1422,320 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   });
 }
 
+// Winograd F(4 x 4, 3 x 3) (Lavin and Gray 2016) for 3 x 3 stride-1 convolutions. A tile of
+// 4 x 4 outputs reads 6 x 6 inputs d, and for each output and input channel
+//   y_tile = A^T [(G w G^T) (.) (B^T d B)] A,
+// so, with U = G w G^T (weights, once a call) and V = B^T d B (inputs, once a tile), the 36
+// points xi of the 6 x 6 transforms make 36 GEMMs M_xi[tile][oc] = sum_c V_xi[tile][c] U_xi[c][oc]:
+// 36 multiply-adds per tile, channel pair where the direct convolution does 144. With dilation,
+// a tile's outputs (and inputs) are as far apart as the taps: a conv of dilation d is d^2
+// undilated ones on interleaved grids. Transforms run on vectors of channels (channels_last), the GEMMs on the indirect
+// microkernel with V's tile rows as its rows. In float the transforms' rounding stays inside the
+// tests' tolerances (measured: errors up to 1.4e-5 of the largest output at 256-512 channels,
+// against 1e-4).
+
+// Tile origins along one axis of `out` outputs, d apart within a tile: for each phase a < d, the
+// outputs a, a + d, ... in runs of 4. Returns the number of tiles (origins written when given).
+int64_t winograd_tiles(int64_t out, int64_t d, int64_t* origins) {
+  int64_t count = 0;
+  for (int64_t a = 0; a < d && a < out; ++a) {
+    const int64_t along = ceil_div(out - a, d);
+    for (int64_t k = 0; k < along; k += 4) {
+      if (origins) origins[count] = a + k * d;
+      ++count;
+    }
+  }
+  return count;
+}
+
+// Where the tiles past the output's edges waste at most a third of the work (ASPP's dilation 12
+// on 33 x 33 outputs would waste over half), on y that is channels_last or dense NCHW.
+bool use_forward_winograd(const ConvGeometry& g, const View4<float>& y) {
+  if (kVL<float> < 8 || g.groups != 1 || g.KH != 3 || g.KW != 3 || g.sH != 1 || g.sW != 1 ||
+      g.C_in < 16 || g.C_out < 16) {
+    return false;
+  }
+  if (y.sC != 1 && !dense_nchw(y, g.C_out, g.OH, g.OW)) return false;
+  const int64_t computed = 16 * winograd_tiles(g.OH, g.dH, nullptr) * winograd_tiles(g.OW, g.dW, nullptr);
+  return 2 * computed <= 3 * g.OH * g.OW;
+}
+
+// r[i rs] = (B^T d)[i] for the six values d[j ds].
+template <typename V>
+inline void winograd_bt(const V* d, int ds, V* r, int rs) {
+  const V d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds], d4 = d[4 * ds];
+  const V a = d4 - 4.0f * d2, b = d3 - 4.0f * d1, c = d4 - d2, e = 2.0f * (d3 - d1);
+  r[0] = 4.0f * d[0] - 5.0f * d2 + d4;
+  r[rs] = a + b;
+  r[2 * rs] = a - b;
+  r[3 * rs] = c + e;
+  r[4 * rs] = c - e;
+  r[5 * rs] = 4.0f * d1 - 5.0f * d3 + d[5 * ds];
+}
+
+// r[i rs] = (G w)[i] for the three values w[j ws].
+template <typename V>
+inline void winograd_g(const V* w, int ws, V* r, int rs) {
+  const V g0 = w[0], g1 = w[ws], g2 = w[2 * ws];
+  const V a = g0 + g2, b = g0 * (1.0f / 24) + g2 * (1.0f / 6), c = g1 * (1.0f / 12);
+  r[0] = g0 * 0.25f;
+  r[rs] = (a + g1) * (-1.0f / 6);
+  r[2 * rs] = (a - g1) * (-1.0f / 6);
+  r[3 * rs] = b + c;
+  r[4 * rs] = b - c;
+  r[5 * rs] = g2;
+}
+
+// r[i rs] = (A^T m)[i] for the six values m[j ms].
+template <typename V>
+inline void winograd_at(const V* m, int ms, V* r, int rs) {
+  const V m1 = m[ms], m2 = m[2 * ms], m3 = m[3 * ms], m4 = m[4 * ms];
+  const V p = m1 + m2, q = m1 - m2, s = m3 + m4, t = m3 - m4;
+  r[0] = m[0] + p + s;
+  r[rs] = q + 2.0f * t;
+  r[2 * rs] = p + 4.0f * s;
+  r[3 * rs] = q + 8.0f * t + m[5 * ms];
+}
+
+// The first n (<= a vector's) values at p, zeros after them.
+template <typename V, typename A>
+inline V load_first(const A* p, int64_t n) {
+  if (n == kVL<A>) return loadu<V>(p);
+  V v{};
+  __builtin_memcpy(&v, p, n * sizeof(A));
+  return v;
+}
+
+// Bytes of a tile block's transformed inputs and GEMM results (per thread) where all the
+// transformed weights fit L2, and where they do not (each block then streams them again, so
+// blocks are as long as this allows).
+constexpr int64_t kWinogradBlockBytes = 1024 * 1024;
+constexpr int64_t kWinogradLongBlockBytes = 8 * 1024 * 1024;
+
+// U = G w G^T for output-channel panel jb (NR channels, zero past M) and input channels
+// [c0, c0 + nc), nc <= kWinogradCChunk: dst[xi * xi_stride + c * NR + lane]. The weights are
+// first gathered as [c][tap][lane] in the order of w's strides (gathered across output channels,
+// 18 KB apart in a dense 512-channel w, they took as long as the GEMMs), through 8 x 8
+// transposes where each output channel's (c, tap) run is contiguous.
+constexpr int64_t kWinogradCChunk = 128;
+
+template <typename T>
+void winograd_weights(const View4<const T>& w, int64_t M, int64_t jb, int64_t c0, int64_t nc,
+                      float* gathered, float* dst, int64_t xi_stride) {
+  using A = float;
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>, NR = kNR<A>;
+  const int64_t cols = min64(NR, M - jb * NR);
+  const T* base = w.data + jb * NR * w.sN + c0 * w.sC;
+  auto at = [&](int64_t lane, int64_t c, int64_t tap) -> A& { return gathered[(c * 9 + tap) * NR + lane]; };
+  const bool nchw = w.sW == 1 && w.sH == 3 && w.sC == 9;
+  const bool reversed = w.sN == 9 && w.sH == -3 && w.sW == -1;
+  if (nchw || w.sC == 1) {  // (c, tap) or (tap, c) runs per output channel
+    const T* rows[8];
+    for (int64_t l0 = 0; l0 < NR; l0 += 8) {
+      for (int64_t tap = 0; tap < (nchw ? 1 : 9); ++tap) {
+        const T* first = base + (tap / 3) * w.sH + (tap % 3) * w.sW;
+        for (int64_t l = 0; l < 8; ++l) rows[l] = first + min64(l0 + l, cols - 1) * w.sN;
+        if (nchw) {
+          interleave8(rows, 9 * nc, gathered + l0, NR);
+        } else {
+          interleave8(rows, nc, gathered + tap * NR + l0, 9 * NR);
+        }
+      }
+    }
+  } else if (w.sN == 9 && ((w.sH == 3 && w.sW == 1) || reversed)) {
+    // Output channels' 9 taps contiguous, forward or reversed (the input grad's view of NCHW w):
+    // gathered in memory order, read back reversed below.
+    const T* rows[8];
+    for (int64_t c = 0; c < nc; ++c) {
+      for (int64_t l0 = 0; l0 < NR; l0 += 8) {
+        for (int64_t l = 0; l < 8; ++l) rows[l] = base + c * w.sC + min64(l0 + l, cols - 1) * 9 - (reversed ? 8 : 0);
+        interleave8(rows, 9, &at(l0, c, 0), NR);
+      }
+    }
+  } else if (w.sN == 1) {  // runs of output channels
+    for (int64_t c = 0; c < nc; ++c) {
+      for (int64_t tap = 0; tap < 9; ++tap) {
+        __builtin_memcpy(&at(0, c, tap), base + c * w.sC + (tap / 3) * w.sH + (tap % 3) * w.sW, cols * sizeof(A));
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < nc; ++c) {
+      for (int64_t tap = 0; tap < 9; ++tap) {
+        const T* src = base + c * w.sC + (tap / 3) * w.sH + (tap % 3) * w.sW;
+        for (int64_t lane = 0; lane < cols; ++lane) at(lane, c, tap) = src[lane * w.sN];
+      }
+    }
+  }
+  for (int64_t i = 0; cols < NR && i < 9 * nc; ++i) fill_zero(gathered + i * NR + cols, NR - cols);
+  for (int64_t c = 0; c < nc; ++c) {
+    for (int half = 0; half < NR / VL; ++half) {
+      V t[9], gw[18], out[36];
+      for (int i = 0; i < 9; ++i) t[i] = loadu<V>(&at(half * VL, c, reversed ? 8 - i : i));
+      for (int kw = 0; kw < 3; ++kw) winograd_g(t + kw, 3, gw + kw, 3);
+      for (int i = 0; i < 6; ++i) winograd_g(gw + i * 3, 1, out + i * 6, 1);
+      for (int64_t xi = 0; xi < 36; ++xi) __builtin_memcpy(dst + xi * xi_stride + c * NR + half * VL, &out[xi], sizeof(V));
+    }
+  }
+}
+
+template <typename T>
+void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<const T> w,
+                           const T* bias, View4<T> y_any) {
+  using A = float;
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>, NR = kNR<A>;
+  constexpr int64_t kPoints = 36;
+  const int64_t C = g.C_in, M = g.C_out;
+  const int64_t Cp = round_up(C, VL), oc_panels = ceil_div(M, NR), Mp = oc_panels * NR;
+  const int64_t threads = at::get_num_threads();
+
+  // The transforms read and write vectors of channels: x and y as channels_last (copied there
+  // when they are not).
+  Scratch<A> x_copy(x_any.sC == 1 ? 0 : g.N * C * g.H * g.W);
+  const View4<const A> x = x_any.sC == 1 ? x_any
+                           : dense_nchw(x_any, C, g.H, g.W) ? to_channels_last(x_any, g.N, C, g.H, g.W, x_copy)
+                                                            : channels_last_view(x_any, g.N, C, g.H, g.W, x_copy);
+  Scratch<A> y_copy(y_any.sC == 1 ? 0 : g.N * M * g.OH * g.OW);
+  const View4<A> y = y_any.sC == 1 ? y_any : View4<A>{y_copy.get(), g.OH * g.OW * M, 1, g.OW * M, M};
+  Scratch<A> bpack(Mp);
+  for (int64_t m = 0; m < Mp; ++m) bpack.get()[m] = bias && m < M ? static_cast<A>(bias[m]) : A(0);
+
+  const int64_t TH = winograd_tiles(g.OH, g.dH, nullptr), TW = winograd_tiles(g.OW, g.dW, nullptr);
+  Scratch<int64_t> origins(TH + TW);
+  winograd_tiles(g.OH, g.dH, origins.get());
+  winograd_tiles(g.OW, g.dW, origins.get() + TH);
+  const int64_t tiles = g.N * TH * TW;
+
+  // Work items are (block of tiles, range of output-channel panels); a block holds its tiles' V
+  // and M for every point. Where one block per item holds all tiles (few tiles: 3x3 512 @7),
+  // output channels are split across threads and each item transforms its weights chunk by
+  // chunk just before the GEMMs use them: transformed all at once, the 36 x 512 x 512 U went
+  // through memory twice, which cost more than the GEMMs. Otherwise U is transformed once into
+  // memory and blocks of tiles share it: blocks fit L2 where U does too, else they are long, so
+  // that U (from L3) serves many tiles.
+  const int64_t item_oc_items = min64(oc_panels, threads);
+  const int64_t fused_bytes = kPoints * (Cp + ceil_div(oc_panels, item_oc_items) * NR) * static_cast<int64_t>(sizeof(A));
+  const bool fused = tiles * fused_bytes <= kWinogradLongBlockBytes;
+  const bool u_fits = kPoints * C * Mp * static_cast<int64_t>(sizeof(A)) <= kWinogradBlockBytes;
+  int64_t blocks = 1, oc_items = item_oc_items;
+  if (!fused) {
+    const int64_t tile_bytes = kPoints * (Cp + Mp) * static_cast<int64_t>(sizeof(A));
+    const int64_t longest = max64(kMR, (u_fits ? kWinogradBlockBytes : kWinogradLongBlockBytes) / tile_bytes / kMR * kMR);
+    blocks = ceil_div(tiles, longest);
+    if (blocks < 4 * threads) blocks = round_up(blocks, threads);
+    oc_items = 1;
+  }
+  const int64_t TB = round_up(ceil_div(tiles, blocks), kMR);
+  blocks = ceil_div(tiles, TB);
+  const int64_t item_panels = ceil_div(oc_panels, oc_items);
+  oc_items = ceil_div(oc_panels, item_panels);
+  const int64_t Mi = item_panels * NR;
+
+  const int64_t chunk = ceil_div(C, ceil_div(C, kWinogradCChunk));
+  Scratch<A> u(fused ? 0 : kPoints * oc_panels * C * NR);  // [xi][oc panel][c][NR]
+  if (!fused) {
+    const int64_t c_chunks = ceil_div(C, chunk);
+    at::parallel_for(0, oc_panels * c_chunks, 1, [&](int64_t begin, int64_t end) {
+      Scratch<A> gathered(chunk * 9 * NR);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t jb = item / c_chunks, c0 = item % c_chunks * chunk;
+        winograd_weights(w, M, jb, c0, min64(chunk, C - c0), gathered.get(),
+                         u.get() + (jb * C + c0) * NR, oc_panels * C * NR);
+      }
+    });
+  }
+
+  at::parallel_for(0, blocks * oc_items, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> v(kPoints * TB * Cp), m(kPoints * TB * Mi), zeros(Cp);
+    Scratch<A> gathered(fused ? chunk * 9 * NR : 0), u_chunk(fused ? kPoints * chunk * NR : 0);
+    fill_zero(zeros.get(), Cp);
+    const A* src[kPoints];
+    const A* rows[kMR];
+    const bool no_padding = false;
+    int64_t have_block = -1;  // the block whose V is in v
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t blk = item / oc_items, jb0 = item % oc_items * item_panels;
+      const int64_t jb1 = min64(oc_panels, jb0 + item_panels);
+      const int64_t t0 = blk * TB, tb = min64(TB, tiles - t0);
+
+      if (blk != have_block) {
+        for (int64_t s = 0; s < tb; ++s) {
+          const int64_t t = t0 + s, n = t / (TH * TW);
+          const int64_t ih0 = origins.get()[t / TW % TH] - g.pH, iw0 = origins.get()[TH + t % TW] - g.pW;
+          for (int64_t r = 0; r < 6; ++r) {
+            for (int64_t j = 0; j < 6; ++j) {
+              const int64_t ih = ih0 + r * g.dH, iw = iw0 + j * g.dW;
+              src[r * 6 + j] = inside(ih, g.H) && inside(iw, g.W) ? x.data + n * x.sN + ih * x.sH + iw * x.sW : zeros.get();
+            }
+          }
+          for (int64_t c = 0; c < C; c += VL) {
+            const int64_t n_c = min64(VL, C - c);
+            V dv[kPoints], bt[kPoints], out[kPoints];
+            for (int k = 0; k < kPoints; ++k) dv[k] = load_first<V>(src[k] + c, n_c);
+            for (int j = 0; j < 6; ++j) winograd_bt(dv + j, 6, bt + j, 6);
+            for (int i = 0; i < 6; ++i) winograd_bt(bt + i * 6, 1, out + i * 6, 1);
+            for (int64_t xi = 0; xi < kPoints; ++xi) {
+              __builtin_memcpy(v.get() + (xi * TB + s) * Cp + c, &out[xi], sizeof(V));
+            }
+          }
+        }
+        have_block = blk;
+      }
+
+      // M_xi for the block's tiles, panel jb, channels [c0, c0 + channels), from U_xi's rows b.
+      const int64_t mblocks = ceil_div(tb, kMR);
+      auto gemm = [&](int64_t xi, int64_t jb, int64_t c0, int64_t channels, const A* b) {
+        for (int64_t mb = 0; mb < mblocks; ++mb) {
+          for (int64_t r = 0; r < kMR; ++r) {
+            const int64_t s = mb * kMR + r;
+            rows[r] = s < tb ? v.get() + (xi * TB + s) * Cp : zeros.get();
+          }
+          A* out = m.get() + (xi * TB + mb * kMR) * Mi + (jb - jb0) * NR;
+          indirect_microkernel<A>(1, channels, rows, &no_padding, c0, b, c0 == 0 ? nullptr : out, Mi, nullptr,
+                                  out, Mi);
+        }
+      };
+      // Points outer where U is in memory (the point's V rows stay in L2 for every panel);
+      // chunks of U outer where it is transformed here.
+      for (int64_t outer = 0; outer < (fused ? 1 : kPoints); ++outer) {
+        for (int64_t jb = jb0; jb < jb1; ++jb) {
+          for (int64_t c0 = 0; c0 < C; c0 += chunk) {
+            const int64_t channels = min64(chunk, C - c0);
+            if (!fused) {
+              gemm(outer, jb, c0, channels, u.get() + ((outer * oc_panels + jb) * C + c0) * NR);
+              continue;
+            }
+            winograd_weights(w, M, jb, c0, channels, gathered.get(), u_chunk.get(), chunk * NR);
+            for (int64_t xi = 0; xi < kPoints; ++xi) gemm(xi, jb, c0, channels, u_chunk.get() + xi * chunk * NR);
+          }
+        }
+      }
+
+      for (int64_t s = 0; s < tb; ++s) {
+        const int64_t t = t0 + s, n = t / (TH * TW);
+        const int64_t oh0 = origins.get()[t / TW % TH], ow0 = origins.get()[TH + t % TW];
+        for (int64_t oc = jb0 * NR; oc < min64(M, jb1 * NR); oc += VL) {
+          const int64_t n_oc = min64(VL, M - oc);
+          V mv[kPoints], at[24], out[16];
+          for (int64_t xi = 0; xi < kPoints; ++xi) mv[xi] = loadu<V>(m.get() + (xi * TB + s) * Mi + oc - jb0 * NR);
+          for (int k = 0; k < 6; ++k) winograd_at(mv + k, 6, at + k, 6);
+          for (int i = 0; i < 4; ++i) winograd_at(at + i * 6, 1, out + i * 4, 1);
+          const V bv = loadu<V>(bpack.get() + oc);
+          for (int64_t i = 0; i < 4 && oh0 + i * g.dH < g.OH; ++i) {
+            for (int64_t j = 0; j < 4 && ow0 + j * g.dW < g.OW; ++j) {
+              const V o = out[i * 4 + j] + bv;
+              __builtin_memcpy(y.data + n * y.sN + (oh0 + i * g.dH) * y.sH + (ow0 + j * g.dW) * y.sW + oc, &o,
+                               n_oc * sizeof(A));
+            }
+          }
+        }
+      }
+    }
+  });
+  if (y_any.sC != 1) from_channels_last(y.data, g.N, M, g.OH, g.OW, y_any);
+}
+
 // Grouped convolution with 8 or 16 output channels per group (ResNeXt), direct: a GEMM per
 // group would be at most 16 rows deep and spend its time packing. At stride 1 the flat kernels
 // above take them (ResNeXt 3x3 g32 forward, 1 thread: 8.2 -> 2.5 ms NCHW). At other strides
@@ -1779,6 +2093,9 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
     if (g.sH == 1 && g.sW == 1) return forward_flat<T, 8, 2>(g, x, w, bias, y);
     return g.C_out_g() == 8 ? grouped_forward_direct<T, 1>(g, x, w, bias, y)
                             : grouped_forward_direct<T, 2>(g, x, w, bias, y);
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_forward_winograd(g, y)) return conv_forward_winograd(g, x, w, bias, y);
   }
   if (use_forward_indirect(g, x, y)) return conv_forward_indirect(g, x, w, bias, y);
   using A = typename AccOf<T>::type;
