@@ -259,3 +259,28 @@ def test_winograd(cin, cout, size, padding, dilation, layout, w_layout):
     assert_close_to_reference(out, ref)
     for g, r in zip(torch.autograd.grad(out, (x, w, b), gy), torch.autograd.grad(ref, ref_in, gy.double())):
         assert_close_to_reference(g, r)
+
+
+# Its weight grad sums tiles in chunks, each with its own partial sums, added in order: short
+# blocks into sums that fit L2 (16 channels: 5 chunks of 2 blocks), or one long block a chunk
+# (96 channels). The same result for any thread count.
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("channels,size", [(16, 100), (96, 32)])
+def test_winograd_weight_grad_any_thread_count(channels, size, layout):
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(2, channels, size, size + 1, generator=gen), layout)
+    gy = make_layout(torch.randn(2, channels, size, size + 1, generator=gen), layout)
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    grads = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            grads.append(torch.ops.convext.conv2d_weight_grad(x, gy, [3, 3], *args, layout == "channels_last"))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
+    w = torch.empty(channels, channels, 3, 3, dtype=torch.float64)
+    ref = torch.ops.aten.convolution_backward(gy.double(), x.double(), w, None, *args[:3], False, [0, 0], 1,
+                                              [False, True, False])[1]
+    assert_close_to_reference(grads[0], ref)

@@ -1449,15 +1449,57 @@ int64_t winograd_tiles(int64_t out, int64_t d, int64_t* origins) {
 }
 
 // Where the tiles past the output's edges waste at most a third of the work (ASPP's dilation 12
-// on 33 x 33 outputs would waste over half), on y that is channels_last or dense NCHW.
-bool use_forward_winograd(const ConvGeometry& g, const View4<float>& y) {
+// on 33 x 33 outputs would waste over half).
+bool winograd_applies(const ConvGeometry& g) {
   if (kVL<float> < 8 || g.groups != 1 || g.KH != 3 || g.KW != 3 || g.sH != 1 || g.sW != 1 ||
       g.C_in < 16 || g.C_out < 16) {
     return false;
   }
-  if (y.sC != 1 && !dense_nchw(y, g.C_out, g.OH, g.OW)) return false;
   const int64_t computed = 16 * winograd_tiles(g.OH, g.dH, nullptr) * winograd_tiles(g.OW, g.dW, nullptr);
   return 2 * computed <= 3 * g.OH * g.OW;
+}
+
+// The forward writes y as channels_last, or dense NCHW through a channels_last copy.
+bool use_forward_winograd(const ConvGeometry& g, const View4<float>& y) {
+  return winograd_applies(g) && (y.sC == 1 || dense_nchw(y, g.C_out, g.OH, g.OW));
+}
+
+// The tiles of g's outputs, in order (image, tile row, tile column).
+struct WinogradGrid {
+  explicit WinogradGrid(const ConvGeometry& g)
+      : TH(winograd_tiles(g.OH, g.dH, nullptr)), TW(winograd_tiles(g.OW, g.dW, nullptr)),
+        tiles(g.N * TH * TW), origins(TH + TW) {
+    winograd_tiles(g.OH, g.dH, origins.get());
+    winograd_tiles(g.OW, g.dW, origins.get() + TH);
+  }
+  // Image, first output row and first output column of tile t.
+  void at(int64_t t, int64_t& n, int64_t& oh0, int64_t& ow0) const {
+    n = t / (TH * TW);
+    oh0 = origins.get()[t / TW % TH];
+    ow0 = origins.get()[TH + t % TW];
+  }
+  const int64_t TH, TW, tiles;
+  Scratch<int64_t> origins;
+};
+
+// A float view with channels innermost, as the transforms read vectors of channels: t itself,
+// or a copy (through 8 x 8 transposes from dense NCHW).
+inline View4<const float> channels_inner(const View4<const float>& t, int64_t N, int64_t C, int64_t H, int64_t W,
+                                         Scratch<float>& copy) {
+  if (t.sC == 1) return t;
+  return dense_nchw(t, C, H, W) ? to_channels_last(t, N, C, H, W, copy) : channels_last_view(t, N, C, H, W, copy);
+}
+
+// src[r * 6 + c]: the 6 x 6 inputs of the tile at output (oh0, ow0) of image n (zeros outside x).
+template <typename A>
+void winograd_sources(const ConvGeometry& g, const View4<const A>& x, int64_t n, int64_t oh0, int64_t ow0,
+                      const A* zeros, const A* src[36]) {
+  for (int64_t r = 0; r < 6; ++r) {
+    for (int64_t j = 0; j < 6; ++j) {
+      const int64_t ih = oh0 - g.pH + r * g.dH, iw = ow0 - g.pW + j * g.dW;
+      src[r * 6 + j] = inside(ih, g.H) && inside(iw, g.W) ? x.data + n * x.sN + ih * x.sH + iw * x.sW : zeros;
+    }
+  }
 }
 
 // r[i rs] = (B^T d)[i] for the six values d[j ds].
@@ -1497,6 +1539,28 @@ inline void winograd_at(const V* m, int ms, V* r, int rs) {
   r[3 * rs] = q + 8.0f * t + m[5 * ms];
 }
 
+// r[i rs] = (G^T v)[i], i < 3, for the six values v[j vs] (the weight grad's last transform).
+template <typename V>
+inline void winograd_gt(const V* v, int vs, V* r, int rs) {
+  const V p = v[vs] + v[2 * vs], q = v[vs] - v[2 * vs], s = v[3 * vs] + v[4 * vs], t = v[3 * vs] - v[4 * vs];
+  r[0] = v[0] * 0.25f - p * (1.0f / 6) + s * (1.0f / 24);
+  r[rs] = t * (1.0f / 12) - q * (1.0f / 6);
+  r[2 * rs] = (s - p) * (1.0f / 6) + v[5 * vs];
+}
+
+// r[i rs] = (A u)[i], i < 6, for the four values u[j us] (the transform of gy's tiles).
+template <typename V>
+inline void winograd_a(const V* u, int us, V* r, int rs) {
+  const V u0 = u[0], u1 = u[us], u2 = u[2 * us], u3 = u[3 * us];
+  const V a = u0 + u2, b = u1 + u3, c = u0 + 4.0f * u2, e = 2.0f * u1 + 8.0f * u3;
+  r[0] = u0;
+  r[rs] = a + b;
+  r[2 * rs] = a - b;
+  r[3 * rs] = c + e;
+  r[4 * rs] = c - e;
+  r[5 * rs] = u3;
+}
+
 // The first n (<= a vector's) values at p, zeros after them.
 template <typename V, typename A>
 inline V load_first(const A* p, int64_t n) {
@@ -1504,6 +1568,15 @@ inline V load_first(const A* p, int64_t n) {
   V v{};
   __builtin_memcpy(&v, p, n * sizeof(A));
   return v;
+}
+
+// out = B^T d B for the 6 x 6 inputs d at src[k] + c (n values each, zeros after them).
+template <typename V, typename A>
+inline void winograd_input_transform(const A* const src[36], int64_t c, int64_t n, V out[36]) {
+  V d[36], bt[36];
+  for (int k = 0; k < 36; ++k) d[k] = load_first<V>(src[k] + c, n);
+  for (int j = 0; j < 6; ++j) winograd_bt(d + j, 6, bt + j, 6);
+  for (int i = 0; i < 6; ++i) winograd_bt(bt + i * 6, 1, out + i * 6, 1);
 }
 
 // Bytes of a tile block's transformed inputs and GEMM results (per thread) where all the
@@ -1593,19 +1666,14 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
   // The transforms read and write vectors of channels: x and y as channels_last (copied there
   // when they are not).
   Scratch<A> x_copy(x_any.sC == 1 ? 0 : g.N * C * g.H * g.W);
-  const View4<const A> x = x_any.sC == 1 ? x_any
-                           : dense_nchw(x_any, C, g.H, g.W) ? to_channels_last(x_any, g.N, C, g.H, g.W, x_copy)
-                                                            : channels_last_view(x_any, g.N, C, g.H, g.W, x_copy);
+  const View4<const A> x = channels_inner(x_any, g.N, C, g.H, g.W, x_copy);
   Scratch<A> y_copy(y_any.sC == 1 ? 0 : g.N * M * g.OH * g.OW);
   const View4<A> y = y_any.sC == 1 ? y_any : View4<A>{y_copy.get(), g.OH * g.OW * M, 1, g.OW * M, M};
   Scratch<A> bpack(Mp);
   for (int64_t m = 0; m < Mp; ++m) bpack.get()[m] = bias && m < M ? static_cast<A>(bias[m]) : A(0);
 
-  const int64_t TH = winograd_tiles(g.OH, g.dH, nullptr), TW = winograd_tiles(g.OW, g.dW, nullptr);
-  Scratch<int64_t> origins(TH + TW);
-  winograd_tiles(g.OH, g.dH, origins.get());
-  winograd_tiles(g.OW, g.dW, origins.get() + TH);
-  const int64_t tiles = g.N * TH * TW;
+  const WinogradGrid grid(g);
+  const int64_t tiles = grid.tiles;
 
   // Work items are (block of tiles, range of output-channel panels); a block holds its tiles' V
   // and M for every point. Where one block per item holds all tiles (few tiles: 3x3 512 @7),
@@ -1661,20 +1729,12 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
 
       if (blk != have_block) {
         for (int64_t s = 0; s < tb; ++s) {
-          const int64_t t = t0 + s, n = t / (TH * TW);
-          const int64_t ih0 = origins.get()[t / TW % TH] - g.pH, iw0 = origins.get()[TH + t % TW] - g.pW;
-          for (int64_t r = 0; r < 6; ++r) {
-            for (int64_t j = 0; j < 6; ++j) {
-              const int64_t ih = ih0 + r * g.dH, iw = iw0 + j * g.dW;
-              src[r * 6 + j] = inside(ih, g.H) && inside(iw, g.W) ? x.data + n * x.sN + ih * x.sH + iw * x.sW : zeros.get();
-            }
-          }
+          int64_t n, oh0, ow0;
+          grid.at(t0 + s, n, oh0, ow0);
+          winograd_sources(g, x, n, oh0, ow0, zeros.get(), src);
           for (int64_t c = 0; c < C; c += VL) {
-            const int64_t n_c = min64(VL, C - c);
-            V dv[kPoints], bt[kPoints], out[kPoints];
-            for (int k = 0; k < kPoints; ++k) dv[k] = load_first<V>(src[k] + c, n_c);
-            for (int j = 0; j < 6; ++j) winograd_bt(dv + j, 6, bt + j, 6);
-            for (int i = 0; i < 6; ++i) winograd_bt(bt + i * 6, 1, out + i * 6, 1);
+            V out[kPoints];
+            winograd_input_transform(src, c, min64(VL, C - c), out);
             for (int64_t xi = 0; xi < kPoints; ++xi) {
               __builtin_memcpy(v.get() + (xi * TB + s) * Cp + c, &out[xi], sizeof(V));
             }
@@ -1713,8 +1773,8 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
       }
 
       for (int64_t s = 0; s < tb; ++s) {
-        const int64_t t = t0 + s, n = t / (TH * TW);
-        const int64_t oh0 = origins.get()[t / TW % TH], ow0 = origins.get()[TH + t % TW];
+        int64_t n, oh0, ow0;
+        grid.at(t0 + s, n, oh0, ow0);
         for (int64_t oc = jb0 * NR; oc < min64(M, jb1 * NR); oc += VL) {
           const int64_t n_oc = min64(VL, M - oc);
           V mv[kPoints], at[24], out[16];
@@ -1734,6 +1794,170 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
     }
   });
   if (y_any.sC != 1) from_channels_last(y.data, g.N, M, g.OH, g.OW, y_any);
+}
+
+// The weight gradient through the same transforms, reversed: with Gy = A gy_tile A^T for each
+// tile of gy (zeros past its edges), dU_xi[c][oc] = sum over tiles of V_xi[tile][c] Gy_xi[tile][oc]
+// (36 GEMMs reducing over tiles) and gw = G^T dU G, a quarter of the direct multiply-adds.
+// Work items are (chunk of tiles, range of output-channel panels); each chunk has its own dU,
+// its blocks of tiles summed in order, and the chunks' dU are added in chunk order at the end.
+// Chunks and blocks depend on the sizes only, so the result is the same for any thread count.
+constexpr int64_t kWinogradMaxChunks = 8;
+constexpr int64_t kWinogradSumsBytes = 32 * 1024 * 1024;
+constexpr int64_t kWinogradChunkTiles = 512;
+
+// Blocks of TB tiles: their V (as the GEMMs' a operand, [xi][c block][tile][MR]) and Gy
+// ([xi][panel][tile][NR]) are computed together, then each GEMM reduces over the block's tiles
+// at once. Where a chunk's dU fits L2, blocks are L2-sized too and add into dU; where it does
+// not, each pass over dU is a trip to L3, so a chunk is one long block and chunks are few.
+struct WinogradWeightGradPlan {
+  WinogradWeightGradPlan(const ConvGeometry& g, int64_t tiles) {
+    const int64_t Cr = round_up(g.C_in, kMR), Mp = round_up(g.C_out, kNR<float>);
+    sums_size = 36 * Cr * Mp;
+    const int64_t sums_bytes = sums_size * static_cast<int64_t>(sizeof(float));
+    sums_fit = sums_bytes <= kWinogradBlockBytes;
+    if (sums_fit) {
+      TB = max64(kMR, kWinogradBlockBytes / (36 * (Cr + Mp) * static_cast<int64_t>(sizeof(float))));
+      chunk_blocks = ceil_div(ceil_div(tiles, TB), kWinogradMaxChunks);
+    } else {
+      TB = ceil_div(tiles, min64(max64(1, kWinogradSumsBytes / sums_bytes), ceil_div(tiles, kWinogradChunkTiles)));
+      chunk_blocks = 1;
+    }
+    blocks = ceil_div(tiles, TB);
+    chunks = ceil_div(blocks, chunk_blocks);
+  }
+  int64_t sums_size, TB, chunk_blocks, blocks, chunks;
+  bool sums_fit;
+};
+
+// dU from L3 pays where each of its values sums 128 or more tiles: 3x3 512 @7 (N = 8, 32 tiles)
+// lost to the direct weight grad (11 -> 12-13 ms, 2 threads), 3x3 256 @14 (128) won (8 -> 7 ms).
+bool use_weight_grad_winograd(const ConvGeometry& g) {
+  if (!winograd_applies(g)) return false;
+  const WinogradWeightGradPlan plan(g, g.N * winograd_tiles(g.OH, g.dH, nullptr) * winograd_tiles(g.OW, g.dW, nullptr));
+  return plan.sums_fit || plan.TB >= 128;
+}
+
+template <typename T>
+void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View4<const T> gy_any,
+                               View4<T> gw) {
+  using A = float;
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>, NR = kNR<A>;
+  constexpr int64_t kPoints = 36;
+  const int64_t C = g.C_in, M = g.C_out, threads = at::get_num_threads();
+  const int64_t c_blocks = ceil_div(C, kMR), Cr = c_blocks * kMR;
+  const int64_t oc_panels = ceil_div(M, NR), Mp = oc_panels * NR;
+  Scratch<A> x_copy(x_any.sC == 1 ? 0 : g.N * C * g.H * g.W);
+  Scratch<A> gy_copy(gy_any.sC == 1 ? 0 : g.N * M * g.OH * g.OW);
+  const View4<const A> x = channels_inner(x_any, g.N, C, g.H, g.W, x_copy);
+  const View4<const A> gy = channels_inner(gy_any, g.N, M, g.OH, g.OW, gy_copy);
+  const WinogradGrid grid(g);
+
+  const WinogradWeightGradPlan plan(g, grid.tiles);
+  const int64_t TB = plan.TB, chunk_blocks = plan.chunk_blocks, blocks = plan.blocks, chunks = plan.chunks;
+  const int64_t sums_size = plan.sums_size;
+  const int64_t item_panels = ceil_div(oc_panels, chunks >= 2 * threads ? 1 : min64(oc_panels, ceil_div(2 * threads, chunks)));
+  const int64_t oc_items = ceil_div(oc_panels, item_panels);
+  // dU per chunk as [chunk][c][panel][xi][NR]: the last transform reads a (c, panel)'s 36 points
+  // as one run (as [xi][c][oc], its reads 1 MB apart at 512 channels waited on memory).
+  Scratch<A> sums(chunks * sums_size);
+  const int64_t ld_sums = oc_panels * kPoints * NR;
+
+  at::parallel_for(0, chunks * oc_items, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> vp(kPoints * c_blocks * TB * kMR), gp(kPoints * item_panels * TB * NR), zeros(round_up(max64(C, M), VL));
+    fill_zero(vp.get(), kPoints * c_blocks * TB * kMR);
+    fill_zero(zeros.get(), round_up(max64(C, M), VL));
+    const A* src[kPoints];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t chunk = item / oc_items, jb0 = item % oc_items * item_panels;
+      const int64_t jb1 = min64(oc_panels, jb0 + item_panels);
+      for (int64_t blk = chunk * chunk_blocks; blk < min64(blocks, (chunk + 1) * chunk_blocks); ++blk) {
+        const int64_t t0 = blk * TB, tb = min64(TB, grid.tiles - t0);
+        for (int64_t s = 0; s < tb; ++s) {
+          int64_t n, oh0, ow0;
+          grid.at(t0 + s, n, oh0, ow0);
+          winograd_sources(g, x, n, oh0, ow0, zeros.get(), src);
+          for (int64_t c = 0; c < C; c += VL) {
+            V out[kPoints];
+            winograd_input_transform(src, c, min64(VL, C - c), out);
+            // Each vector of channels into its c blocks: whole blocks of MR where MR divides the
+            // vector (fixed-size copies, inlined), else lane by lane.
+            for (int64_t xi = 0; xi < kPoints; ++xi) {
+              const A* lanes = reinterpret_cast<const A*>(&out[xi]);
+              A* dst = vp.get() + xi * c_blocks * TB * kMR + s * kMR;
+              if constexpr (VL % kMR == 0) {
+                for (int64_t l = 0; l < VL && c + l < Cr; l += kMR) {
+                  __builtin_memcpy(dst + (c + l) / kMR * TB * kMR, lanes + l, kMR * sizeof(A));
+                }
+              } else {
+                for (int64_t l = 0; l < VL && c + l < Cr; ++l) dst[(c + l) / kMR * TB * kMR + (c + l) % kMR] = lanes[l];
+              }
+            }
+          }
+          // Gy from gy's 4 x 4 outputs of the tile (zeros past gy's edges).
+          for (int64_t i = 0; i < 4; ++i) {
+            for (int64_t j = 0; j < 4; ++j) {
+              const int64_t oh = oh0 + i * g.dH, ow = ow0 + j * g.dW;
+              src[i * 4 + j] = oh < g.OH && ow < g.OW ? gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW : zeros.get();
+            }
+          }
+          for (int64_t oc = jb0 * NR; oc < jb1 * NR; oc += VL) {
+            V u[16], au[24], out[kPoints];
+            for (int k = 0; k < 16; ++k) u[k] = load_first<V>(src[k] + oc, max64(0, min64(VL, M - oc)));
+            for (int j = 0; j < 4; ++j) winograd_a(u + j, 4, au + j, 4);
+            for (int i = 0; i < 6; ++i) winograd_a(au + i * 4, 1, out + i * 6, 1);
+            for (int64_t xi = 0; xi < kPoints; ++xi) {
+              __builtin_memcpy(gp.get() + ((xi * item_panels + oc / NR - jb0) * TB + s) * NR + oc % NR, &out[xi],
+                               sizeof(V));
+            }
+          }
+        }
+        const bool first = blk == chunk * chunk_blocks;
+        // Panels outer: a panel's Gy stays in L1 while every block of channels meets it.
+        for (int64_t xi = 0; xi < kPoints; ++xi) {
+          for (int64_t jb = jb0; jb < jb1; ++jb) {
+            const A* b = gp.get() + (xi * item_panels + jb - jb0) * TB * NR;
+            for (int64_t cb = 0; cb < c_blocks; ++cb) {
+              const A* a = vp.get() + (xi * c_blocks + cb) * TB * kMR;
+              A* c = sums.get() + chunk * sums_size + (cb * kMR * oc_panels + jb) * kPoints * NR + xi * NR;
+              if (first) {
+                microkernel<A>(tb, a, b, c, ld_sums);
+              } else {
+                microkernel<A, true>(tb, a, b, c, ld_sums);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+
+  // gw = G^T dU G, a vector of output channels at a time, the chunks' dU added in order. Items
+  // are (panel, run of input channels), so that each output channel's stores into gw are close.
+  constexpr int64_t kCRun = 32;
+  const int64_t c_runs = ceil_div(C, kCRun);
+  at::parallel_for(0, oc_panels * c_runs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t jb = item / c_runs, c0 = item % c_runs * kCRun;
+      for (int64_t c = c0; c < min64(C, c0 + kCRun); ++c) {
+        for (int64_t oc = jb * NR; oc < min64(M, jb * NR + NR); oc += VL) {
+          const A* sum = sums.get() + (c * oc_panels + jb) * kPoints * NR + oc % NR;
+          V du[kPoints], gt[18], out[9];
+          for (int64_t xi = 0; xi < kPoints; ++xi) {
+            du[xi] = loadu<V>(sum + xi * NR);
+            for (int64_t chunk = 1; chunk < chunks; ++chunk) du[xi] += loadu<V>(sum + chunk * sums_size + xi * NR);
+          }
+          for (int k = 0; k < 6; ++k) winograd_gt(du + k, 6, gt + k, 6);
+          for (int i = 0; i < 3; ++i) winograd_gt(gt + i * 6, 1, out + i * 3, 1);
+          for (int64_t l = 0; l < min64(VL, M - oc); ++l) {
+            T* dst = gw.data + (oc + l) * gw.sN + c * gw.sC;
+            for (int64_t tap = 0; tap < 9; ++tap) dst[(tap / 3) * gw.sH + (tap % 3) * gw.sW] = static_cast<T>(out[tap][l]);
+          }
+        }
+      }
+    }
+  });
 }
 
 // Grouped convolution with 8 or 16 output channels per group (ResNeXt), direct: a GEMM per
@@ -2709,6 +2933,9 @@ void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy
     if (g.sH == 1 && g.sW == 1) return grouped_weight_grad_flat<T, 8>(g, x, gy, gw);
     return g.C_out_g() == 8 ? grouped_weight_grad_direct<T, 1>(g, x, gy, gw)
                             : grouped_weight_grad_direct<T, 2>(g, x, gy, gw);
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_weight_grad_winograd(g)) return conv_weight_grad_winograd(g, x, gy, gw);
   }
   if (use_weight_grad_indirect(g, x, gy)) return conv_weight_grad_indirect(g, x, gy, gw);
   if (use_weight_grad_nhwc_order(g, x, gy)) return conv_weight_grad_nhwc_order(g, x, gy, gw);
