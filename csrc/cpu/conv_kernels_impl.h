@@ -1579,6 +1579,24 @@ inline void winograd_input_transform(const A* const src[36], int64_t c, int64_t 
   for (int i = 0; i < 6; ++i) winograd_bt(bt + i * 6, 1, out + i * 6, 1);
 }
 
+// V = B^T d B for tiles [t0, t0 + count) of grid and every vector of x's C channels: store(s,
+// c, out) takes tile t0 + s's transforms of channels [c, c + a vector).
+template <typename V, typename A, typename Store>
+void winograd_input_tiles(const ConvGeometry& g, const View4<const A>& x, int64_t C, const WinogradGrid& grid,
+                          int64_t t0, int64_t count, const A* zeros, Store store) {
+  const A* src[36];
+  for (int64_t s = 0; s < count; ++s) {
+    int64_t n, oh0, ow0;
+    grid.at(t0 + s, n, oh0, ow0);
+    winograd_sources(g, x, n, oh0, ow0, zeros, src);
+    for (int64_t c = 0; c < C; c += kVL<A>) {
+      V out[36];
+      winograd_input_transform(src, c, min64(kVL<A>, C - c), out);
+      store(s, c, out);
+    }
+  }
+}
+
 // Bytes of a tile block's transformed inputs and GEMM results (per thread) where all the
 // transformed weights fit L2, and where they do not (each block then streams them again, so
 // blocks are as long as this allows).
@@ -1718,7 +1736,6 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
     Scratch<A> v(kPoints * TB * Cp), m(kPoints * TB * Mi), zeros(Cp);
     Scratch<A> gathered(fused ? chunk * 9 * NR : 0), u_chunk(fused ? kPoints * chunk * NR : 0);
     fill_zero(zeros.get(), Cp);
-    const A* src[kPoints];
     const A* rows[kMR];
     const bool no_padding = false;
     int64_t have_block = -1;  // the block whose V is in v
@@ -1728,18 +1745,9 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
       const int64_t t0 = blk * TB, tb = min64(TB, tiles - t0);
 
       if (blk != have_block) {
-        for (int64_t s = 0; s < tb; ++s) {
-          int64_t n, oh0, ow0;
-          grid.at(t0 + s, n, oh0, ow0);
-          winograd_sources(g, x, n, oh0, ow0, zeros.get(), src);
-          for (int64_t c = 0; c < C; c += VL) {
-            V out[kPoints];
-            winograd_input_transform(src, c, min64(VL, C - c), out);
-            for (int64_t xi = 0; xi < kPoints; ++xi) {
-              __builtin_memcpy(v.get() + (xi * TB + s) * Cp + c, &out[xi], sizeof(V));
-            }
-          }
-        }
+        winograd_input_tiles<V>(g, x, C, grid, t0, tb, zeros.get(), [&](int64_t s, int64_t c, const V* out) {
+          for (int64_t xi = 0; xi < kPoints; ++xi) __builtin_memcpy(v.get() + (xi * TB + s) * Cp + c, &out[xi], sizeof(V));
+        });
         have_block = blk;
       }
 
@@ -1847,7 +1855,7 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
   constexpr int64_t kPoints = 36;
   const int64_t C = g.C_in, M = g.C_out, threads = at::get_num_threads();
   const int64_t c_blocks = ceil_div(C, kMR), Cr = c_blocks * kMR;
-  const int64_t oc_panels = ceil_div(M, NR), Mp = oc_panels * NR;
+  const int64_t oc_panels = ceil_div(M, NR);
   Scratch<A> x_copy(x_any.sC == 1 ? 0 : g.N * C * g.H * g.W);
   Scratch<A> gy_copy(gy_any.sC == 1 ? 0 : g.N * M * g.OH * g.OW);
   const View4<const A> x = channels_inner(x_any, g.N, C, g.H, g.W, x_copy);
@@ -1874,27 +1882,24 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
       const int64_t jb1 = min64(oc_panels, jb0 + item_panels);
       for (int64_t blk = chunk * chunk_blocks; blk < min64(blocks, (chunk + 1) * chunk_blocks); ++blk) {
         const int64_t t0 = blk * TB, tb = min64(TB, grid.tiles - t0);
+        // Each vector of channels into its c blocks: whole blocks of MR where MR divides the
+        // vector (fixed-size copies, inlined), else lane by lane.
+        winograd_input_tiles<V>(g, x, C, grid, t0, tb, zeros.get(), [&](int64_t s, int64_t c, const V* out) {
+          for (int64_t xi = 0; xi < kPoints; ++xi) {
+            const A* lanes = reinterpret_cast<const A*>(&out[xi]);
+            A* dst = vp.get() + xi * c_blocks * TB * kMR + s * kMR;
+            if constexpr (VL % kMR == 0) {
+              for (int64_t l = 0; l < VL && c + l < Cr; l += kMR) {
+                __builtin_memcpy(dst + (c + l) / kMR * TB * kMR, lanes + l, kMR * sizeof(A));
+              }
+            } else {
+              for (int64_t l = 0; l < VL && c + l < Cr; ++l) dst[(c + l) / kMR * TB * kMR + (c + l) % kMR] = lanes[l];
+            }
+          }
+        });
         for (int64_t s = 0; s < tb; ++s) {
           int64_t n, oh0, ow0;
           grid.at(t0 + s, n, oh0, ow0);
-          winograd_sources(g, x, n, oh0, ow0, zeros.get(), src);
-          for (int64_t c = 0; c < C; c += VL) {
-            V out[kPoints];
-            winograd_input_transform(src, c, min64(VL, C - c), out);
-            // Each vector of channels into its c blocks: whole blocks of MR where MR divides the
-            // vector (fixed-size copies, inlined), else lane by lane.
-            for (int64_t xi = 0; xi < kPoints; ++xi) {
-              const A* lanes = reinterpret_cast<const A*>(&out[xi]);
-              A* dst = vp.get() + xi * c_blocks * TB * kMR + s * kMR;
-              if constexpr (VL % kMR == 0) {
-                for (int64_t l = 0; l < VL && c + l < Cr; l += kMR) {
-                  __builtin_memcpy(dst + (c + l) / kMR * TB * kMR, lanes + l, kMR * sizeof(A));
-                }
-              } else {
-                for (int64_t l = 0; l < VL && c + l < Cr; ++l) dst[(c + l) / kMR * TB * kMR + (c + l) % kMR] = lanes[l];
-              }
-            }
-          }
           // Gy from gy's 4 x 4 outputs of the tile (zeros past gy's edges).
           for (int64_t i = 0; i < 4; ++i) {
             for (int64_t j = 0; j < 4; ++j) {
