@@ -1839,7 +1839,7 @@ struct WinogradWeightGradPlan {
 };
 
 // dU from L3 pays where each of its values sums 128 or more tiles: 3x3 512 @7 (N = 8, 32 tiles)
-// lost to the direct weight grad (11 -> 12-13 ms, 2 threads), 3x3 256 @14 (128) won (8 -> 7 ms).
+// lost to the direct weight grad (9.5-10 -> 10.5-13 ms, 2 threads), 3x3 256 @14 (128) won (8 -> 6 ms).
 bool use_weight_grad_winograd(const ConvGeometry& g) {
   if (!winograd_applies(g)) return false;
   const WinogradWeightGradPlan plan(g, g.N * winograd_tiles(g.OH, g.dH, nullptr) * winograd_tiles(g.OW, g.dW, nullptr));
@@ -1865,78 +1865,105 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
   const WinogradWeightGradPlan plan(g, grid.tiles);
   const int64_t TB = plan.TB, chunk_blocks = plan.chunk_blocks, blocks = plan.blocks, chunks = plan.chunks;
   const int64_t sums_size = plan.sums_size;
-  const int64_t item_panels = ceil_div(oc_panels, chunks >= 2 * threads ? 1 : min64(oc_panels, ceil_div(2 * threads, chunks)));
-  const int64_t oc_items = ceil_div(oc_panels, item_panels);
   // dU per chunk as [chunk][c][panel][xi][NR]: the last transform reads a (c, panel)'s 36 points
   // as one run (as [xi][c][oc], its reads 1 MB apart at 512 channels waited on memory).
   Scratch<A> sums(chunks * sums_size);
   const int64_t ld_sums = oc_panels * kPoints * NR;
+  Scratch<A> zeros(round_up(max64(C, M), VL));
+  fill_zero(zeros.get(), round_up(max64(C, M), VL));
 
-  at::parallel_for(0, chunks * oc_items, 1, [&](int64_t begin, int64_t end) {
-    Scratch<A> vp(kPoints * c_blocks * TB * kMR), gp(kPoints * item_panels * TB * NR), zeros(round_up(max64(C, M), VL));
-    fill_zero(vp.get(), kPoints * c_blocks * TB * kMR);
-    fill_zero(zeros.get(), round_up(max64(C, M), VL));
-    const A* src[kPoints];
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t chunk = item / oc_items, jb0 = item % oc_items * item_panels;
-      const int64_t jb1 = min64(oc_panels, jb0 + item_panels);
-      for (int64_t blk = chunk * chunk_blocks; blk < min64(blocks, (chunk + 1) * chunk_blocks); ++blk) {
-        const int64_t t0 = blk * TB, tb = min64(TB, grid.tiles - t0);
-        // Each vector of channels into its c blocks: whole blocks of MR where MR divides the
-        // vector (fixed-size copies, inlined), else lane by lane.
-        winograd_input_tiles<V>(g, x, C, grid, t0, tb, zeros.get(), [&](int64_t s, int64_t c, const V* out) {
-          for (int64_t xi = 0; xi < kPoints; ++xi) {
-            const A* lanes = reinterpret_cast<const A*>(&out[xi]);
-            A* dst = vp.get() + xi * c_blocks * TB * kMR + s * kMR;
-            if constexpr (VL % kMR == 0) {
-              for (int64_t l = 0; l < VL && c + l < Cr; l += kMR) {
-                __builtin_memcpy(dst + (c + l) / kMR * TB * kMR, lanes + l, kMR * sizeof(A));
-              }
-            } else {
-              for (int64_t l = 0; l < VL && c + l < Cr; ++l) dst[(c + l) / kMR * TB * kMR + (c + l) % kMR] = lanes[l];
-            }
+  // V and Gy of tiles t0 + [s0, s1) of a block into vp and gp (panels [jb0, jb0 + panels)).
+  auto transform = [&](int64_t t0, int64_t s0, int64_t s1, int64_t jb0, int64_t panels, A* vp, A* gp) {
+    // Each vector of channels into its c blocks: whole blocks of MR where MR divides the
+    // vector (fixed-size copies, inlined), else lane by lane.
+    winograd_input_tiles<V>(g, x, C, grid, t0 + s0, s1 - s0, zeros.get(), [&](int64_t s, int64_t c, const V* out) {
+      for (int64_t xi = 0; xi < kPoints; ++xi) {
+        const A* lanes = reinterpret_cast<const A*>(&out[xi]);
+        A* dst = vp + xi * c_blocks * TB * kMR + (s0 + s) * kMR;
+        if constexpr (VL % kMR == 0) {
+          for (int64_t l = 0; l < VL && c + l < Cr; l += kMR) {
+            __builtin_memcpy(dst + (c + l) / kMR * TB * kMR, lanes + l, kMR * sizeof(A));
           }
-        });
-        for (int64_t s = 0; s < tb; ++s) {
-          int64_t n, oh0, ow0;
-          grid.at(t0 + s, n, oh0, ow0);
-          // Gy from gy's 4 x 4 outputs of the tile (zeros past gy's edges).
-          for (int64_t i = 0; i < 4; ++i) {
-            for (int64_t j = 0; j < 4; ++j) {
-              const int64_t oh = oh0 + i * g.dH, ow = ow0 + j * g.dW;
-              src[i * 4 + j] = oh < g.OH && ow < g.OW ? gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW : zeros.get();
-            }
-          }
-          for (int64_t oc = jb0 * NR; oc < jb1 * NR; oc += VL) {
-            V u[16], au[24], out[kPoints];
-            for (int k = 0; k < 16; ++k) u[k] = load_first<V>(src[k] + oc, max64(0, min64(VL, M - oc)));
-            for (int j = 0; j < 4; ++j) winograd_a(u + j, 4, au + j, 4);
-            for (int i = 0; i < 6; ++i) winograd_a(au + i * 4, 1, out + i * 6, 1);
-            for (int64_t xi = 0; xi < kPoints; ++xi) {
-              __builtin_memcpy(gp.get() + ((xi * item_panels + oc / NR - jb0) * TB + s) * NR + oc % NR, &out[xi],
-                               sizeof(V));
-            }
-          }
+        } else {
+          for (int64_t l = 0; l < VL && c + l < Cr; ++l) dst[(c + l) / kMR * TB * kMR + (c + l) % kMR] = lanes[l];
         }
-        const bool first = blk == chunk * chunk_blocks;
-        // Panels outer: a panel's Gy stays in L1 while every block of channels meets it.
+      }
+    });
+    const A* src[16];
+    for (int64_t s = s0; s < s1; ++s) {
+      int64_t n, oh0, ow0;
+      grid.at(t0 + s, n, oh0, ow0);
+      // Gy from gy's 4 x 4 outputs of the tile (zeros past gy's edges).
+      for (int64_t i = 0; i < 4; ++i) {
+        for (int64_t j = 0; j < 4; ++j) {
+          const int64_t oh = oh0 + i * g.dH, ow = ow0 + j * g.dW;
+          src[i * 4 + j] = oh < g.OH && ow < g.OW ? gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW : zeros.get();
+        }
+      }
+      for (int64_t oc = jb0 * NR; oc < (jb0 + panels) * NR; oc += VL) {
+        V u[16], au[24], out[kPoints];
+        for (int k = 0; k < 16; ++k) u[k] = load_first<V>(src[k] + oc, max64(0, min64(VL, M - oc)));
+        for (int j = 0; j < 4; ++j) winograd_a(u + j, 4, au + j, 4);
+        for (int i = 0; i < 6; ++i) winograd_a(au + i * 4, 1, out + i * 6, 1);
         for (int64_t xi = 0; xi < kPoints; ++xi) {
-          for (int64_t jb = jb0; jb < jb1; ++jb) {
-            const A* b = gp.get() + (xi * item_panels + jb - jb0) * TB * NR;
-            for (int64_t cb = 0; cb < c_blocks; ++cb) {
-              const A* a = vp.get() + (xi * c_blocks + cb) * TB * kMR;
-              A* c = sums.get() + chunk * sums_size + (cb * kMR * oc_panels + jb) * kPoints * NR + xi * NR;
-              if (first) {
-                microkernel<A>(tb, a, b, c, ld_sums);
-              } else {
-                microkernel<A, true>(tb, a, b, c, ld_sums);
-              }
-            }
-          }
+          __builtin_memcpy(gp + ((xi * panels + oc / NR - jb0) * TB + s) * NR + oc % NR, &out[xi], sizeof(V));
         }
       }
     }
-  });
+  };
+  // dU_xi of panels [jb0, jb1) += (or, first, =) the sums over the tb tiles of vp and gp. Panels
+  // outer: a panel's Gy stays in L1 while every block of channels meets it.
+  auto gemm = [&](int64_t xi, int64_t jb0, int64_t jb1, int64_t tb, const A* vp, const A* gp, A* dU, bool first) {
+    for (int64_t jb = jb0; jb < jb1; ++jb) {
+      const A* b = gp + (xi * (jb1 - jb0) + jb - jb0) * TB * NR;
+      for (int64_t cb = 0; cb < c_blocks; ++cb) {
+        const A* a = vp + (xi * c_blocks + cb) * TB * kMR;
+        A* c = dU + (cb * kMR * oc_panels + jb) * kPoints * NR + xi * NR;
+        if (first) {
+          microkernel<A>(tb, a, b, c, ld_sums);
+        } else {
+          microkernel<A, true>(tb, a, b, c, ld_sums);
+        }
+      }
+    }
+  };
+
+  if (plan.sums_fit) {
+    // Items (chunk, range of panels), each transforming and summing its blocks on its own.
+    const int64_t item_panels =
+        ceil_div(oc_panels, chunks >= 2 * threads ? 1 : min64(oc_panels, ceil_div(2 * threads, chunks)));
+    const int64_t oc_items = ceil_div(oc_panels, item_panels);
+    at::parallel_for(0, chunks * oc_items, 1, [&](int64_t begin, int64_t end) {
+      Scratch<A> vp(kPoints * c_blocks * TB * kMR), gp(kPoints * item_panels * TB * NR);
+      fill_zero(vp.get(), kPoints * c_blocks * TB * kMR);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t chunk = item / oc_items, jb0 = item % oc_items * item_panels;
+        const int64_t jb1 = min64(oc_panels, jb0 + item_panels);
+        for (int64_t blk = chunk * chunk_blocks; blk < min64(blocks, (chunk + 1) * chunk_blocks); ++blk) {
+          const int64_t t0 = blk * TB, tb = min64(TB, grid.tiles - t0);
+          transform(t0, 0, tb, jb0, jb1 - jb0, vp.get(), gp.get());
+          for (int64_t xi = 0; xi < kPoints; ++xi) {
+            gemm(xi, jb0, jb1, tb, vp.get(), gp.get(), sums.get() + chunk * sums_size, blk == chunk * chunk_blocks);
+          }
+        }
+      }
+    });
+  } else {
+    // A chunk is one long block: its V and Gy are transformed once, shared by the threads, and
+    // the GEMMs split by point (each point's V and Gy stay in L2). Split by panels instead, each
+    // thread transformed V again (3x3 256 @14: 4 x 4.7 MB of it through L3).
+    Scratch<A> vp(kPoints * c_blocks * TB * kMR), gp(kPoints * oc_panels * TB * NR);
+    fill_zero(vp.get(), kPoints * c_blocks * TB * kMR);
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t t0 = chunk * TB, tb = min64(TB, grid.tiles - t0);
+      at::parallel_for(0, tb, 1, [&](int64_t begin, int64_t end) {
+        transform(t0, begin, end, 0, oc_panels, vp.get(), gp.get());
+      });
+      at::parallel_for(0, kPoints, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t xi = begin; xi < end; ++xi) gemm(xi, 0, oc_panels, tb, vp.get(), gp.get(), sums.get() + chunk * sums_size, true);
+      });
+    }
+  }
 
   // gw = G^T dU G, a vector of output channels at a time, the chunks' dU added in order. Items
   // are (panel, run of input channels), so that each output channel's stores into gw are close.
