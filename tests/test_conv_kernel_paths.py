@@ -237,13 +237,14 @@ def test_depthwise_stride2_wide_rows(dtype, padding):
 
 # Winograd F(4x4, 3x3): 3x3 stride-1 float32 convs with 16 or more channels each way, forward
 # and (as a forward conv of gy) input grad. Tiles past the outputs' edges, tails of input and
-# output channels (20 and 40), dilation 2 along rows (tiles on interleaved grids), weights in each order
-# their transform gathers them (and reversed, for the input grad), and both schedules: 2 x 100 x
-# 100 outputs make too many tiles for one block, so U is transformed once and shared by blocks.
+# output channels (20 and 40), dilation 2 (tiles on interleaved grids; along rows only, NCHW
+# outputs still go out as runs of 4 per tile row), weights in each order their transform gathers
+# them (and reversed, for the input grad), and both schedules: 2 x 100 x 100 outputs make too
+# many tiles for one block, so U is transformed once and shared by blocks.
 @pytest.mark.parametrize("w_layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("cin,cout,size,padding,dilation", [
-    (20, 40, 11, 0, 1), (32, 48, 13, (2, 1), (2, 1)), (16, 16, 100, 1, 1)])
+    (20, 40, 11, 0, 1), (32, 48, 13, (2, 1), (2, 1)), (24, 16, 15, 2, 2), (16, 16, 100, 1, 1)])
 def test_winograd(cin, cout, size, padding, dilation, layout, w_layout):
     gen = torch.Generator().manual_seed(0)
     x = make_layout(torch.randn(2, cin, size, size + 1, generator=gen), layout).requires_grad_()
