@@ -1,6 +1,11 @@
 """conv2d and conv_transpose2d on shapes chosen to reach each CPU kernel path (the choices in
 csrc/cpu/conv_kernels_impl.h), against torch in float64: the grids in test_conv.py use too few
 channels to leave the generic GEMMs."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -285,3 +290,22 @@ def test_winograd_weight_grad_any_thread_count(channels, size, layout):
     ref = torch.ops.aten.convolution_backward(gy.double(), x.double(), w, None, *args[:3], False, [0, 0], 1,
                                               [False, True, False])[1]
     assert_close_to_reference(grads[0], ref)
+
+
+def test_winograd_can_be_turned_off():
+    # CONVEXT_WINOGRAD=0 (read once per process) keeps the direct sums: errors of float32
+    # rounding over 64 channels, a few times smaller than Winograd's transforms leave.
+    script = textwrap.dedent("""
+        import torch, torch.nn.functional as F, convext.functional as CF
+        g = torch.Generator().manual_seed(0)
+        x, w = torch.randn(2, 64, 20, 20, generator=g), torch.randn(64, 64, 3, 3, generator=g)
+        ref = F.conv2d(x.double(), w.double(), None, 1, 1)
+        print(((CF.conv2d(x, w, None, 1, 1).double() - ref).abs().max() / ref.abs().max()).item())
+        """)
+    errors = {}
+    for value in ("0", "1"):
+        result = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, CONVEXT_WINOGRAD=value),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        errors[value] = float(result.stdout)
+    assert errors["0"] < 2e-6 and errors["1"] < 1e-4

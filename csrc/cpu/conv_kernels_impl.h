@@ -1449,9 +1449,14 @@ int64_t winograd_tiles(int64_t out, int64_t d, int64_t* origins) {
 }
 
 // Where the tiles past the output's edges waste at most a third of the work (ASPP's dilation 12
-// on 33 x 33 outputs would waste over half).
+// on 33 x 33 outputs would waste over half), unless CONVEXT_WINOGRAD=0 (for results within
+// float32 rounding of the direct sums).
 bool winograd_applies(const ConvGeometry& g) {
-  if (kVL<float> < 8 || g.groups != 1 || g.KH != 3 || g.KW != 3 || g.sH != 1 || g.sW != 1 ||
+  static const bool enabled = [] {
+    const char* v = std::getenv("CONVEXT_WINOGRAD");
+    return v == nullptr || v[0] != '0';
+  }();
+  if (!enabled || kVL<float> < 8 || g.groups != 1 || g.KH != 3 || g.KW != 3 || g.sH != 1 || g.sW != 1 ||
       g.C_in < 16 || g.C_out < 16) {
     return false;
   }
