@@ -1449,15 +1449,18 @@ int64_t winograd_tiles(int64_t out, int64_t d, int64_t* origins) {
 }
 
 // Where the tiles past the output's edges waste at most a third of the work (ASPP's dilation 12
-// on 33 x 33 outputs would waste over half), unless CONVEXT_WINOGRAD=0 (for results within
-// float32 rounding of the direct sums).
+// on 33 x 33 outputs would waste over half) and the transformed weights (36 C_in C_out floats,
+// 4 times the weights) take at most kWinogradMaxWeightBytes, unless CONVEXT_WINOGRAD=0 (for
+// results within float32 rounding of the direct sums).
+constexpr int64_t kWinogradMaxWeightBytes = 64 * 1024 * 1024;
+
 bool winograd_applies(const ConvGeometry& g) {
   static const bool enabled = [] {
     const char* v = std::getenv("CONVEXT_WINOGRAD");
     return v == nullptr || v[0] != '0';
   }();
   if (!enabled || kVL<float> < 8 || g.groups != 1 || g.KH != 3 || g.KW != 3 || g.sH != 1 || g.sW != 1 ||
-      g.C_in < 16 || g.C_out < 16) {
+      g.C_in < 16 || g.C_out < 16 || 36 * g.C_in * g.C_out * 4 > kWinogradMaxWeightBytes) {
     return false;
   }
   const int64_t computed = 16 * winograd_tiles(g.OH, g.dH, nullptr) * winograd_tiles(g.OW, g.dW, nullptr);
