@@ -244,9 +244,9 @@ def test_depthwise_stride2_wide_rows(dtype, padding):
 # and (as a forward conv of gy) input grad. Tiles past the outputs' edges, tails of input and
 # output channels (20 and 40), dilation 2 (tiles on interleaved grids; along rows only, NCHW
 # outputs still go out as runs of 4 per tile row), weights in each order their transform gathers
-# them (and reversed, for the input grad), and both schedules: 2 x 100 x 100 outputs make too
+# them (forward and reversed), and both schedules: 2 x 100 x 100 outputs make too
 # many tiles for one block, so U is transformed once and shared by blocks.
-@pytest.mark.parametrize("w_layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("w_layout", ["contiguous", "channels_last", "transposed", "strided"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("cin,cout,size,padding,dilation", [
     (20, 40, 11, 0, 1), (32, 48, 13, (2, 1), (2, 1)), (24, 16, 15, 2, 2), (16, 16, 100, 1, 1)])
@@ -255,6 +255,7 @@ def test_winograd(cin, cout, size, padding, dilation, layout, w_layout):
     x = make_layout(torch.randn(2, cin, size, size + 1, generator=gen), layout).requires_grad_()
     w = torch.randn(cout, cin, 3, 3, generator=gen)
     w = {"contiguous": w, "channels_last": w.contiguous(memory_format=torch.channels_last),
+         "transposed": w.transpose(0, 1).contiguous().transpose(0, 1),
          "strided": torch.zeros(cout, cin, 3, 6).index_copy_(3, torch.arange(0, 6, 2), w)[..., ::2]}[w_layout]
     w.requires_grad_()
     b = torch.randn(cout, generator=gen, requires_grad=True)
