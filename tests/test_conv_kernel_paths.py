@@ -310,3 +310,21 @@ def test_winograd_can_be_turned_off():
         assert result.returncode == 0, result.stderr
         errors[value] = float(result.stdout)
     assert errors["0"] < 2e-6 and errors["1"] < 1e-4
+
+
+@pytest.mark.parametrize("padding,output_padding,dilation", [(3, 0, 1), (4, 1, 2)])
+def test_winograd_transposed_stride1(padding, output_padding, dilation):
+    # conv_transpose2d at stride 1 is a forward conv of its input: with padding past the kernel's
+    # reach its taps start inside the input (negative padding), and output_padding leaves rows
+    # and columns that read only padding; float32 with 16 or more channels takes Winograd.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 24, 12, 13, generator=gen, requires_grad=True)
+    w = torch.randn(24, 20, 3, 3, generator=gen, requires_grad=True)
+    args = (1, padding, output_padding, 1, dilation)
+    out = CF.conv_transpose2d(x, w, None, *args)
+    ref_in = [t.detach().double().requires_grad_() for t in (x, w)]
+    ref = F.conv_transpose2d(*ref_in, None, *args)
+    gy = torch.randn(out.shape, generator=gen)
+    assert_close_to_reference(out, ref)
+    for g, r in zip(torch.autograd.grad(out, (x, w), gy), torch.autograd.grad(ref, ref_in, gy.double())):
+        assert_close_to_reference(g, r)
