@@ -664,14 +664,21 @@ _ISA_SCRIPT = textwrap.dedent("""
             for ref, ours in zip(*outs):
                 tol = 1e-4 if dtype != torch.bfloat16 else 3e-2
                 torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol * max(1, ref.abs().max().item()))
-    # The pooling kernels are built per ISA too: both loop orders, with indices.
+    # The pooling kernels are built per ISA too: both loop orders (planes' rows of several
+    # vectors at strides 1 and 2), with indices, and the planar average's backward.
     for fmt in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(2, 19, 13, 11, generator=g).contiguous(memory_format=fmt)
-        for name, args in (("max_pool2d", (3, 2, 1, 1, True, True)), ("avg_pool2d", (3, 2, 1, True, False)),
-                           ("adaptive_avg_pool2d", (1,)), ("adaptive_max_pool2d", (4, True))):
-            ours, ref = getattr(CF, name)(x, *args), getattr(F, name)(x, *args)
-            for a, b in zip(ours if isinstance(ours, tuple) else (ours,), ref if isinstance(ref, tuple) else (ref,)):
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for dtype in (torch.float32, torch.float64):
+            x = torch.randn(2, 19, 13, 37, generator=g, dtype=dtype).contiguous(memory_format=fmt)
+            x.requires_grad_()
+            for name, args in (("max_pool2d", (3, 2, 1, 1, True, True)), ("max_pool2d", (2, 1, 1, 2, False, True)),
+                               ("avg_pool2d", (3, 2, 1, True, False)), ("avg_pool2d", (3, 1, 1, False, True)),
+                               ("adaptive_avg_pool2d", (1,)), ("adaptive_max_pool2d", (4, True))):
+                ours, ref = getattr(CF, name)(x, *args), getattr(F, name)(x, *args)
+                ours, ref = (ours if isinstance(ours, tuple) else (ours,)), (ref if isinstance(ref, tuple) else (ref,))
+                ours += torch.autograd.grad(ours[0].sum(), x)
+                ref += torch.autograd.grad(ref[0].sum(), x)
+                for a, b in zip(ours, ref):
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     print("ok")
 """)
 

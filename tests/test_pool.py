@@ -189,6 +189,46 @@ def test_ties_and_nan(name, kwargs, fill, layout, device):
     _check_against_torch(name, x, kwargs, layout, device)
 
 
+# --- planes with rows of several vectors ---------------------------------------------------------
+
+def _wide_planes(dtype, rows_apart):
+    """2 x 3 planes of 11 x 45 (45 columns: whole vectors and a tail at any width) with NaN, -inf
+    and ties, rows `rows_apart` elements apart in memory."""
+    x = torch.randn(2, 3, 11, 45, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[0, 0, 3, 7] = x[1, 2, 0, 0] = x[1, 2, 0, 2] = float("nan")
+    x[0, 1, 4:7, :] = float("-inf")
+    x[1, 0, 5:8, 10:30] = 0.5
+    big = torch.zeros(2, 3, 11, rows_apart, dtype=dtype)
+    big[..., 1:46] = x.to(dtype)
+    return big[..., 1:46]
+
+
+WIDE_WINDOWS = list(itertools.product([2, 3, (2, 5)], [1, 2, (1, 2), (2, 3)], [0, 1], [False, True]))
+
+
+@pytest.mark.parametrize("rows_apart", [45 + 1, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", WIDE_WINDOWS, ids=str)
+def test_wide_planes_bitwise(kernel, stride, padding, ceil_mode, dtype, rows_apart):
+    """NCHW planes whose rows span several SIMD vectors (stride 1 and 2 run vectors of outputs; the
+    window sums keep torch's order): values, indices and grads equal torch's, bit for bit."""
+    x = _wide_planes(dtype, rows_apart)
+    gy_of = lambda y: torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    for dilation in (1, 2):
+        args = (kernel, stride, padding, dilation, ceil_mode, True)
+        ours, theirs = CF.max_pool2d(x, *args), F.max_pool2d(x, *args)
+        assert torch.equal(ours[1], theirs[1])
+        assert torch.equal(ours[0].nan_to_num(), theirs[0].nan_to_num())
+    finite = x.nan_to_num(0.0, 0.0, 0.0).requires_grad_()
+    for count_include_pad, divisor in ((True, None), (False, None), (True, 3)):
+        args = (kernel, stride, padding, ceil_mode, count_include_pad, divisor)
+        ours, theirs = CF.avg_pool2d(finite, *args), F.avg_pool2d(finite, *args)
+        assert torch.equal(ours, theirs)
+        gy = gy_of(ours)
+        assert torch.equal(torch.autograd.grad(ours, finite, gy)[0],
+                           torch.autograd.grad(theirs, finite, gy)[0])
+
+
 # --- batch shapes -------------------------------------------------------------------------------
 
 POOL_CALLS = [

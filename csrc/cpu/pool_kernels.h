@@ -21,6 +21,9 @@ struct PoolKernels {
                    int64_t divisor, bool channels_last);
   // The mean of each whole plane: global average pooling.
   void (*global_avg_pool)(const PoolGeometry&, View4<const T> x, View4<T> y, bool channels_last);
+  // avg_pool's input grad on planes of any strides (gx written whole).
+  void (*avg_pool_backward_planes)(const PoolGeometry&, const PoolWindows&, View4<const T> gy,
+                                   View4<T> gx, int64_t divisor);
 };
 
 struct PoolKernelSet {

@@ -1,8 +1,9 @@
-// The CPU pooling kernels (forward), compiled once per SIMD instruction set. Included only by
-// kernels_<isa>.cpp (see there), after kernel_support_impl.h.
+// The CPU pooling kernels (forwards, and the planar average's backward), compiled once per SIMD
+// instruction set. Included only by kernels_<isa>.cpp (see there), after kernel_support_impl.h.
 //
-// Two loop orders: one (n, c) plane at a time for NCHW and other strides, and channels
-// innermost for channels_last, where the channel loop is branch-free so that it vectorises.
+// Two loop orders: one (n, c) plane at a time for NCHW and other strides (vectors of adjacent
+// outputs where windows are fixed and rows contiguous), and channels innermost for
+// channels_last, where the channel loop is branch-free so that it vectorises.
 
 namespace convext::cpu::CONVEXT_ISA_NS {
 namespace {
@@ -18,6 +19,191 @@ template <typename A>
 inline bool takes_max(A v, A best) {
   if constexpr (std::is_floating_point_v<A>) return (v > best) | (v != v);
   return v > best;
+}
+
+template <typename A>
+inline A window_divisor(const PoolWindows& win, int64_t oh, int64_t ow, int64_t divisor) {
+  return static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
+}
+
+// --- Fixed windows on planes with contiguous rows, column stride 1 or 2 ----------------------
+// avg_pool2d and max_pool2d on NCHW-style planes: an output row goes a vector of adjacent outputs
+// at a time, summed (or compared) in registers across the window. The window's input rows are
+// first copied into rows padded with `fill` (zero for sums, the lowest value for maxima) out to
+// where the last vector's taps reach, so lane l of tap kj reads padded[(ow0 + l) * S + kj * dW]
+// with no bounds checks. Each output still meets its taps in torch's order (rows outer; a padded
+// tap adds zero or never wins), so results are the scalar loops' bit for bit. A scalar loop per
+// output left these passes at a sixth of the copy bandwidth.
+
+template <typename V> using LaneIndex = decltype(V{} < V{});  // signed integers as wide as A
+template <typename A> struct Index64 {  // int64 lanes, as many as a vector of A has
+  typedef int64_t type __attribute__((vector_size(kVL<A> * sizeof(int64_t))));
+};
+
+// Lane l is p[l * S]: at S = 2, the even lanes of two loads.
+template <typename V, int S, typename A>
+inline V load_every(const A* p) {
+  if constexpr (S == 1) {
+    return loadu<V>(p);
+  } else {
+    LaneIndex<V> even;
+    for (int l = 0; l < kVL<A>; ++l) even[l] = 2 * l;
+    return __builtin_shuffle(loadu<V>(p), loadu<V>(p + kVL<A>), even);
+  }
+}
+
+// Stores the first `count` lanes of v (all of them at most).
+template <typename V, typename A>
+inline void store_lanes(A* p, const V& v, int64_t count) {
+  if (count >= static_cast<int64_t>(sizeof(V) / sizeof(A))) {
+    __builtin_memcpy(p, &v, sizeof(V));
+  } else {
+    for (int64_t l = 0; l < count; ++l) p[l] = v[l];
+  }
+}
+
+// The first `count` lanes from p (all of them at most), zeros past them.
+template <typename V, typename A>
+inline V load_lanes(const A* p, int64_t count) {
+  if (count >= kVL<A>) return loadu<V>(p);
+  V v{};
+  for (int64_t l = 0; l < count; ++l) v[l] = p[l];
+  return v;
+}
+
+// p[l * S] += v[l] for each lane l (at S = 2, the odd elements between get zeros added).
+template <typename V, int S, typename A>
+inline void add_every(A* p, const V& v) {
+  constexpr int VL = kVL<A>;
+  if constexpr (S == 1) {
+    const V sum = loadu<V>(p) + v;
+    __builtin_memcpy(p, &sum, sizeof(V));
+  } else {
+    LaneIndex<V> low, high;  // lane j takes v[j / 2] (of the low or high half) when j is even, else 0
+    for (int j = 0; j < VL; ++j) low[j] = j % 2 ? VL : j / 2, high[j] = j % 2 ? VL : VL / 2 + j / 2;
+    const V lo = loadu<V>(p) + __builtin_shuffle(v, V{}, low);
+    const V hi = loadu<V>(p + VL) + __builtin_shuffle(v, V{}, high);
+    __builtin_memcpy(p, &lo, sizeof(V));
+    __builtin_memcpy(p + VL, &hi, sizeof(V));
+  }
+}
+
+template <typename A>
+bool fixed_window_rows(const PoolGeometry& g, const View4<const A>& x) {
+  return g.kW > 0 && (g.sW == 1 || g.sW == 2) && x.sW == 1;
+}
+
+// Calls out_row(plane, oh, rows, ihs, count) for each output row, with rows[r] the padded copy of
+// the window's input row ihs[r], r < count, in window order; each padded row starts at input
+// column -pW and is `len` long. A copy is kept while later output rows' windows still read it.
+template <typename A, typename OutRow>
+void for_each_window_rows(const PoolGeometry& g, const PoolAxis& wh, const View4<const A>& x,
+                          int64_t len, A fill, const OutRow& out_row) {
+  const int64_t slots = g.kH * g.dH;  // the rows of a window are distinct modulo this
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> copies(slots * len);
+    std::vector<int64_t> held(slots);
+    std::vector<const A*> rows(g.kH);
+    std::vector<int64_t> ihs(g.kH);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const A* in = x.data + plane / g.C * x.sN + plane % g.C * x.sC;
+      std::fill(held.begin(), held.end(), -1);
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        int64_t count = 0;
+        for (int64_t ih = wh.lo[oh]; ih < wh.hi[oh]; ih += wh.step, ++count) {
+          A* copy = copies.get() + ih % slots * len;
+          if (held[ih % slots] != ih) {
+            held[ih % slots] = ih;
+            std::fill(copy, copy + g.pW, fill);
+            std::copy(in + ih * x.sH, in + ih * x.sH + g.W, copy + g.pW);
+            std::fill(copy + g.pW + g.W, copy + len, fill);
+          }
+          rows[count] = copy, ihs[count] = ih;
+        }
+        out_row(plane, oh, rows.data(), ihs.data(), count);
+      }
+    }
+  });
+}
+
+// Padded row length for S-strided vectors of outputs covering OW.
+template <typename A>
+int64_t padded_row_length(const PoolGeometry& g) {
+  const int64_t reach = round_up(g.OW, kVL<A>) * g.sW + (g.kW - 1) * g.dW;
+  return max64(reach, g.pW + g.W);
+}
+
+template <typename A, int S>
+void max_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<const A> x,
+                         View4<A> y, View4<int64_t> ind) {
+  using V = typename Vec<A>::type;
+  using I = LaneIndex<V>;
+  using IE = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
+  using I64 = typename Index64<A>::type;
+  constexpr int VL = kVL<A>;
+  const int64_t OWv = round_up(g.OW, VL);
+  std::vector<int64_t> first_w(OWv, 0);  // each window's first column, torch's initial index
+  for (int64_t ow = 0; ow < g.OW; ++ow) first_w[ow] = win.w.lo[ow];
+  I lane{};
+  for (int l = 0; l < VL; ++l) lane[l] = l * S;
+  for_each_window_rows(g, win.h, x, padded_row_length<A>(g), lowest_value<A>(),
+                       [&](int64_t plane, int64_t oh, const A* const* rows, const int64_t* ihs,
+                           int64_t count) {
+    A* out = y.data + plane / g.C * y.sN + plane % g.C * y.sC + oh * y.sH;
+    int64_t* out_index = ind.data + plane / g.C * ind.sN + plane % g.C * ind.sC + oh * ind.sH;
+    for (int64_t ow0 = 0; ow0 < g.OW; ow0 += VL) {
+      V best = splat<V>(lowest_value<A>());
+      I index;
+      for (int l = 0; l < VL; ++l) index[l] = win.h.lo[oh] * g.W + first_w[ow0 + l];
+      for (int64_t r = 0; r < count; ++r) {
+        const A* p = rows[r] + ow0 * S;
+        const I at = lane + static_cast<IE>(ihs[r] * g.W + ow0 * S - g.pW);
+        for (int64_t kj = 0; kj < g.kW; ++kj) {
+          const V v = load_every<V, S>(p + kj * g.dW);
+          const I take = (v > best) | (v != v);
+          best = take ? v : best;
+          index = take ? at + static_cast<IE>(kj * g.dW) : index;
+        }
+      }
+      store_lanes(out + ow0, best, g.OW - ow0);
+      store_lanes(out_index + ow0, __builtin_convertvector(index, I64), g.OW - ow0);
+    }
+  });
+}
+
+// Each output's divisor, as the scalar loops convert it, in rows of `OWv` (ones past OW).
+template <typename A>
+std::vector<A> window_divisors(const PoolGeometry& g, const PoolWindows& win, int64_t divisor,
+                               int64_t OWv) {
+  std::vector<A> divisors(g.OH * OWv, A(1));
+  for (int64_t oh = 0; oh < g.OH; ++oh) {
+    for (int64_t ow = 0; ow < g.OW; ++ow) divisors[oh * OWv + ow] = window_divisor<A>(win, oh, ow, divisor);
+  }
+  return divisors;
+}
+
+template <typename A, int S>
+void avg_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<const A> x,
+                         View4<A> y, int64_t divisor) {
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  const int64_t OWv = round_up(g.OW, VL);
+  const std::vector<A> divisors = window_divisors<A>(g, win, divisor, OWv);
+  for_each_window_rows(g, win.h, x, padded_row_length<A>(g), A(0),
+                       [&](int64_t plane, int64_t oh, const A* const* rows, const int64_t*,
+                           int64_t count) {
+    A* out = y.data + plane / g.C * y.sN + plane % g.C * y.sC + oh * y.sH;
+    for (int64_t ow0 = 0; ow0 < g.OW; ow0 += VL) {
+      V sum{};
+      for (int64_t r = 0; r < count; ++r) {
+        const A* p = rows[r] + ow0 * S;
+        for (int64_t kj = 0; kj < g.kW; ++kj) sum += load_every<V, S>(p + kj);
+      }
+      const V div = loadu<V>(divisors.data() + oh * OWv + ow0);
+      const V mean = sum / div;
+      store_lanes(out + ow0, div != V{} ? mean : V{}, g.OW - ow0);
+    }
+  });
 }
 
 // Max pooling (fixed windows, kernel kW along W) of planes with contiguous rows: a whole
@@ -101,6 +287,12 @@ void max_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
     });
     return;
   }
+  if constexpr (std::is_floating_point_v<T>) {
+    if (fixed_window_rows(g, x) && y.sW == 1 && ind.sW == 1 && g.H * g.W <= INT32_MAX) {
+      return g.sW == 1 ? max_pool_fixed_rows<T, 1>(g, win, x, y, ind)
+                       : max_pool_fixed_rows<T, 2>(g, win, x, y, ind);
+    }
+  }
   if (g.kW > 0 && x.sW == 1) return max_pool_rows(g, win, x, y, ind);
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -122,11 +314,6 @@ void max_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
       }
     }
   });
-}
-
-template <typename A>
-inline A window_divisor(const PoolWindows& win, int64_t oh, int64_t ow, int64_t divisor) {
-  return static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
 }
 
 template <typename T>
@@ -155,6 +342,12 @@ void avg_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
       }
     });
     return;
+  }
+  if constexpr (std::is_floating_point_v<T>) {
+    if (fixed_window_rows(g, x) && y.sW == 1) {
+      return g.sW == 1 ? avg_pool_fixed_rows<T, 1>(g, win, x, y, divisor)
+                       : avg_pool_fixed_rows<T, 2>(g, win, x, y, divisor);
+    }
   }
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
@@ -220,9 +413,82 @@ void global_avg_pool(const PoolGeometry& g, View4<const T> x, View4<T> y, bool c
   });
 }
 
+// avg_pool_fixed_rows' backward: each output's grad over its divisor added to its window's
+// taps in a zero-padded copy of the plane, a vector of adjacent outputs at a time; the plane's
+// columns are then copied out. Every tap gets its outputs' grads in the scalar loop's order (by
+// output row, then column: taps in descending kj meet a vector's outputs in ascending columns),
+// so the sums are the same bit for bit.
+template <typename A, int S>
+void avg_pool_backward_fixed_rows(const PoolGeometry& g, const PoolWindows& win,
+                                  View4<const A> gy, View4<A> gx, int64_t divisor) {
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  const int64_t OWv = round_up(g.OW, VL), len = padded_row_length<A>(g);
+  const std::vector<A> divisors = window_divisors<A>(g, win, divisor, OWv);
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> padded(g.H * len);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / g.C, c = plane % g.C;
+      fill_zero(padded.get(), g.H * len);
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const A* src = gy.data + n * gy.sN + c * gy.sC + oh * gy.sH;
+        for (int64_t ow0 = 0; ow0 < g.OW; ow0 += VL) {
+          const V div = loadu<V>(divisors.data() + oh * OWv + ow0);
+          const V grad = load_lanes<V>(src + ow0, g.OW - ow0) / div;
+          const V v = div != V{} ? grad : V{};
+          for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
+            A* p = padded.get() + ih * len + ow0 * S;
+            for (int64_t kj = g.kW - 1; kj >= 0; --kj) add_every<V, S>(p + kj, v);
+          }
+        }
+      }
+      for (int64_t h = 0; h < g.H; ++h) {
+        std::copy(padded.get() + h * len + g.pW, padded.get() + h * len + g.pW + g.W,
+                  gx.data + n * gx.sN + c * gx.sC + h * gx.sH);
+      }
+    }
+  });
+}
+
+// Backward of an average on planes of any strides: each output's grad, divided as in the
+// forward, spread over its window.
+template <typename T>
+void avg_pool_backward_planes(const PoolGeometry& g, const PoolWindows& win, View4<const T> gy,
+                              View4<T> gx, int64_t divisor) {
+  using A = at::opmath_type<T>;
+  if constexpr (std::is_floating_point_v<T>) {
+    if (g.kW > 0 && (g.sW == 1 || g.sW == 2) && gy.sW == 1 && gx.sW == 1) {
+      return g.sW == 1 ? avg_pool_backward_fixed_rows<T, 1>(g, win, gy, gx, divisor)
+                       : avg_pool_backward_fixed_rows<T, 2>(g, win, gy, gx, divisor);
+    }
+  }
+  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> acc(g.H * g.W);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / g.C, c = plane % g.C;
+      std::fill(acc.begin(), acc.end(), A(0));
+      const T* src = gy.data + n * gy.sN + c * gy.sC;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const A div = window_divisor<A>(win, oh, ow, divisor);
+          if (div == A(0)) continue;
+          const A v = static_cast<A>(src[oh * gy.sH + ow * gy.sW]) / div;
+          for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
+            for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) acc[ih * g.W + iw] += v;
+          }
+        }
+      }
+      T* dst = gx.data + n * gx.sN + c * gx.sC;
+      for (int64_t h = 0; h < g.H; ++h) {
+        for (int64_t w = 0; w < g.W; ++w) dst[h * gx.sH + w * gx.sW] = static_cast<T>(acc[h * g.W + w]);
+      }
+    }
+  });
+}
+
 template <typename T>
 PoolKernels<T> pool_kernels_for_type() {
-  return {&max_pool<T>, &avg_pool<T>, &global_avg_pool<T>};
+  return {&max_pool<T>, &avg_pool<T>, &global_avg_pool<T>, &avg_pool_backward_planes<T>};
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // CPU kernels of the pooling ops: argument checks, windows, outputs in the memory format torch
-// returns; the forward passes run the per-ISA kernels of cpu/pool_kernels.h. Backward passes
-// (here) scatter into a per-plane accumulator in the accumulation type (float for half types),
-// so each plane is owned by one thread and results are deterministic.
+// returns; the forward passes and the planar average's backward run the per-ISA kernels of
+// cpu/pool_kernels.h. The other backward passes (here) scatter into a per-plane (or per-image)
+// accumulator in the accumulation type (float for half types), so each plane is owned by one
+// thread and results are deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -84,36 +85,6 @@ std::pair<at::Tensor, at::Tensor> empty_pool_output(const at::Tensor& input, int
 
 // --- backward kernels ----------------------------------------------------------------------
 
-// Backward of an average: each output's grad, divided as in the forward, spread over its window.
-template <typename T>
-void avg_pool_backward_planar(View4<const T> gy, View4<T> gx, const PoolGeometry& g,
-                              const Windows& win, int64_t divisor) {
-  using A = acc_t<T>;
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> acc(g.H * g.W);
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane / g.C, c = plane % g.C;
-      std::fill(acc.begin(), acc.end(), A(0));
-      const T* src = gy.data + n * gy.sN + c * gy.sC;
-      for (int64_t oh = 0; oh < g.OH; ++oh) {
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const A div = static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
-          if (div == A(0)) continue;
-          const A v = static_cast<A>(src[oh * gy.sH + ow * gy.sW]) / div;
-          for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
-            for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) acc[ih * g.W + iw] += v;
-          }
-        }
-      }
-      T* dst = gx.data + n * gx.sN + c * gx.sC;
-      for (int64_t h = 0; h < g.H; ++h) {
-        for (int64_t w = 0; w < g.W; ++w) dst[h * gx.sH + w * gx.sW] = static_cast<T>(acc[h * g.W + w]);
-      }
-    }
-  });
-}
-
-// The same for dense channels_last gy and gx: one image per work item, channels innermost.
 // Per-image accumulator of a channels_last backward: the output image itself when T is its own
 // accumulation type (zeroed here), else a buffer that finish() converts into it.
 template <typename T>
@@ -146,7 +117,8 @@ class ImageAccumulator {
   T* image_ = nullptr;
 };
 
-// The same for dense channels_last gy and gx: one image per work item, channels innermost.
+// Backward of an average on dense channels_last gy and gx: one image per work item, channels
+// innermost (the planar one is a per-ISA kernel).
 template <typename T>
 void avg_pool_backward_channels_last(View4<const T> gy, View4<T> gx, const PoolGeometry& g,
                                      const Windows& win, int64_t divisor) {
@@ -233,22 +205,33 @@ void scatter_planes(View4<const T> small, View4<const int64_t> ind, View4<T> lar
                     const PoolGeometry& g, bool add) {
   using A = acc_t<T>;
   IndexErrors errors(g);
+  // Dense planes of T = A are their own accumulators.
+  const bool in_place = std::is_same_v<T, A> && large.sW == 1 && large.sH == g.W;
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> acc(g.H * g.W);
+    std::vector<A> buffer(in_place ? 0 : g.H * g.W);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / g.C, c = plane % g.C;
-      std::fill(acc.begin(), acc.end(), A(0));
+      T* dst = large.data + n * large.sN + c * large.sC;
+      A* acc = in_place ? reinterpret_cast<A*>(dst) : buffer.data();
+      std::fill(acc, acc + g.H * g.W, A(0));
       const T* src = small.data + n * small.sN + c * small.sC;
       const int64_t* idx = ind.data + n * ind.sN + c * ind.sC;
       for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const int64_t* idx_row = idx + oh * ind.sH;
+        const T* src_row = src + oh * small.sH;
+        // Rows whose indices are all in range go through a loop free of branches.
+        bool valid = true;
         for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const int64_t i = idx[oh * ind.sH + ow * ind.sW];
-          if (!errors.ok(plane, i)) continue;
-          const A v = static_cast<A>(src[oh * small.sH + ow * small.sW]);
+          valid &= static_cast<uint64_t>(idx_row[ow * ind.sW]) < static_cast<uint64_t>(g.H * g.W);
+        }
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const int64_t i = idx_row[ow * ind.sW];
+          if (!valid && !errors.ok(plane, i)) continue;
+          const A v = static_cast<A>(src_row[ow * small.sW]);
           acc[i] = add ? acc[i] + v : v;
         }
       }
-      T* dst = large.data + n * large.sN + c * large.sC;
+      if (in_place) continue;
       for (int64_t h = 0; h < g.H; ++h) {
         for (int64_t w = 0; w < g.W; ++w) dst[h * large.sH + w * large.sW] = static_cast<T>(acc[h * g.W + w]);
       }
@@ -416,7 +399,8 @@ at::Tensor avg_pool_backward_impl(const at::Tensor& grad_output, const PoolGeome
     } else if (cl) {
       avg_pool_backward_channels_last(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g, win, divisor);
     } else {
-      avg_pool_backward_planar(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g, win, divisor);
+      cpu::pool_kernels_for<scalar_t>().avg_pool_backward_planes(
+          g, win.view(), cview4<scalar_t>(gy4), view4<scalar_t>(gx4), divisor);
     }
   });
   return gx;
@@ -426,9 +410,11 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, at::IntArrayRe
                                    at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                    at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                    std::optional<int64_t> divisor_override, bool channels_last) {
-  const PoolGeometry g = pool_backward_geometry(grad_output, input_size);
+  PoolGeometry g = pool_backward_geometry(grad_output, input_size);
   check_pooled_size("avg_pool2d_backward", grad_output, input_size, kernel_size, stride, padding,
                     {1, 1}, ceil_mode);
+  g.kH = kernel_size[0], g.kW = kernel_size[1], g.sH = stride[0], g.sW = stride[1];
+  g.pH = padding[0], g.pW = padding[1], g.dH = g.dW = 1;
   const Windows win{Axis::avg_pool(g.OH, g.H, kernel_size[0], stride[0], padding[0], count_include_pad),
                     Axis::avg_pool(g.OW, g.W, kernel_size[1], stride[1], padding[1], count_include_pad)};
   return avg_pool_backward_impl<kAvgPool2dBackward>(grad_output, g, win,
