@@ -221,19 +221,21 @@ def test_indirect_weight_grad(dtype, cin, groups, stride, padding, dilation, lay
     assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("padding", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_depthwise_stride2_wide_rows(dtype, padding):
+def test_depthwise_stride2_wide_rows(dtype, padding, dilation):
     # NCHW depthwise at stride 2 splits padded rows into even and odd columns, 16 at a time
-    # through registers (37 columns: two such blocks and a tail), in the input and weight grads.
+    # through registers (37 columns: two such blocks and a tail), in the input and weight grads;
+    # the forward sums vectors of adjacent outputs (a whole one and a tail) from even lanes.
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 9, 37, generator=gen, dtype=torch.float64)
     w = torch.randn(10, 1, 3, 3, generator=gen, dtype=torch.float64)
     b = torch.randn(10, generator=gen, dtype=torch.float64)
     ours = [t.to(dtype).requires_grad_() for t in (x, w, b)]
     ref = [t.clone().requires_grad_() for t in (x, w, b)]
-    out = CF.conv2d(*ours, 2, padding, 1, 5)
-    expected = F.conv2d(*ref, 2, padding, 1, 5)
+    out = CF.conv2d(*ours, 2, padding, dilation, 5)
+    expected = F.conv2d(*ref, 2, padding, dilation, 5)
     gy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
     assert_close_to_reference(out, expected)
     for g, r in zip(torch.autograd.grad(out, ours, gy.to(dtype)), torch.autograd.grad(expected, ref, gy)):

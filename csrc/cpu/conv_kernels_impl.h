@@ -67,6 +67,39 @@ inline V splat(A s) {
   return s - V{};
 }
 
+template <typename V> using LaneIndex = decltype(V{} < V{});  // signed integers as wide as A
+
+// Lane l is p[l * S]: at S = 2, the even lanes of two loads.
+template <typename V, int S, typename A>
+inline V load_every(const A* p) {
+  if constexpr (S == 1) {
+    return loadu<V>(p);
+  } else {
+    LaneIndex<V> even;
+    for (int l = 0; l < kVL<A>; ++l) even[l] = 2 * l;
+    return __builtin_shuffle(loadu<V>(p), loadu<V>(p + kVL<A>), even);
+  }
+}
+
+// Stores the first `count` lanes of v (all of them at most).
+template <typename V, typename A>
+inline void store_lanes(A* p, const V& v, int64_t count) {
+  if (count >= static_cast<int64_t>(sizeof(V) / sizeof(A))) {
+    __builtin_memcpy(p, &v, sizeof(V));
+  } else {
+    for (int64_t l = 0; l < count; ++l) p[l] = v[l];
+  }
+}
+
+// The first `count` lanes from p (all of them at most), zeros past them.
+template <typename V, typename A>
+inline V load_lanes(const A* p, int64_t count) {
+  if (count >= kVL<A>) return loadu<V>(p);
+  V v{};
+  for (int64_t l = 0; l < count; ++l) v[l] = p[l];
+  return v;
+}
+
 // dst[0..n) = src[0..n) converted to A, inline: the plain loop became a call to memmove, whose
 // cost swamps copies of a few dozen values (the NCHW GEMMs' panels are made of them).
 template <typename A, typename T>
@@ -231,9 +264,9 @@ bool use_depthwise(const ConvGeometry& g) { return g.C_in_g() == 1 && g.C_out_g(
 // `split`, the plain padded row).
 struct PaddedPlane {
   int64_t rows, cols, stride, phase_cols, row_len;  // cols: padded width; row_len: a row's span
-  explicit PaddedPlane(const ConvGeometry& g, bool split = true)
+  explicit PaddedPlane(const ConvGeometry& g, bool split = true, int64_t min_cols = 0)
       : rows(max64(g.H + 2 * g.pH, (g.OH - 1) * g.sH + (g.KH - 1) * g.dH + 1)),
-        cols(max64(g.W + 2 * g.pW, (g.OW - 1) * g.sW + (g.KW - 1) * g.dW + 1)),
+        cols(max64(max64(g.W + 2 * g.pW, (g.OW - 1) * g.sW + (g.KW - 1) * g.dW + 1), min_cols)),
         stride(split ? g.sW : 1), phase_cols(ceil_div(cols, stride)), row_len(stride * phase_cols) {}
   int64_t size() const { return rows * row_len; }
   // Where padded column c of a row is.
@@ -953,13 +986,20 @@ void depthwise_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w
   }
   if (g.sH == 1 && g.sW == 1) return forward_flat<T, 1, 4>(g, x, w, bias, y);
   using A = typename AccOf<T>::type;
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
   // Rows not split into phases: split, this pass measured slower at stride 2 (MobileNetV2 dw s2
-  // 96 NCHW, 2 threads: 4.2-4.8 -> 5.0-5.3 ms), unlike its weight and input grads.
-  const PaddedPlane padded(g, /*split=*/false);
+  // 96 NCHW, 2 threads: 4.2-4.8 -> 5.0-5.3 ms), unlike its weight and input grads. At column
+  // stride 2 a vector of adjacent outputs sums in registers across the taps, each tap the even
+  // lanes of two loads, so rows reach past the last vector's taps (the loop below, through a
+  // row of sums in memory, measured 4.0-4.2 ms there).
+  const bool vectors = g.sW == 2 && y.sW == 1;
+  const PaddedPlane padded(g, /*split=*/false, vectors ? round_up(g.OW, VL) * 2 + (g.KW - 1) * g.dW : 0);
   const int64_t Mg = g.C_out_g();
   at::parallel_for(0, g.N * g.C_in, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> xp(padded.size());
     Scratch<A> acc(g.OW);
+    Scratch<A> taps(g.KH * g.KW);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / g.C_in, c = item % g.C_in;
       padded.load(g, x.data + n * x.sN + c * x.sC, x.sH, x.sW, xp.get());
@@ -968,6 +1008,27 @@ void depthwise_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w
         const T* wk = w.data + oc * w.sN;
         const A b = bias ? static_cast<A>(bias[oc]) : A(0);
         T* out = y.data + n * y.sN + oc * y.sC;
+        if (vectors) {
+          for (int64_t t = 0; t < g.KH * g.KW; ++t) taps.get()[t] = static_cast<A>(wk[t / g.KW * w.sH + t % g.KW * w.sW]);
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            for (int64_t ow0 = 0; ow0 < g.OW; ow0 += VL) {
+              V sum = splat<V>(b);
+              for (int64_t ki = 0; ki < g.KH; ++ki) {
+                const A* src = xp.get() + (oh * g.sH + ki * g.dH) * padded.row_len + ow0 * 2;
+                for (int64_t kj = 0; kj < g.KW; ++kj) {
+                  sum += splat<V>(taps.get()[ki * g.KW + kj]) * load_every<V, 2>(src + kj * g.dW);
+                }
+              }
+              T* dst = out + oh * y.sH + ow0;
+              if constexpr (std::is_same_v<T, A>) {
+                store_lanes(dst, sum, g.OW - ow0);
+              } else {
+                for (int64_t l = 0; l < min64(VL, g.OW - ow0); ++l) dst[l] = static_cast<T>(sum[l]);
+              }
+            }
+          }
+          continue;
+        }
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           A* a = acc.get();
           for (int64_t ow = 0; ow < g.OW; ++ow) a[ow] = b;

@@ -35,41 +35,9 @@ inline A window_divisor(const PoolWindows& win, int64_t oh, int64_t ow, int64_t 
 // tap adds zero or never wins), so results are the scalar loops' bit for bit. A scalar loop per
 // output left these passes at a sixth of the copy bandwidth.
 
-template <typename V> using LaneIndex = decltype(V{} < V{});  // signed integers as wide as A
 template <typename A> struct Index64 {  // int64 lanes, as many as a vector of A has
   typedef int64_t type __attribute__((vector_size(kVL<A> * sizeof(int64_t))));
 };
-
-// Lane l is p[l * S]: at S = 2, the even lanes of two loads.
-template <typename V, int S, typename A>
-inline V load_every(const A* p) {
-  if constexpr (S == 1) {
-    return loadu<V>(p);
-  } else {
-    LaneIndex<V> even;
-    for (int l = 0; l < kVL<A>; ++l) even[l] = 2 * l;
-    return __builtin_shuffle(loadu<V>(p), loadu<V>(p + kVL<A>), even);
-  }
-}
-
-// Stores the first `count` lanes of v (all of them at most).
-template <typename V, typename A>
-inline void store_lanes(A* p, const V& v, int64_t count) {
-  if (count >= static_cast<int64_t>(sizeof(V) / sizeof(A))) {
-    __builtin_memcpy(p, &v, sizeof(V));
-  } else {
-    for (int64_t l = 0; l < count; ++l) p[l] = v[l];
-  }
-}
-
-// The first `count` lanes from p (all of them at most), zeros past them.
-template <typename V, typename A>
-inline V load_lanes(const A* p, int64_t count) {
-  if (count >= kVL<A>) return loadu<V>(p);
-  V v{};
-  for (int64_t l = 0; l < count; ++l) v[l] = p[l];
-  return v;
-}
 
 // p[l * S] += v[l] for each lane l (at S = 2, the odd elements between get zeros added).
 template <typename V, int S, typename A>
