@@ -649,9 +649,10 @@ _ISA_SCRIPT = textwrap.dedent("""
     print(convext.build_info()["cpu_isa"])
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
-        # The last, 3x3 stride 1 with 16 or more channels, takes Winograd in float32.
+        # The last two at stride 1: depthwise in blocks of rows x vectors, and, with 16 or more
+        # channels each way, Winograd in float32.
         for groups, cin, cout, stride in ((1, 12, 20, (2, 1)), (3, 12, 9, (2, 1)), (12, 12, 12, (2, 1)),
-                                          (1, 20, 24, 1)):
+                                          (12, 12, 12, 1), (1, 20, 24, 1)):
             x = torch.randn(2, cin, 11, 13, generator=g).to(dtype).requires_grad_()
             w = torch.randn(cout, cin // groups, 3, 3, generator=g).to(dtype).requires_grad_()
             outs = []

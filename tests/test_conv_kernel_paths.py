@@ -221,6 +221,24 @@ def test_indirect_weight_grad(dtype, cin, groups, stride, padding, dilation, lay
     assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
+def _check_depthwise(x_shape, k, multiplier, dtype, layout, stride, padding, dilation):
+    """Forward and grads of a depthwise conv (x in `layout`, in dtype) against float64."""
+    gen = torch.Generator().manual_seed(0)
+    channels = x_shape[1]
+    x = torch.randn(x_shape, generator=gen, dtype=torch.float64)
+    w = torch.randn(channels * multiplier, 1, k, k, generator=gen, dtype=torch.float64)
+    b = torch.randn(channels * multiplier, generator=gen, dtype=torch.float64)
+    ours = [make_layout(x.to(dtype), layout).requires_grad_(), w.to(dtype).requires_grad_(),
+            b.to(dtype).requires_grad_()]
+    ref = [t.clone().requires_grad_() for t in (x, w, b)]
+    out = CF.conv2d(*ours, stride, padding, dilation, channels)
+    expected = F.conv2d(*ref, stride, padding, dilation, channels)
+    gy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    assert_close_to_reference(out, expected)
+    for g, r in zip(torch.autograd.grad(out, ours, gy.to(dtype)), torch.autograd.grad(expected, ref, gy)):
+        assert_close_to_reference(g, r)
+
+
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("padding", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -228,18 +246,19 @@ def test_depthwise_stride2_wide_rows(dtype, padding, dilation):
     # NCHW depthwise at stride 2 splits padded rows into even and odd columns, 16 at a time
     # through registers (37 columns: two such blocks and a tail), in the input and weight grads;
     # the forward sums vectors of adjacent outputs (a whole one and a tail) from even lanes.
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 9, 37, generator=gen, dtype=torch.float64)
-    w = torch.randn(10, 1, 3, 3, generator=gen, dtype=torch.float64)
-    b = torch.randn(10, generator=gen, dtype=torch.float64)
-    ours = [t.to(dtype).requires_grad_() for t in (x, w, b)]
-    ref = [t.clone().requires_grad_() for t in (x, w, b)]
-    out = CF.conv2d(*ours, 2, padding, dilation, 5)
-    expected = F.conv2d(*ref, 2, padding, dilation, 5)
-    gy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
-    assert_close_to_reference(out, expected)
-    for g, r in zip(torch.autograd.grad(out, ours, gy.to(dtype)), torch.autograd.grad(expected, ref, gy)):
-        assert_close_to_reference(g, r)
+    _check_depthwise((2, 5, 9, 37), 3, 2, dtype, "contiguous", 2, padding, dilation)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("k,padding,dilation,multiplier", [
+    (3, 1, 1, 1), (5, 2, (1, 2), 2), (7, 3, 1, 1), (7, 0, 1, 1)])
+def test_depthwise_rows(k, padding, dilation, multiplier, dtype, layout):
+    # NCHW depthwise K x K at stride 1, rows undilated: blocks of 4 output rows x up to 4
+    # vectors sum in registers. 10 x 70 planes end in partial blocks of rows and of vectors
+    # (a tail of 6 or 14 columns); forward, and the input grad that runs the same kernel. On
+    # channels_last tensors only the channel multiplier of 2 takes it (with y channels_last).
+    _check_depthwise((2, 3, 10, 70), k, multiplier, dtype, layout, 1, padding, dilation)
 
 
 # Winograd F(4x4, 3x3): 3x3 stride-1 float32 convs with 16 or more channels each way, forward
