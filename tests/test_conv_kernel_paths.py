@@ -21,6 +21,9 @@ PATH_CASES = {
     "1x1_c32": dict(cin=32, cout=48, k=1, stride=1, padding=0, dilation=1, groups=1),
     # NCHW GEMM summing in y over several reduction blocks, with rows past the last MR block.
     "1x1_c300": dict(cin=300, cout=20, k=1, stride=1, padding=0, dilation=1, groups=1),
+    # On NCHW planes 1x1 stride-1 GEMMs read whole panels of positions in place, each group's
+    # from its own channels (a last, partial panel is packed).
+    "1x1_c64_g2": dict(cin=64, cout=48, k=1, stride=1, padding=0, dilation=1, groups=2),
     # Two whole panels of output channels and a partial one: on NCHW y, blocks of positions in
     # one row go out transposed, the others (rows' ends, the partial panel) element by element.
     "3x3_c40_cout72": dict(cin=40, cout=72, k=3, stride=1, padding=1, dilation=1, groups=1),
