@@ -119,7 +119,8 @@ void max_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<co
                            int64_t count) {
     A* out = y.data + plane / g.C * y.sN + plane % g.C * y.sC + oh * y.sH;
     int64_t* out_index = ind.data + plane / g.C * ind.sN + plane % g.C * ind.sC + oh * ind.sH;
-    for (int64_t ow0 = 0; ow0 < g.OW; ow0 += VL) {
+    for (int64_t i = 0; i < g.OW; i += VL) {
+      const int64_t ow0 = whole_vector_start<A>(i, g.OW);
       V best = splat<V>(lowest_value<A>());
       I index;
       for (int l = 0; l < VL; ++l) index[l] = win.h.lo[oh] * g.W + first_w[ow0 + l];
@@ -161,7 +162,8 @@ void avg_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<co
                        [&](int64_t plane, int64_t oh, const A* const* rows, const int64_t*,
                            int64_t count) {
     A* out = y.data + plane / g.C * y.sN + plane % g.C * y.sC + oh * y.sH;
-    for (int64_t ow0 = 0; ow0 < g.OW; ow0 += VL) {
+    for (int64_t i = 0; i < g.OW; i += VL) {
+      const int64_t ow0 = whole_vector_start<A>(i, g.OW);
       V sum{};
       for (int64_t r = 0; r < count; ++r) {
         const A* p = rows[r] + ow0 * S;
