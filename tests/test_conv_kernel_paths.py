@@ -52,6 +52,11 @@ PATH_CASES = {
     # Small output planes (7 x 9): NCHW tensors go through the channels_last kernels on copies.
     "depthwise_c20_k5_p0": dict(cin=20, cout=20, k=5, stride=1, padding=0, dilation=1, groups=20),
     "depthwise_c117_s2": dict(cin=117, cout=117, k=5, stride=2, padding=3, dilation=1, groups=117),
+    # The channels_last weight grad sums a kernel row's taps at once (the whole kernel at 3 x 3,
+    # here rows 2 apart; at 9 x 9 the taps of a row in two runs, 8 and 1) over blocks of 2 and 1
+    # vectors of channels (56: 3 vectors and 8 leftovers).
+    "depthwise_c56_k3_d2": dict(cin=56, cout=56, k=3, stride=1, padding=2, dilation=2, groups=56),
+    "depthwise_c56_k9": dict(cin=56, cout=56, k=9, stride=1, padding=4, dilation=1, groups=56),
 }
 
 

@@ -570,62 +570,152 @@ void depthwise_input_grad_cl(const ConvGeometry& g, View4<const T> gy, View4<con
   });
 }
 
+// sums[r * row_ld + t * C + c] += sum over columns i < cols of gy[i * gy_step + c] *
+// x[r * row_step + t * tap_step + i * x_step + c], for TR kernel rows of TW taps and channels c <
+// `channels` (whole vectors): blocks of VECS vectors of channels sum all the taps at once in
+// registers, so each vector of gy loaded meets all of them.
+template <int TR, int TW, int VECS, typename A>
+inline void depthwise_weight_grad_block(int64_t cols, const A* x, int64_t row_step, int64_t tap_step,
+                                        int64_t x_step, const A* gy, int64_t gy_step, A* sums,
+                                        int64_t row_ld, int64_t C) {
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  V acc[TR][TW][VECS] = {};
+  for (int64_t i = 0; i < cols; ++i, x += x_step, gy += gy_step) {
+    V gv[VECS];
+#pragma GCC unroll 4
+    for (int v = 0; v < VECS; ++v) gv[v] = loadu<V>(gy + v * VL);
+#pragma GCC unroll 4
+    for (int r = 0; r < TR; ++r) {
+#pragma GCC unroll 16
+      for (int t = 0; t < TW; ++t) {
+#pragma GCC unroll 4
+        for (int v = 0; v < VECS; ++v) {
+          acc[r][t][v] += loadu<V>(x + r * row_step + t * tap_step + v * VL) * gv[v];
+        }
+      }
+    }
+  }
+  for (int r = 0; r < TR; ++r) {
+    for (int t = 0; t < TW; ++t) {
+      for (int v = 0; v < VECS; ++v) {
+        A* out = sums + r * row_ld + t * C + v * VL;
+        const V sum = loadu<V>(out) + acc[r][t][v];
+        __builtin_memcpy(out, &sum, sizeof(V));
+      }
+    }
+  }
+}
+
+template <int TR, int TW, typename A>
+void depthwise_weight_grad_taps(int64_t channels, int64_t cols, const A* x, int64_t row_step,
+                                int64_t tap_step, int64_t x_step, const A* gy, int64_t gy_step,
+                                A* sums, int64_t row_ld, int64_t C) {
+  constexpr int VL = kVL<A>;
+  int64_t c0 = 0;
+  for (; c0 + 2 * VL <= channels; c0 += 2 * VL) {
+    depthwise_weight_grad_block<TR, TW, 2>(cols, x + c0, row_step, tap_step, x_step, gy + c0,
+                                           gy_step, sums + c0, row_ld, C);
+  }
+  if (c0 < channels) {
+    depthwise_weight_grad_block<TR, TW, 1>(cols, x + c0, row_step, tap_step, x_step, gy + c0,
+                                           gy_step, sums + c0, row_ld, C);
+  }
+}
+
+// The same for one kernel row of tw (<= kWeightGradTaps) taps, tw chosen at run time.
+constexpr int kWeightGradTaps = 8;
+template <typename A>
+void depthwise_weight_grad_taps(int tw, int64_t channels, int64_t cols, const A* x, int64_t tap_step,
+                                int64_t x_step, const A* gy, int64_t gy_step, A* sums, int64_t C) {
+  const auto f = [&](auto taps) {
+    depthwise_weight_grad_taps<1, decltype(taps)::value>(channels, cols, x, 0, tap_step, x_step, gy,
+                                                         gy_step, sums, 0, C);
+  };
+  switch (tw) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, kWeightGradTaps>{});
+  }
+}
+
 // Work items are chunks of output rows of one image (a size-fixed split), each with its own
 // partial sums [tap][channel]; the chunks' sums are then added in chunk order, so the result is
-// the same for any thread count. Within a row, each (tap, block of channel vectors) sums over
-// the row's valid positions in registers: two loads per FMA, no partial sum in memory per
-// position. Channels past the last whole vector (all of them for half types) go one at a time.
+// the same for any thread count. Along an output row, blocks of channel vectors sum the taps of
+// a kernel row at once (of the whole kernel for 3 x 3 where all its rows read inside x), over the
+// columns where all of them read inside x (the few others tap by tap), so x and gy come from L1
+// (tap by tap, every tap streamed the row's x and gy from L2 again: dw3x3 144 @56 channels_last,
+// 2 threads, 1.2-1.5 -> 0.83-0.86 ms). Channels past the last whole vector (all of them for half
+// types) go one at a time.
 template <typename T>
 void depthwise_weight_grad_cl(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
                               View4<T> gw) {
   using A = typename AccOf<T>::type;
-  using V = typename Vec<A>::type;
-  constexpr int VL = kVL<A>, kVectors = 4;
+  constexpr int VL = kVL<A>;
   const int64_t C = g.C_in, KHW = g.KH * g.KW;
   const int64_t c_blocked = std::is_same_v<T, A> ? C / VL * VL : 0;
   constexpr int64_t kChunkRows = 8;
   const int64_t chunks_per_image = ceil_div(g.OH, kChunkRows), chunks = g.N * chunks_per_image;
+  const int64_t x_step = g.sW * x.sW, tap_step = g.dW * x.sW, row_step = g.dH * x.sH;
   Scratch<A> partial(chunks * KHW * C);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    Scratch<int64_t> bounds(2 * g.KW);  // output columns [lo, hi) of tap kj read inside x
+    int64_t* lo = bounds.get();
+    int64_t* hi = lo + g.KW;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / chunks_per_image, oh0 = (item % chunks_per_image) * kChunkRows;
       A* sums = partial.get() + item * KHW * C;
       fill_zero(sums, KHW * C);
       for (int64_t oh = oh0; oh < min64(g.OH, oh0 + kChunkRows); ++oh) {
         const T* go_row = gy.data + n * gy.sN + oh * gy.sH;
+        const A* gp = reinterpret_cast<const A*>(go_row);
+        const int64_t ih0 = oh * g.sH - g.pH;
+        // x's row of kernel row ki, at output column 0 of tap kj (may point outside x).
+        auto x_at = [&](int64_t ki, int64_t kj) {
+          return x.data + n * x.sN + (ih0 + ki * g.dH) * x.sH + (kj * g.dW - g.pW) * x.sW;
+        };
+        for (int64_t kj = 0; kj < g.KW; ++kj) run_inside(g, 0, kj * g.dW - g.pW, g.OW, lo[kj], hi[kj]);  // any row inside
+        int64_t all_lo = 0, all_hi = g.OW;  // the columns where every tap of a row reads inside
+        for (int64_t kj = 0; kj < g.KW; ++kj) all_lo = max64(all_lo, lo[kj]), all_hi = min64(all_hi, hi[kj]);
+        all_hi = max64(all_lo, all_hi);
+        const bool whole_3x3 = g.KH == 3 && g.KW == 3 && inside(ih0, g.H) && inside(ih0 + 2 * g.dH, g.H);
         for (int64_t ki = 0; ki < g.KH; ++ki) {
-          const int64_t ih = oh * g.sH - g.pH + ki * g.dH;
-          if (!inside(ih, g.H)) continue;
-          for (int64_t kj = 0; kj < g.KW; ++kj) {
-            int64_t lo, hi;  // output columns whose tap reads inside the row
-            run_inside(g, ih, kj * g.dW - g.pW, g.OW, lo, hi);
-            if (lo >= hi) continue;
-            const T* x_at = x.data + n * x.sN + ih * x.sH + (lo * g.sW - g.pW + kj * g.dW) * x.sW;
-            const T* go_at = go_row + lo * gy.sW;
-            const int64_t x_step = g.sW * x.sW, len = hi - lo;
-            A* tap_sums = sums + (ki * g.KW + kj) * C;
-            for (int64_t c0 = 0; c0 < c_blocked; c0 += kVectors * VL) {
-              const int vectors = static_cast<int>(min64(kVectors, (c_blocked - c0) / VL));
-              V acc[kVectors] = {};
-              for (int64_t i = 0; i < len; ++i) {
-                const A* xp = reinterpret_cast<const A*>(x_at + i * x_step) + c0;
-                const A* gp = reinterpret_cast<const A*>(go_at + i * gy.sW) + c0;
-                for (int v = 0; v < kVectors; ++v) {
-                  if (v >= vectors) break;
-                  V xv, gv;
-                  __builtin_memcpy(&xv, xp + v * VL, sizeof(V));
-                  __builtin_memcpy(&gv, gp + v * VL, sizeof(V));
-                  acc[v] += xv * gv;
-                }
-              }
-              for (int v = 0; v < vectors; ++v) {
-                for (int l = 0; l < VL; ++l) tap_sums[c0 + v * VL + l] += acc[v][l];
-              }
+          if (!inside(ih0 + ki * g.dH, g.H)) continue;
+          A* row_sums = sums + ki * g.KW * C;
+          const auto xp = [&](int64_t kj, int64_t ow) {
+            return reinterpret_cast<const A*>(x_at(ki, kj) + ow * x_step);
+          };
+          if (whole_3x3) {
+            if (ki == 0 && all_lo < all_hi) {
+              depthwise_weight_grad_taps<3, 3>(c_blocked, all_hi - all_lo, xp(0, all_lo), row_step, tap_step,
+                                               x_step, gp + all_lo * gy.sW, gy.sW, sums, g.KW * C, C);
             }
+          } else {
+            for (int64_t kj0 = 0; kj0 < g.KW && all_lo < all_hi; kj0 += kWeightGradTaps) {
+              depthwise_weight_grad_taps<A>(static_cast<int>(min64(kWeightGradTaps, g.KW - kj0)), c_blocked,
+                                            all_hi - all_lo, xp(kj0, all_lo), tap_step, x_step,
+                                            gp + all_lo * gy.sW, gy.sW, row_sums + kj0 * C, C);
+            }
+          }
+          for (int64_t kj = 0; kj < g.KW; ++kj) {
+            // The columns where some taps read outside, tap by tap.
+            for (const auto [from, to] : {std::pair{lo[kj], min64(hi[kj], all_lo)},
+                                          std::pair{max64(lo[kj], all_hi), hi[kj]}}) {
+              if (from >= to) continue;
+              depthwise_weight_grad_taps<A>(1, c_blocked, to - from, xp(kj, from), 0, x_step,
+                                            gp + from * gy.sW, gy.sW, row_sums + kj * C, C);
+            }
+            const T* x_tap = x_at(ki, kj);
+            A* tap_sums = row_sums + kj * C;
             for (int64_t c = c_blocked; c < C; ++c) {
               A acc = A(0);
-              for (int64_t i = 0; i < len; ++i) {
-                acc += static_cast<A>(go_at[i * gy.sW + c]) * static_cast<A>(x_at[i * x_step + c]);
+              for (int64_t ow = lo[kj]; ow < hi[kj]; ++ow) {
+                acc += static_cast<A>(go_row[ow * gy.sW + c]) * static_cast<A>(x_tap[ow * x_step + c]);
               }
               tap_sums[c] += acc;
             }
