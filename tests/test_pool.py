@@ -229,6 +229,25 @@ def test_wide_planes_bitwise(kernel, stride, padding, ceil_mode, dtype, rows_apa
                            torch.autograd.grad(theirs, finite, gy)[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", WIDE_WINDOWS, ids=str)
+def test_channels_last_max_pool_bitwise(kernel, stride, padding, ceil_mode, dtype):
+    """channels_last max pooling keeps each vector of channels' maxima and indices in registers
+    across the window: 37 channels (whole vectors and a tail at any width) with NaN, -inf and
+    ties; values and indices equal torch's."""
+    x = torch.randn(2, 37, 9, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[0, 3, 2, 5] = x[1, 20, 0, 0] = x[1, 20, 0, 1] = x[1, 36, 4, 4] = float("nan")
+    x[0, 17:30, 3:6, :] = float("-inf")
+    x[1, :, 5:8, 2:6] = 0.5
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    for dilation in (1, 2):
+        args = (kernel, stride, padding, dilation, ceil_mode, True)
+        ours, theirs = CF.max_pool2d(x, *args), F.max_pool2d(x, *args)
+        assert ours[0].is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(ours[1], theirs[1])
+        assert torch.equal(ours[0].nan_to_num(), theirs[0].nan_to_num())
+
+
 # --- batch shapes -------------------------------------------------------------------------------
 
 POOL_CALLS = [

@@ -221,11 +221,53 @@ void max_pool_rows(const PoolGeometry& g, const PoolWindows& win, View4<const T>
   });
 }
 
+// Max pooling on channels_last tensors, channels in the lanes: at each output position a vector
+// of channels keeps its maxima and their indices in registers across the window (a tap's index
+// is the same for every channel). With them in memory per position, each tap was a round of
+// loads and stores: max pool 3x3 s2 64 @112 forward at 1.7 ms, over 40% above the copy time.
+template <typename A>
+void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4<const A> x,
+                            View4<A> y, View4<int64_t> ind) {
+  using V = typename Vec<A>::type;
+  using I = LaneIndex<V>;
+  using IE = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
+  using I64 = typename Index64<A>::type;
+  constexpr int VL = kVL<A>;
+  const PoolAxis &wh = win.h, &ww = win.w;
+  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.OH, oh = row % g.OH;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        A* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
+        int64_t* out_index = ind.data + n * ind.sN + oh * ind.sH + ow * ind.sW;
+        for (int64_t c = 0; c < g.C; c += VL) {
+          const int64_t lanes = min64(VL, g.C - c);
+          V best = splat<V>(lowest_value<A>());
+          I index = I{} + static_cast<IE>(wh.lo[oh] * g.W + ww.lo[ow]);
+          for (int64_t ih = wh.lo[oh]; ih < wh.hi[oh]; ih += wh.step) {
+            for (int64_t iw = ww.lo[ow]; iw < ww.hi[ow]; iw += ww.step) {
+              const V v = load_lanes<V>(x.data + n * x.sN + ih * x.sH + iw * x.sW + c, lanes);
+              const I take = (v > best) | (v != v);
+              best = take ? v : best;
+              index = take ? I{} + static_cast<IE>(ih * g.W + iw) : index;
+            }
+          }
+          store_lanes(out + c, best, lanes);
+          store_lanes(out_index + c, __builtin_convertvector(index, I64), lanes);
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void max_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, View4<T> y,
               View4<int64_t> ind, bool channels_last) {
   using A = at::opmath_type<T>;
   const PoolAxis &wh = win.h, &ww = win.w;
+  if constexpr (std::is_floating_point_v<T>) {
+    if (channels_last && g.H * g.W <= INT32_MAX) return max_pool_channels_last(g, win, x, y, ind);
+  }
   if (channels_last) {
     at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
       Scratch<A> best_mem(g.C);
