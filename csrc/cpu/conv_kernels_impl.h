@@ -283,11 +283,16 @@ struct PaddedPlane {
 
   template <typename T, typename A>
   void load(const ConvGeometry& g, const T* plane, int64_t sH, int64_t sW, A* dst) const {
-    fill_zero(dst, size());
+    // Zeros only where no input lands (zeroed whole first, the plane was written twice: 6% of
+    // MobileNetV2's dw3x3 s2 96 NCHW forward).
+    fill_zero(dst, g.pH * row_len);
+    fill_zero(dst + (g.pH + g.H) * row_len, (rows - g.pH - g.H) * row_len);
     for (int64_t h = 0; h < g.H; ++h) {
       A* row = dst + (h + g.pH) * row_len;
       const T* src = plane + h * sH;
       if (stride == 1) {
+        fill_zero(row, g.pW);
+        fill_zero(row + g.pW + g.W, row_len - g.pW - g.W);
         if (sW == 1) {
           copy_run(row + g.pW, src, g.W);
         } else {
@@ -295,6 +300,7 @@ struct PaddedPlane {
         }
         continue;
       }
+      fill_zero(row, row_len);  // the phases interleave the padding columns
       int64_t w0 = 0;
       if constexpr (std::is_same_v<T, A>) {
         if (stride == 2 && sW == 1) {  // 16 columns into 8 even and 8 odd, through registers
