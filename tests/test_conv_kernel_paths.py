@@ -27,6 +27,10 @@ PATH_CASES = {
     # Two whole panels of output channels and a partial one: on NCHW y, blocks of positions in
     # one row go out transposed, the others (rows' ends, the partial panel) element by element.
     "3x3_c40_cout72": dict(cin=40, cout=72, k=3, stride=1, padding=1, dilation=1, groups=1),
+    # Most windows reach padding (ASPP-like): on channels_last y the forward regroups a tile's
+    # positions by the taps they read, storing blocks through per-position row pointers; 40
+    # output channels leave a partial panel, and 2 x 11 x 13 positions a partial block.
+    "3x3_c32_d4": dict(cin=32, cout=40, k=3, stride=1, padding=4, dilation=4, groups=1),
     # x rows too long for a tile of them to stay in L2: the forward loops positions outermost.
     "3x3_c1024": dict(cin=1024, cout=40, k=3, stride=1, padding=1, dilation=1, groups=1),
     "3x3_c20_s2": dict(cin=20, cout=16, k=3, stride=2, padding=1, dilation=1, groups=1),

@@ -1428,20 +1428,22 @@ bool use_forward_indirect(const ConvGeometry& g, const View4<const T>& x, const 
 // acc[MR][NR] = (c_in rows, or zero) + sum over taps t < taps and channels i < channels of
 // rows[t * MR + m][c0 + i] * b[t * channels + i][0..NR), + bias[0..NR) when given; stored to
 // c_out. Taps with padding[t] set read only zeros and are skipped. Rows of c_in / c_out are
-// ld_in / ld_out apart and need no alignment; b is 64-byte aligned.
+// ld_in / ld_out apart and need no alignment; b is 64-byte aligned. With out_rows, row m of both
+// is out_rows[m] instead (c_in then only says whether to start from it).
 template <typename A>
 inline void indirect_microkernel(int64_t taps, int64_t channels, const A* const* rows,
                                  const bool* padding, int64_t c0, const A* __restrict b,
                                  const A* c_in, int64_t ld_in,
-                                 const A* bias, A* c_out, int64_t ld_out) {
+                                 const A* bias, A* c_out, int64_t ld_out, A* const* out_rows = nullptr) {
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
   V acc0[kMR], acc1[kMR];
 #pragma GCC unroll 16
   for (int m = 0; m < kMR; ++m) {
     if (c_in) {
-      __builtin_memcpy(&acc0[m], c_in + m * ld_in, sizeof(V));
-      __builtin_memcpy(&acc1[m], c_in + m * ld_in + VL, sizeof(V));
+      const A* in = out_rows ? out_rows[m] : c_in + m * ld_in;
+      __builtin_memcpy(&acc0[m], in, sizeof(V));
+      __builtin_memcpy(&acc1[m], in + VL, sizeof(V));
     } else {
       acc0[m] = acc1[m] = V{};
     }
@@ -1481,9 +1483,47 @@ inline void indirect_microkernel(int64_t taps, int64_t channels, const A* const*
   }
 #pragma GCC unroll 16
   for (int m = 0; m < kMR; ++m) {
-    __builtin_memcpy(c_out + m * ld_out, &acc0[m], sizeof(V));
-    __builtin_memcpy(c_out + m * ld_out + VL, &acc1[m], sizeof(V));
+    A* out = out_rows ? out_rows[m] : c_out + m * ld_out;
+    __builtin_memcpy(out, &acc0[m], sizeof(V));
+    __builtin_memcpy(out + VL, &acc1[m], sizeof(V));
   }
+}
+
+// A tile's row table ([block of MR positions][tap][MR]) regrouped so that positions reading the
+// same taps inside x share blocks: a block skips a tap only where all its MR positions read
+// padding, and in tile order ASPP's dilation 12 on 33 x 33 outputs computed 19% more taps than
+// its positions need. Regroups only where that saves over 5%; then order[t] is the tile position
+// in slot t and out the table in slot order (zero rows past pt).
+template <typename A>
+bool regroup_tile(const A* const* rows, int64_t pt, int64_t taps, const A* zero_row, int64_t* order,
+                  uint64_t* inside_taps, const A** out) {
+  const int64_t blocks = ceil_div(pt, kMR);
+  const auto slot = [&](int64_t t, int64_t tap) { return (t / kMR) * taps * kMR + tap * kMR + t % kMR; };
+  int64_t needed = 0;
+  for (int64_t t = 0; t < pt; ++t) {
+    uint64_t mask = 0;
+    for (int64_t tap = 0; tap < taps; ++tap) mask |= static_cast<uint64_t>(rows[slot(t, tap)] != zero_row) << tap;
+    inside_taps[t] = mask;
+    needed += __builtin_popcountll(mask) * kMR;
+  }
+  const auto computed = [&](const auto& mask_of) {  // taps blocks compute, times MR
+    int64_t total = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      uint64_t any = 0;
+      for (int64_t t = b * kMR; t < min64(pt, (b + 1) * kMR); ++t) any |= mask_of(t);
+      total += __builtin_popcountll(any) * kMR * kMR;
+    }
+    return total;
+  };
+  const int64_t in_order = computed([&](int64_t t) { return inside_taps[t]; });
+  if (in_order * 20 <= needed * 21) return false;
+  for (int64_t t = 0; t < pt; ++t) order[t] = t;
+  std::stable_sort(order, order + pt, [&](int64_t a, int64_t b) { return inside_taps[a] < inside_taps[b]; });
+  if (computed([&](int64_t t) { return inside_taps[order[t]]; }) * 20 > in_order * 19) return false;
+  for (int64_t t = 0; t < blocks * kMR; ++t) {
+    for (int64_t tap = 0; tap < taps; ++tap) out[slot(t, tap)] = t < pt ? rows[slot(order[t], tap)] : zero_row;
+  }
+  return true;
 }
 
 // Bytes of packed weights the indirect forward keeps in L2 (all of them, or an output-channel
@@ -1587,11 +1627,26 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   // types) in a per-tile buffer.
   const bool direct_store = std::is_same_v<T, A> && dense_channels_last(y, g.C_out) &&
                             y.sH == g.OW * g.C_out && y.sN == g.OH * y.sH;
+  // Positions are regrouped by the taps they read (regroup_tile) where blocks store through
+  // per-row pointers into channels_last y and a quarter or more of the windows reach padding
+  // (elsewhere, as at the ResNet stem's 5%, checking each tile cost more than it could save).
+  const auto inner = [](int64_t out, int64_t s, int64_t p, int64_t d, int64_t k, int64_t in) {
+    int64_t count = 0;  // outputs whose window lies inside the input along this axis
+    for (int64_t o = 0; o < out; ++o) count += o * s - p >= 0 && o * s - p + (k - 1) * d < in;
+    return count;
+  };
+  const bool regroup = direct_store && taps > 1 && taps <= 64 &&
+                       4 * inner(g.OH, g.sH, g.pH, g.dH, g.KH, g.H) * inner(g.OW, g.sW, g.pW, g.dW, g.KW, g.W) <=
+                           3 * P;
 
   at::parallel_for(0, g.groups * tiles * oc_items, 1, [&](int64_t begin, int64_t end) {
     Scratch<const A*> rows(PT * taps);  // [block of MR positions][tap][MR]
     Scratch<bool> padding(PT * taps);   // [block of MR positions][tap]: all MR rows read zeros
     Scratch<bool> row_inside(taps);     // of the current output row, per tap
+    // For regroup_tile: each slot's position in the tile, each position's taps, the new table.
+    Scratch<int64_t> order(regroup ? PT : 0);
+    Scratch<uint64_t> inside_taps(regroup ? PT : 0);
+    Scratch<const A*> grouped_rows(regroup ? PT * taps : 0);
     const int64_t ld = item_panels * NR;
     Scratch<A> acc(steps > 1 || !direct_store ? PT * ld : 0);
     alignas(64) A tile[kMR * NR];
@@ -1635,9 +1690,14 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
       for (int64_t t = pt; t < mblocks * kMR; ++t) {
         for (int64_t tap = 0; tap < taps; ++tap) rows.get()[(t / kMR) * taps * kMR + tap * kMR + t % kMR] = zeros.get();
       }
+      const bool grouped = regroup && regroup_tile<A>(rows.get(), pt, taps, zero_row, order.get(),
+                                                      inside_taps.get(), grouped_rows.get());
+      const A* const* table = grouped ? grouped_rows.get() : rows.get();
+      // The tile position of slot t (its place in the table).
+      const auto slot_position = [&](int64_t t) { return grouped ? order.get()[t] : t; };
       for (int64_t i = 0; i < mblocks * taps; ++i) {
         bool all = true;
-        for (int m = 0; m < kMR; ++m) all &= rows.get()[i * kMR + m] == zeros.get();
+        for (int m = 0; m < kMR; ++m) all &= table[i * kMR + m] == zeros.get();
         padding.get()[i] = all;
       }
       for (int64_t step = 0; step < steps; ++step) {
@@ -1651,13 +1711,18 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
           const A* b = wpack.get() + ((grp * oc_panels + jb) * K + t0 * tap_ch + c0) * NR;
           const A* bias_here = last && bias ? bpack.get() + grp * Mp + jb * NR : nullptr;
           const int64_t oc0 = grp * Mg + jb * NR, cols = min64(NR, Mg - jb * NR);
-          const A* const* step_rows = rows.get() + (mb * taps + t0) * kMR;
+          const A* const* step_rows = table + (mb * taps + t0) * kMR;
           const bool* step_padding = padding.get() + mb * taps + t0;
           const int64_t q = q0 + mb * kMR, rows_here = min64(kMR, pt - mb * kMR);
           if (direct_store && rows_here == kMR && cols == NR) {
             A* out = reinterpret_cast<A*>(y.data) + q * g.C_out + oc0;
+            A* out_rows[kMR];
+            for (int m = 0; m < kMR; ++m) {
+              out_rows[m] = reinterpret_cast<A*>(y.data) + (q0 + slot_position(mb * kMR + m)) * g.C_out + oc0;
+            }
             indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b,
-                                    first ? nullptr : out, g.C_out, bias_here, out, g.C_out);
+                                    first ? nullptr : out, g.C_out, bias_here, out, g.C_out,
+                                    grouped ? out_rows : nullptr);
             return;
           }
           A* partial = acc.get() + mb * kMR * ld + (jb - jb0) * NR;
@@ -1668,8 +1733,8 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
           }
           indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b, c_in, ld, bias_here, tile, NR);
           const int64_t n = q / P, p0 = q % P;
-          if (std::is_same_v<T, A> && kMR == 8 && rows_here == kMR && cols == NR && y.sW == 1 &&
-              y.sH == g.OW && p0 + kMR <= P) {
+          if (std::is_same_v<T, A> && kMR == 8 && !grouped && rows_here == kMR && cols == NR &&
+              y.sW == 1 && y.sH == g.OW && p0 + kMR <= P) {
             // MR positions in a row of each NCHW plane: the block goes out through 8 x 8
             // transposes as runs of 8 per channel (scalar stores took a quarter of the stem).
             using V8 = typename Vec8<A>::type;
@@ -1685,7 +1750,8 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
           // On NCHW y channel by channel, so that each channel's positions are written as a run.
           T* out[kMR];
           for (int64_t m = 0; m < rows_here; ++m) {
-            const int64_t n = (q + m) / P, oh = (q + m) % P / g.OW, ow = (q + m) % g.OW;
+            const int64_t qm = q0 + slot_position(mb * kMR + m);
+            const int64_t n = qm / P, oh = qm % P / g.OW, ow = qm % g.OW;
             out[m] = y.data + n * y.sN + oh * y.sH + ow * y.sW + oc0 * y.sC;
           }
           if (y.sC == 1) {
