@@ -1646,7 +1646,7 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
     // For regroup_tile: each slot's position in the tile, each position's taps, the new table.
     Scratch<int64_t> order(regroup ? PT : 0);
     Scratch<uint64_t> inside_taps(regroup ? PT : 0);
-    Scratch<const A*> grouped_rows(regroup ? PT * taps : 0);
+    Scratch<const A*> regrouped_rows(regroup ? PT * taps : 0);
     const int64_t ld = item_panels * NR;
     Scratch<A> acc(steps > 1 || !direct_store ? PT * ld : 0);
     alignas(64) A tile[kMR * NR];
@@ -1690,11 +1690,11 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
       for (int64_t t = pt; t < mblocks * kMR; ++t) {
         for (int64_t tap = 0; tap < taps; ++tap) rows.get()[(t / kMR) * taps * kMR + tap * kMR + t % kMR] = zeros.get();
       }
-      const bool grouped = regroup && regroup_tile<A>(rows.get(), pt, taps, zero_row, order.get(),
-                                                      inside_taps.get(), grouped_rows.get());
-      const A* const* table = grouped ? grouped_rows.get() : rows.get();
+      const bool regrouped = regroup && regroup_tile<A>(rows.get(), pt, taps, zero_row, order.get(),
+                                                        inside_taps.get(), regrouped_rows.get());
+      const A* const* table = regrouped ? regrouped_rows.get() : rows.get();
       // The tile position of slot t (its place in the table).
-      const auto slot_position = [&](int64_t t) { return grouped ? order.get()[t] : t; };
+      const auto slot_position = [&](int64_t t) { return regrouped ? order.get()[t] : t; };
       for (int64_t i = 0; i < mblocks * taps; ++i) {
         bool all = true;
         for (int m = 0; m < kMR; ++m) all &= table[i * kMR + m] == zeros.get();
@@ -1722,7 +1722,7 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
             }
             indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b,
                                     first ? nullptr : out, g.C_out, bias_here, out, g.C_out,
-                                    grouped ? out_rows : nullptr);
+                                    regrouped ? out_rows : nullptr);
             return;
           }
           A* partial = acc.get() + mb * kMR * ld + (jb - jb0) * NR;
@@ -1733,7 +1733,7 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
           }
           indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b, c_in, ld, bias_here, tile, NR);
           const int64_t n = q / P, p0 = q % P;
-          if (std::is_same_v<T, A> && kMR == 8 && !grouped && rows_here == kMR && cols == NR &&
+          if (std::is_same_v<T, A> && kMR == 8 && !regrouped && rows_here == kMR && cols == NR &&
               y.sW == 1 && y.sH == g.OW && p0 + kMR <= P) {
             // MR positions in a row of each NCHW plane: the block goes out through 8 x 8
             // transposes as runs of 8 per channel (scalar stores took a quarter of the stem).
