@@ -66,9 +66,14 @@ def _max_pool_pair(input, out_h, out_w):
             _pool_empty(input, C, out_h, out_w, cl, torch.int64))
 
 
+@torch.library.register_fake("convext::max_pool2d_with_indices")
+def _max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode):
+    return _max_pool_pair(input, *_pooled(input, kernel_size, stride, padding, dilation, ceil_mode))
+
+
 @torch.library.register_fake("convext::max_pool2d")
 def _max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode):
-    return _max_pool_pair(input, *_pooled(input, kernel_size, stride, padding, dilation, ceil_mode))
+    return _max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode)[0]
 
 
 @torch.library.register_fake("convext::adaptive_max_pool2d")

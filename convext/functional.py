@@ -128,10 +128,11 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
     """Same as :func:`torch.nn.functional.max_pool2d` (note: ``ceil_mode`` comes before
     ``return_indices``), computed by convext. Indices are int64 offsets into each H*W plane."""
-    out, indices = torch.ops.convext.max_pool2d(
-        input, _shape.pool_pair(kernel_size), _pool_stride(stride, kernel_size),
-        _shape.pool_pair(padding), _shape.pool_pair(dilation), ceil_mode)
-    return (out, indices) if return_indices else out
+    args = (input, _shape.pool_pair(kernel_size), _pool_stride(stride, kernel_size),
+            _shape.pool_pair(padding), _shape.pool_pair(dilation), ceil_mode)
+    if return_indices:
+        return torch.ops.convext.max_pool2d_with_indices(*args)
+    return torch.ops.convext.max_pool2d(*args)
 
 
 def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,

@@ -32,7 +32,7 @@ import convext
 info = convext.build_info()
 assert info["cuda"] is True, f"convext was built without its CUDA kernels: {info}"
 ops = ["conv2d", "conv_transpose2d", "conv2d_weight_grad", "conv_bias_grad",
-       "max_pool2d", "adaptive_max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+       "max_pool2d", "max_pool2d_with_indices", "adaptive_max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
        "avg_pool2d_backward", "adaptive_avg_pool2d_backward", "max_pool2d_backward",
        "max_unpool2d", "pool_scatter_add", "pool_gather"]
 missing = [op for op in ops

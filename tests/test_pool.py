@@ -22,9 +22,9 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUD
 
 def _run(fn, x, kwargs):
     """fn's outputs (a tuple), and the grad of x for a fixed grad of the first output, or the
-    exception it raised."""
+    exception it raised. kwargs: keyword arguments, or a tuple of positional ones."""
     try:
-        outs = fn(x, **kwargs)
+        outs = fn(x, *kwargs) if isinstance(kwargs, tuple) else fn(x, **kwargs)
     except Exception as e:  # noqa: BLE001 - compared with torch's below
         return e
     outs = outs if isinstance(outs, tuple) else (outs,)
@@ -99,6 +99,28 @@ def test_max_pool2d_matches_torch(kernel, stride, padding, dilation, ceil_mode, 
     kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, dilation=dilation,
                   ceil_mode=ceil_mode, return_indices=True)
     _check_against_torch("max_pool2d", _input(dtype), kwargs, layout, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + [torch.uint8, torch.int32, torch.int64], ids=str)
+def test_max_pool2d_values_only(dtype, layout, device):
+    """Where no grad needs indices (no grad wanted, or grad mode off), max_pool2d makes none: its
+    values and memory format equal torch's, bit for bit, over the window grid."""
+    x = make_layout(_input(dtype, (2, 5, 11, 10)), layout)
+    for kernel, stride, padding, dilation, ceil_mode in itertools.product(
+            [1, 2, 3, (3, 2)], [None, 1, 2, (2, 1)], [0, 1], [1, 2], [False, True]):
+        args = (kernel, stride, padding, dilation, ceil_mode)
+        theirs, ours = _run(F.max_pool2d, x, args), _run(CF.max_pool2d, x.to(device), args)
+        if isinstance(theirs, Exception):  # padding over half the kernel
+            assert type(ours) is type(theirs) and _first_line(ours) == _first_line(theirs)
+            continue
+        (ours,), (theirs,) = ours[0], theirs[0]
+        assert torch.equal(ours.cpu(), theirs) and same_layout(ours, theirs), args
+    if dtype.is_floating_point:
+        with torch.no_grad():
+            ours = CF.max_pool2d(x.to(device).requires_grad_(), 3, 2, 1)
+        assert not ours.requires_grad and torch.equal(ours.cpu(), F.max_pool2d(x, 3, 2, 1))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -219,6 +241,7 @@ def test_wide_planes_bitwise(kernel, stride, padding, ceil_mode, dtype, rows_apa
         ours, theirs = CF.max_pool2d(x, *args), F.max_pool2d(x, *args)
         assert torch.equal(ours[1], theirs[1])
         assert torch.equal(ours[0].nan_to_num(), theirs[0].nan_to_num())
+        assert torch.equal(CF.max_pool2d(x, *args[:-1]).nan_to_num(), theirs[0].nan_to_num())
     finite = x.nan_to_num(0.0, 0.0, 0.0).requires_grad_()
     for count_include_pad, divisor in ((True, None), (False, None), (True, 3)):
         args = (kernel, stride, padding, ceil_mode, count_include_pad, divisor)
@@ -246,6 +269,9 @@ def test_channels_last_max_pool_bitwise(kernel, stride, padding, ceil_mode, dtyp
         assert ours[0].is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(ours[1], theirs[1])
         assert torch.equal(ours[0].nan_to_num(), theirs[0].nan_to_num())
+        values = CF.max_pool2d(x, *args[:-1])
+        assert values.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(values.nan_to_num(), theirs[0].nan_to_num())
 
 
 # --- batch shapes -------------------------------------------------------------------------------
@@ -380,8 +406,10 @@ def _opcheck_samples(device):
     cl = torch.channels_last
     ops = torch.ops.convext
     return [
+        (ops.max_pool2d_with_indices.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], False)),
+        (ops.max_pool2d_with_indices.default, (xcl, [2, 3], [1, 2], [0, 1], [2, 1], True)),
         (ops.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], False)),
-        (ops.max_pool2d.default, (xcl, [2, 3], [1, 2], [0, 1], [2, 1], True)),
+        (ops.max_pool2d.default, (xcl.detach(), [2, 3], [1, 2], [0, 1], [2, 1], True)),
         (ops.adaptive_max_pool2d.default, (xcl, [4, 3])),
         (ops.avg_pool2d.default, (x, [3, 3], [2, 2], [1, 1], True, False, None)),
         (ops.avg_pool2d.default, (xcl, [2, 2], [2, 2], [0, 0], False, True, 3)),
@@ -439,7 +467,7 @@ def test_torch_export():
     x = torch.randn(2, 3, 16, 15)
     program = torch.export.export(net, (x,))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
-    assert {"convext.max_pool2d.default", "convext.max_unpool2d.default",
+    assert {"convext.max_pool2d_with_indices.default", "convext.max_unpool2d.default",
             "convext.adaptive_avg_pool2d.default"} <= targets
     torch.testing.assert_close(program.module()(x), net(x))
 

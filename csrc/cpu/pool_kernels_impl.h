@@ -101,7 +101,8 @@ int64_t padded_row_length(const PoolGeometry& g) {
   return max64(reach, g.pW + g.W);
 }
 
-template <typename A, int S>
+// Indices: whether to find and store each maximum's index (inference needs none).
+template <typename A, int S, bool Indices>
 void max_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<const A> x,
                          View4<A> y, View4<int64_t> ind) {
   using V = typename Vec<A>::type;
@@ -118,7 +119,6 @@ void max_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<co
                        [&](int64_t plane, int64_t oh, const A* const* rows, const int64_t* ihs,
                            int64_t count) {
     A* out = y.data + plane / g.C * y.sN + plane % g.C * y.sC + oh * y.sH;
-    int64_t* out_index = ind.data + plane / g.C * ind.sN + plane % g.C * ind.sC + oh * ind.sH;
     for (int64_t i = 0; i < g.OW; i += VL) {
       const int64_t ow0 = whole_vector_start<A>(i, g.OW);
       V best = splat<V>(lowest_value<A>());
@@ -131,11 +131,14 @@ void max_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<co
           const V v = load_every<V, S>(p + kj * g.dW);
           const I take = (v > best) | (v != v);
           best = take ? v : best;
-          index = take ? at + static_cast<IE>(kj * g.dW) : index;
+          if constexpr (Indices) index = take ? at + static_cast<IE>(kj * g.dW) : index;
         }
       }
       store_lanes(out + ow0, best, g.OW - ow0);
-      store_lanes(out_index + ow0, __builtin_convertvector(index, I64), g.OW - ow0);
+      if constexpr (Indices) {
+        int64_t* out_index = ind.data + plane / g.C * ind.sN + plane % g.C * ind.sC + oh * ind.sH;
+        store_lanes(out_index + ow0, __builtin_convertvector(index, I64), g.OW - ow0);
+      }
     }
   });
 }
@@ -225,7 +228,7 @@ void max_pool_rows(const PoolGeometry& g, const PoolWindows& win, View4<const T>
 // of channels keeps its maxima and their indices in registers across the window (a tap's index
 // is the same for every channel). With them in memory per position, each tap was a round of
 // loads and stores: max pool 3x3 s2 64 @112 forward at 1.7 ms, over 40% above the copy time.
-template <typename A>
+template <typename A, bool Indices>
 void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4<const A> x,
                             View4<A> y, View4<int64_t> ind) {
   using V = typename Vec<A>::type;
@@ -239,7 +242,6 @@ void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
       const int64_t n = row / g.OH, oh = row % g.OH;
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         A* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
-        int64_t* out_index = ind.data + n * ind.sN + oh * ind.sH + ow * ind.sW;
         for (int64_t c = 0; c < g.C; c += VL) {
           const int64_t lanes = min64(VL, g.C - c);
           V best = splat<V>(lowest_value<A>());
@@ -249,25 +251,45 @@ void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
               const V v = load_lanes<V>(x.data + n * x.sN + ih * x.sH + iw * x.sW + c, lanes);
               const I take = (v > best) | (v != v);
               best = take ? v : best;
-              index = take ? I{} + static_cast<IE>(ih * g.W + iw) : index;
+              if constexpr (Indices) index = take ? I{} + static_cast<IE>(ih * g.W + iw) : index;
             }
           }
           store_lanes(out + c, best, lanes);
-          store_lanes(out_index + c, __builtin_convertvector(index, I64), lanes);
+          if constexpr (Indices) {
+            int64_t* out_index = ind.data + n * ind.sN + oh * ind.sH + ow * ind.sW;
+            store_lanes(out_index + c, __builtin_convertvector(index, I64), lanes);
+          }
         }
       }
     }
   });
 }
 
+// ind.data == nullptr: no indices wanted. The vectorised float paths then skip them; the others
+// write them to a scratch buffer laid out as y (which is dense).
 template <typename T>
 void max_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, View4<T> y,
               View4<int64_t> ind, bool channels_last) {
   using A = at::opmath_type<T>;
   const PoolAxis &wh = win.h, &ww = win.w;
+  const bool indices = ind.data != nullptr;
   if constexpr (std::is_floating_point_v<T>) {
-    if (channels_last && g.H * g.W <= INT32_MAX) return max_pool_channels_last(g, win, x, y, ind);
+    if (channels_last && g.H * g.W <= INT32_MAX) {
+      return indices ? max_pool_channels_last<T, true>(g, win, x, y, ind)
+                     : max_pool_channels_last<T, false>(g, win, x, y, ind);
+    }
+    if (!channels_last && fixed_window_rows(g, x) && y.sW == 1 && (!indices || ind.sW == 1) &&
+        g.H * g.W <= INT32_MAX) {
+      if (g.sW == 1) {
+        return indices ? max_pool_fixed_rows<T, 1, true>(g, win, x, y, ind)
+                       : max_pool_fixed_rows<T, 1, false>(g, win, x, y, ind);
+      }
+      return indices ? max_pool_fixed_rows<T, 2, true>(g, win, x, y, ind)
+                     : max_pool_fixed_rows<T, 2, false>(g, win, x, y, ind);
+    }
   }
+  Scratch<int64_t> scratch(indices ? 0 : g.N * g.C * g.OH * g.OW);
+  if (!indices) ind = {scratch.get(), y.sN, y.sC, y.sH, y.sW};
   if (channels_last) {
     at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
       Scratch<A> best_mem(g.C);
@@ -298,12 +320,6 @@ void max_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
       }
     });
     return;
-  }
-  if constexpr (std::is_floating_point_v<T>) {
-    if (fixed_window_rows(g, x) && y.sW == 1 && ind.sW == 1 && g.H * g.W <= INT32_MAX) {
-      return g.sW == 1 ? max_pool_fixed_rows<T, 1>(g, win, x, y, ind)
-                       : max_pool_fixed_rows<T, 2>(g, win, x, y, ind);
-    }
   }
   if (g.kW > 0 && x.sW == 1) return max_pool_rows(g, win, x, y, ind);
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {

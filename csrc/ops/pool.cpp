@@ -7,9 +7,18 @@
 
 namespace convext::ops {
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                              at::IntArrayRef stride, at::IntArrayRef padding,
-                                              at::IntArrayRef dilation, bool ceil_mode) {
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(const at::Tensor& input,
+                                                           at::IntArrayRef kernel_size,
+                                                           at::IntArrayRef stride,
+                                                           at::IntArrayRef padding,
+                                                           at::IntArrayRef dilation, bool ceil_mode) {
+  static const auto op =
+      find_op<decltype(max_pool2d_with_indices)>("convext::max_pool2d_with_indices");
+  return op.call(input, kernel_size, stride, padding, dilation, ceil_mode);
+}
+
+at::Tensor max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   static const auto op = find_op<decltype(max_pool2d)>("convext::max_pool2d");
   return op.call(input, kernel_size, stride, padding, dilation, ceil_mode);
 }
@@ -79,8 +88,11 @@ at::Tensor pool_gather(const at::Tensor& input, const at::Tensor& indices) {
 // check and gets torch's message.
 TORCH_LIBRARY_FRAGMENT(convext, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
+  m.def("max_pool2d_with_indices(Tensor input, int[] kernel_size, int[] stride, int[] padding, "
+        "int[] dilation, bool ceil_mode) -> (Tensor, Tensor)",
+        tags);
   m.def("max_pool2d(Tensor input, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
-        "bool ceil_mode) -> (Tensor, Tensor)",
+        "bool ceil_mode) -> Tensor",
         tags);
   m.def("adaptive_max_pool2d(Tensor input, SymInt[] output_size) -> (Tensor, Tensor)", tags);
   m.def("avg_pool2d(Tensor input, int[] kernel_size, int[] stride, int[] padding, bool ceil_mode, "

@@ -1,7 +1,8 @@
 #pragma once
 // The pooling family's dispatcher ops (schemas in pool.cpp), callable from C++. Inputs are 3-D
 // (C, H, W) or 4-D (N, C, H, W); indices are int64 offsets into each (n, c) plane of H x W.
-//   max_pool2d, adaptive_max_pool2d        -> (output, indices)
+//   max_pool2d_with_indices, adaptive_max_pool2d -> (output, indices)
+//   max_pool2d                             -> output (no indices are made when no grad needs them)
 //   avg_pool2d, adaptive_avg_pool2d        -> output (adaptive 1x1 is global average pooling)
 //   avg_pool2d_backward, adaptive_avg_pool2d_backward
 //   max_unpool2d                           values written to their indices in a zero plane
@@ -19,9 +20,13 @@
 
 namespace convext::ops {
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                              at::IntArrayRef stride, at::IntArrayRef padding,
-                                              at::IntArrayRef dilation, bool ceil_mode);
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices(const at::Tensor& input,
+                                                           at::IntArrayRef kernel_size,
+                                                           at::IntArrayRef stride,
+                                                           at::IntArrayRef padding,
+                                                           at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
 std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d(const at::Tensor& input,
                                                        c10::SymIntArrayRef output_size);
 at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,

@@ -55,7 +55,8 @@ class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
     ctx->saved_data["ceil_mode"] = ceil_mode;
     at::AutoDispatchBelowADInplaceOrView guard;
     return MaxPoolBackward::forward(
-        ctx, input, ops::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode));
+        ctx, input,
+        ops::max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode));
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto& saved = ctx->saved_data;
@@ -273,10 +274,20 @@ class PoolGatherFunction : public torch::autograd::Function<PoolGatherFunction> 
 std::tuple<at::Tensor, at::Tensor> as_pair(const variable_list& v) { return {v[0], v[1]}; }
 
 TORCH_LIBRARY_IMPL(convext, Autograd, m) {
+  m.impl("max_pool2d_with_indices", [](const at::Tensor& input, at::IntArrayRef kernel_size,
+                                       at::IntArrayRef stride, at::IntArrayRef padding,
+                                       at::IntArrayRef dilation, bool ceil_mode) {
+    return as_pair(MaxPool2dFunction::apply(input, kernel_size, stride, padding, dilation, ceil_mode));
+  });
+  // Indices are made only when a grad will need them: inference reads x and writes y alone.
   m.impl("max_pool2d", [](const at::Tensor& input, at::IntArrayRef kernel_size,
                           at::IntArrayRef stride, at::IntArrayRef padding,
                           at::IntArrayRef dilation, bool ceil_mode) {
-    return as_pair(MaxPool2dFunction::apply(input, kernel_size, stride, padding, dilation, ceil_mode));
+    if (at::GradMode::is_enabled() && input.requires_grad()) {
+      return MaxPool2dFunction::apply(input, kernel_size, stride, padding, dilation, ceil_mode)[0];
+    }
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
   });
   m.impl("adaptive_max_pool2d", [](const at::Tensor& input, c10::SymIntArrayRef output_size) {
     return as_pair(AdaptiveMaxPool2dFunction::apply(input, output_size));

@@ -311,29 +311,47 @@ void check_floating(const at::Tensor& input, const char* name) {
                               "\" not implemented for '", c10::toString(input.scalar_type()), "'");
 }
 
+// Without indices (inference's max_pool2d), `indices` comes back undefined.
 template <const char* name>
 std::tuple<at::Tensor, at::Tensor> max_pool_impl(const at::Tensor& input, const PoolGeometry& g,
-                                                 const Windows& win) {
+                                                 const Windows& win, bool with_indices = true) {
   const bool cl = pool_prefers_channels_last(input);
   auto [out, out4] = empty_pool_output(input, g.C, g.OH, g.OW, cl, input.scalar_type());
-  auto [ind, ind4] = empty_pool_output(input, g.C, g.OH, g.OW, cl, at::kLong);
+  at::Tensor ind, ind4;
+  if (with_indices) std::tie(ind, ind4) = empty_pool_output(input, g.C, g.OH, g.OW, cl, at::kLong);
   const at::Tensor x4 = cl ? input.contiguous(at::MemoryFormat::ChannelsLast) : as_batched(input);
   AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), name, [&] {
     if (out.numel() == 0) return;
+    const View4<int64_t> ind_view = with_indices ? view4<int64_t>(ind4) : View4<int64_t>{};
     cpu::pool_kernels_for<scalar_t>().max_pool(g, win.view(), cview4<scalar_t>(x4),
-                                               view4<scalar_t>(out4), view4<int64_t>(ind4), cl);
+                                               view4<scalar_t>(out4), ind_view, cl);
   });
   return {out, ind};
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
-                                                  at::IntArrayRef kernel_size,
-                                                  at::IntArrayRef stride, at::IntArrayRef padding,
-                                                  at::IntArrayRef dilation, bool ceil_mode) {
+std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu_impl(const at::Tensor& input,
+                                                       at::IntArrayRef kernel_size,
+                                                       at::IntArrayRef stride,
+                                                       at::IntArrayRef padding,
+                                                       at::IntArrayRef dilation, bool ceil_mode,
+                                                       bool with_indices) {
   const PoolGeometry g = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
   const Windows win{Axis::max_pool(g.OH, g.H, g.kH, g.sH, g.pH, g.dH),
                     Axis::max_pool(g.OW, g.W, g.kW, g.sW, g.pW, g.dW)};
-  return max_pool_impl<kMaxPool2d>(input, g, win);
+  return max_pool_impl<kMaxPool2d>(input, g, win, with_indices);
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  return max_pool2d_cpu_impl(input, kernel_size, stride, padding, dilation, ceil_mode, true);
+}
+
+at::Tensor max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                          at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, bool ceil_mode) {
+  return std::get<0>(
+      max_pool2d_cpu_impl(input, kernel_size, stride, padding, dilation, ceil_mode, false));
 }
 
 std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& input,
@@ -478,6 +496,7 @@ at::Tensor pool_gather_cpu(const at::Tensor& input, const at::Tensor& indices) {
 
 TORCH_LIBRARY_IMPL(convext, CPU, m) {
   m.impl("max_pool2d", &max_pool2d_cpu);
+  m.impl("max_pool2d_with_indices", &max_pool2d_with_indices_cpu);
   m.impl("adaptive_max_pool2d", &adaptive_max_pool2d_cpu);
   m.impl("avg_pool2d", &avg_pool2d_cpu);
   m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_cpu);

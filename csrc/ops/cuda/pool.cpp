@@ -141,10 +141,9 @@ struct Pooled {
   at::Tensor x, out, indices;
 };
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input,
-                                                   at::IntArrayRef kernel_size,
-                                                   at::IntArrayRef stride, at::IntArrayRef padding,
-                                                   at::IntArrayRef dilation, bool ceil_mode) {
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cuda(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   const PoolGeometry g = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
   const c10::cuda::CUDAGuard guard(input.device());
   const Pooled pooled(input, g, /*with_indices=*/true);
@@ -152,6 +151,14 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input,
   AT_DISPATCH_ALL_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d",
                              [&] { pooled.max_pool<scalar_t>(params); });
   return {pooled.out, pooled.indices};
+}
+
+// The kernel always writes indices; inference drops them.
+at::Tensor max_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, bool ceil_mode) {
+  return std::get<0>(
+      max_pool2d_with_indices_cuda(input, kernel_size, stride, padding, dilation, ceil_mode));
 }
 
 // Adaptive pooling takes floating types only: the dispatch gives torch's error for the others.
@@ -335,6 +342,7 @@ at::Tensor pool_gather_cuda(const at::Tensor& input, const at::Tensor& indices) 
 
 TORCH_LIBRARY_IMPL(convext, CUDA, m) {
   m.impl("max_pool2d", &max_pool2d_cuda);
+  m.impl("max_pool2d_with_indices", &max_pool2d_with_indices_cuda);
   m.impl("adaptive_max_pool2d", &adaptive_max_pool2d_cuda);
   m.impl("avg_pool2d", &avg_pool2d_cuda);
   m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d_cuda);
