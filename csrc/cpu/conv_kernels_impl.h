@@ -1125,7 +1125,12 @@ void depthwise_rows(const ConvGeometry& g, View4<const T> x, View4<const T> w, c
               for (int rr = 0; rr < R + K - 1; ++rr) {  // input rows oh0 + rr
                 V xv[VB];
 #pragma GCC unroll 4
-                for (int v = 0; v < VB; ++v) xv[v] = loadu<V>(src + rr * len + kj * g.dW + v * VL);
+                for (int v = 0; v < VB; ++v) {
+                  xv[v] = loadu<V>(src + rr * len + kj * g.dW + v * VL);
+                  // Held in a register: folded into each FMA instead, the load (split across
+                  // cache lines at most taps) was repeated per output row and bound the loop.
+                  asm("" : "+v"(xv[v]));
+                }
 #pragma GCC unroll 16
                 for (int r = 0; r < R; ++r) {
                   if (rr - r < 0 || rr - r >= K) continue;  // kernel row rr - r of output row r
