@@ -34,6 +34,9 @@ PATH_CASES = {
     # x rows too long for a tile of them to stay in L2: the forward loops positions outermost.
     "3x3_c1024": dict(cin=1024, cout=40, k=3, stride=1, padding=1, dilation=1, groups=1),
     "3x3_c20_s2": dict(cin=20, cout=16, k=3, stride=2, padding=1, dilation=1, groups=1),
+    # The ResNet stem: 3 input channels, so the weight grad's taps are kernel rows (7 x 3
+    # consecutive values of a channels_last row, clipped at the borders).
+    "7x7_c3_s2": dict(cin=3, cout=32, k=7, stride=2, padding=3, dilation=1, groups=1),
     "grouped_8": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=2, groups=4),
     # channels_last float: two groups of 8 share a 16-lane vector (AVX-512). Padding 2: 15
     # output columns make a block of 14 and a partial one. Padding 0: the weight grad's first and
@@ -210,11 +213,13 @@ def test_strided_transposed_by_phases(case, layout):
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 # 40 input channels: the chunks' sums go into gw in tiles of 16 channels, the last one partial.
-@pytest.mark.parametrize("cin,groups,stride,padding,dilation", [(32, 1, 1, 1, 1), (32, 2, 2, 2, 2), (40, 1, 1, 0, 1)])
-def test_indirect_weight_grad(dtype, cin, groups, stride, padding, dilation, layout):
+# 3 and 5 input channels: kernel rows as taps (21 values in 3 blocks of 8, 15 in 2).
+@pytest.mark.parametrize("cin,groups,k,stride,padding,dilation", [
+    (32, 1, 3, 1, 1, 1), (32, 2, 3, 2, 2, 2), (40, 1, 3, 1, 0, 1), (3, 1, 7, 2, 3, 1), (5, 1, 3, 1, 0, 1)])
+def test_indirect_weight_grad(dtype, cin, groups, k, stride, padding, dilation, layout):
     gen = torch.Generator().manual_seed(0)
     x = make_layout(torch.randn(3, cin, 47, 45, generator=gen, dtype=dtype), layout)
-    w = torch.randn(64, cin // groups, 3, 3, generator=gen, dtype=dtype)
+    w = torch.randn(64, cin // groups, k, k, generator=gen, dtype=dtype)
     args = ([stride] * 2, [padding] * 2, [dilation] * 2, groups)
     y = F.conv2d(x, w, None, *args)
     gy = make_layout(torch.randn(y.shape, generator=gen, dtype=dtype), layout)
@@ -223,7 +228,7 @@ def test_indirect_weight_grad(dtype, cin, groups, stride, padding, dilation, lay
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            grads.append(torch.ops.convext.conv2d_weight_grad(x, gy, [3, 3], *args, True))
+            grads.append(torch.ops.convext.conv2d_weight_grad(x, gy, [k, k], *args, True))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(grads[0], grads[1])

@@ -3256,20 +3256,29 @@ void conv_weight_grad_nhwc_order(const ConvGeometry& g, View4<const T> x, View4<
 
 // The weight gradient as indirect GEMMs over positions, one per tap, on channels_last x and gy:
 //   gw[tap][ic][oc] = sum over positions q of x[q's input position for the tap][ic] * gy[q][oc]
-// MR input channels come from x's row through a row pointer (zeros past the border), NR output
-// channels from gy's row, and positions are the GEMM's reduction: no patch is gathered. Positions (across
-// images) go in size-fixed chunks, each work item one (chunk, group, part of the input channels)
-// with its own partial sums for every tap, added in chunk order at the end: the same result for
-// any thread count. Needs whole
-// tiles: channels per group a multiple of MR in x and of NR in gy.
+// MR input channels come from x's row (zeros past the border), NR output channels from gy's row,
+// and positions are the GEMM's reduction: no patch is gathered. Positions (across images) go in
+// size-fixed chunks, each work item one (chunk, group, part of the input channels) with its own
+// partial sums for every tap, added in chunk order at the end: the same result for any thread
+// count. Needs whole tiles of output channels (a multiple of NR per group) and input channels
+// per group a multiple of MR, or else (row taps) one group, dilation 1 along W and KW x C_in of
+// at least MR: then each kernel row is one tap whose "channels" are the KW x C_in consecutive
+// values of x's row that its taps read, padded to whole MR blocks (the ResNet stem's 3 channels:
+// 7 x 3 = 21 values in 24, against 3 in 8; by value through a gathered patch, its weight grad took
+// 2-2.5x torch's time).
 // Other tensors are copied to channels_last first where kernels have several taps (3x3 64 @56
 // NCHW: 22 -> 15 ms with the copies); 1x1 convs do too little work per copied value (1x1
 // 64->256: 8.4 -> 11.9 ms).
+inline bool use_weight_grad_row_taps(const ConvGeometry& g) {
+  return g.C_in_g() % kMR != 0 && g.groups == 1 && g.dW == 1 && g.KW * g.C_in >= kMR;
+}
+
 template <typename T>
 bool use_weight_grad_indirect(const ConvGeometry& g, const View4<const T>& x, const View4<const T>& gy) {
   using A = typename AccOf<T>::type;
-  return std::is_same_v<T, A> && g.C_in_g() % kMR == 0 && g.C_out_g() % kNR<A> == 0 &&
-         ((dense_channels_last(x, g.C_in) && dense_channels_last(gy, g.C_out)) || g.KH * g.KW > 1);
+  if (!std::is_same_v<T, A> || g.C_out_g() % kNR<A> != 0) return false;
+  if (g.C_in_g() % kMR != 0) return use_weight_grad_row_taps(g);
+  return (dense_channels_last(x, g.C_in) && dense_channels_last(gy, g.C_out)) || g.KH * g.KW > 1;
 }
 
 constexpr int64_t kWeightGradBlock = 128;
@@ -3283,33 +3292,35 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
   const View4<const T> gy = channels_last_view(gy_any, g.N, g.C_out, g.OH, g.OW, gy_copy);
   constexpr int NR = kNR<A>;
-  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW;
-  const int64_t M = g.N * g.OH * g.OW, slab = Cg * Mg;  // a (chunk, group, tap)'s partial sums
+  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g();
+  const bool row_taps = Cg % kMR != 0;
+  // A tap reads `run` consecutive values of x per position, summed as Cr channels.
+  const int64_t taps = row_taps ? g.KH : g.KH * g.KW, run = row_taps ? g.KW * Cg : Cg;
+  const int64_t Cr = round_up(run, kMR);
+  const int64_t M = g.N * g.OH * g.OW, slab = Cr * Mg;  // a (chunk, group, tap)'s partial sums
   // Chunks of at least 1024 positions, fewer where the partial sums would pass 16 MB.
-  const int64_t max_chunks = max64(1, (16 << 20) / (g.groups * KHW * slab * static_cast<int64_t>(sizeof(A))));
+  const int64_t max_chunks = max64(1, (16 << 20) / (g.groups * taps * slab * static_cast<int64_t>(sizeof(A))));
   const int64_t chunks = min64(ceil_div(M, 1024), max_chunks), len = ceil_div(M, chunks);
-  Scratch<A> partial(chunks * g.groups * KHW * slab);  // [chunk][group][tap][ic][oc]
-  Scratch<A> zeros(Cg);
-  fill_zero(zeros.get(), Cg);
+  Scratch<A> partial(chunks * g.groups * taps * slab);  // [chunk][group][tap][ic][oc]
   // Input channels are split into parts only where chunks and groups give threads too few items
   // (3x3 512 @7: one chunk); an item's sums do not depend on the split.
-  const int64_t ic_blocks = Cg / kMR, want = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t ic_blocks = Cr / kMR, want = 4 * static_cast<int64_t>(at::get_num_threads());
   int64_t ic_parts = 1;
   while (chunks * g.groups * ic_parts < want && ic_parts * 2 <= ic_blocks) ic_parts *= 2;
   const int64_t part_blocks = ceil_div(ic_blocks, ic_parts);
   at::parallel_for(0, chunks * g.groups * ic_parts, 1, [&](int64_t begin, int64_t end) {
     const A* gy_rows[kWeightGradBlock];
-    const A* rows[kWeightGradBlock];
-    int64_t ih0[kWeightGradBlock], iw0[kWeightGradBlock];
-    const T* image[kWeightGradBlock];
+    // A position's values for the tap: x.data[first + v] for v in [lo, hi), zeros elsewhere.
+    int64_t first[kWeightGradBlock], lo[kWeightGradBlock], hi[kWeightGradBlock];
+    int64_t ih0[kWeightGradBlock], iw0[kWeightGradBlock], image[kWeightGradBlock];
     Scratch<A> panels(kWeightGradBlock * Mg);  // [oc panel][position][NR]
     alignas(64) A slice[kWeightGradBlock * kMR];  // [position][MR]
     for (int64_t item = begin; item < end; ++item) {
       const int64_t part = item % ic_parts, grp = item / ic_parts % g.groups;
       const int64_t chunk = item / ic_parts / g.groups;
-      const int64_t ic_begin = part * part_blocks * kMR, ic_end = min64(Cg, ic_begin + part_blocks * kMR);
+      const int64_t ic_begin = part * part_blocks * kMR, ic_end = min64(Cr, ic_begin + part_blocks * kMR);
       const int64_t q0 = chunk * len, count = min64(len, M - q0);
-      A* out = partial.get() + (chunk * g.groups + grp) * KHW * slab;
+      A* out = partial.get() + (chunk * g.groups + grp) * taps * slab;
       // Blocks of positions, both operands copied out contiguous (in place, their rows are far
       // apart: at 256 channels a block's lines share a few cache sets and every load missed L1):
       // gy's NR-wide panels once per block for all taps, x's MR channels once per (block, tap,
@@ -3319,7 +3330,7 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
         for (int64_t i = 0; i < b; ++i) {
           const int64_t q = q0 + b0 + i, n = q / (g.OH * g.OW), oh = q / g.OW % g.OH, ow = q % g.OW;
           gy_rows[i] = reinterpret_cast<const A*>(gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW) + grp * Mg;
-          image[i] = x.data + n * x.sN + grp * Cg;
+          image[i] = n * x.sN + grp * Cg;
           ih0[i] = oh * g.sH - g.pH;
           iw0[i] = ow * g.sW - g.pW;
         }
@@ -3328,19 +3339,29 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
             __builtin_memcpy(panels.get() + (oc0 * kWeightGradBlock + i * NR), gy_rows[i] + oc0, NR * sizeof(A));
           }
         }
-        for (int64_t tap = 0; tap < KHW; ++tap) {
-          const int64_t di = (tap / g.KW) * g.dH, dj = (tap % g.KW) * g.dW;
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const int64_t di = (row_taps ? tap : tap / g.KW) * g.dH, dj = row_taps ? 0 : (tap % g.KW) * g.dW;
           for (int64_t i = 0; i < b; ++i) {
             const int64_t ih = ih0[i] + di, iw = iw0[i] + dj;
-            rows[i] = inside(ih, g.H) && inside(iw, g.W)
-                          ? reinterpret_cast<const A*>(image[i] + ih * x.sH + iw * x.sW)
-                          : zeros.get();
+            first[i] = image[i] + ih * x.sH + iw * x.sW;
+            // Row taps: the kernel row's columns from iw on, clipped to the row (x.sW == Cg).
+            lo[i] = row_taps ? max64(0, -iw) * Cg : 0;
+            hi[i] = !inside(ih, g.H) ? 0 : row_taps ? min64(run, (g.W - iw) * Cg) : inside(iw, g.W) ? Cg : 0;
           }
           for (int64_t ic0 = ic_begin; ic0 < ic_end; ic0 += kMR) {
-            for (int64_t i = 0; i < b; ++i) __builtin_memcpy(slice + i * kMR, rows[i] + ic0, kMR * sizeof(A));
+            for (int64_t i = 0; i < b; ++i) {
+              A* dst = slice + i * kMR;
+              const int64_t from = max64(lo[i], ic0), to = min64(hi[i], ic0 + kMR);
+              if (from == ic0 && to == ic0 + kMR) {
+                __builtin_memcpy(dst, x.data + first[i] + ic0, kMR * sizeof(A));
+                continue;
+              }
+              fill_zero(dst, kMR);
+              for (int64_t v = from; v < to; ++v) dst[v - ic0] = x.data[first[i] + v];
+            }
             for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
               const A* panel = panels.get() + oc0 * kWeightGradBlock;
-              A* c = out + (tap * Cg + ic0) * Mg + oc0;
+              A* c = out + (tap * Cr + ic0) * Mg + oc0;
               if (b0 == 0) {
                 microkernel<A>(b, slice, panel, c, Mg);
               } else {
@@ -3358,16 +3379,21 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   // are consecutive items, so the lines of gw they share (NCHW: taps innermost) are filled
   // while in cache (3x3 512 NCHW: the sum took as long as the GEMMs with taps outermost).
   constexpr int64_t kTile = 16;
-  const int64_t per_chunk = g.groups * KHW * slab;
-  const int64_t ic_tiles = ceil_div(Cg, kTile), oc_tiles = ceil_div(Mg, kTile);
-  at::parallel_for(0, g.groups * KHW * ic_tiles * oc_tiles, 1, [&](int64_t begin, int64_t end) {
+  const int64_t per_chunk = g.groups * taps * slab;
+  const int64_t ic_tiles = ceil_div(run, kTile), oc_tiles = ceil_div(Mg, kTile);
+  // Where channel ic of a tap goes in a group's gw (row taps: its kernel column and channel).
+  const auto gw_at = [&](int64_t tap, int64_t ic) {
+    return row_taps ? tap * gw.sH + ic / Cg * gw.sW + ic % Cg * gw.sC
+                    : tap / g.KW * gw.sH + tap % g.KW * gw.sW + ic * gw.sC;
+  };
+  at::parallel_for(0, g.groups * taps * ic_tiles * oc_tiles, 1, [&](int64_t begin, int64_t end) {
     A tile[kTile][kTile];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t tap = item % KHW, oc0 = item / KHW % oc_tiles * kTile;
-      const int64_t ic0 = item / KHW / oc_tiles % ic_tiles * kTile, grp = item / KHW / oc_tiles / ic_tiles;
-      const int64_t nic = min64(kTile, Cg - ic0), noc = min64(kTile, Mg - oc0);
+      const int64_t tap = item % taps, oc0 = item / taps % oc_tiles * kTile;
+      const int64_t ic0 = item / taps / oc_tiles % ic_tiles * kTile, grp = item / taps / oc_tiles / ic_tiles;
+      const int64_t nic = min64(kTile, run - ic0), noc = min64(kTile, Mg - oc0);
       for (int64_t i = 0; i < nic; ++i) {
-        const A* first = partial.get() + ((grp * KHW + tap) * Cg + ic0 + i) * Mg + oc0;
+        const A* first = partial.get() + ((grp * taps + tap) * Cr + ic0 + i) * Mg + oc0;
         for (int64_t o = 0; o < noc; ++o) {
           A sum = first[o];
           for (int64_t c = 1; c < chunks; ++c) sum += first[c * per_chunk + o];
@@ -3375,8 +3401,8 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
         }
       }
       for (int64_t o = 0; o < noc; ++o) {
-        T* dst = gw.data + (grp * Mg + oc0 + o) * gw.sN + (tap / g.KW) * gw.sH + (tap % g.KW) * gw.sW;
-        for (int64_t i = 0; i < nic; ++i) dst[(ic0 + i) * gw.sC] = static_cast<T>(tile[o][i]);
+        T* dst = gw.data + (grp * Mg + oc0 + o) * gw.sN;
+        for (int64_t i = 0; i < nic; ++i) dst[gw_at(tap, ic0 + i)] = static_cast<T>(tile[o][i]);
       }
     }
   });
