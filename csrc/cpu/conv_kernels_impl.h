@@ -343,14 +343,15 @@ void pack_depthwise_weights(const ConvGeometry& g, View4<const T> w, A* out) {
   }
 }
 
-// kCols destination columns x CV vectors of channels from c0 of a channels_last depthwise pass,
-// the sums in registers across every tap: out[q][c] = bias[c] + sum over taps t of
-// wt[t][c] * src[t][q][c], where src[t][q] points at the source row of channels (or at zeros).
+// kDepthwiseCols destination columns (out_step apart) x CV vectors of channels from c0 of a
+// channels_last depthwise pass, the sums in registers across the taps: out[q][c] = bias[c] + sum
+// over taps t of wt[t][c] * src[t][q][c], where src[t][q] points at the source row of channels
+// (or at zeros).
 constexpr int kDepthwiseCols = 4;
 
 template <typename A, int CV>
-inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* wt, int64_t C,
-                               int64_t c0, const A* bias, A* out, int64_t cols) {
+inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* const* wt, int64_t c0,
+                               const A* bias, A* out, int64_t out_step, int64_t cols) {
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
   V acc[kDepthwiseCols][CV];
@@ -361,7 +362,7 @@ inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* wt, i
   }
   for (int64_t t = 0; t < taps; ++t) {
     V wv[CV];
-    for (int v = 0; v < CV; ++v) __builtin_memcpy(&wv[v], wt + t * C + c0 + v * VL, sizeof(V));
+    for (int v = 0; v < CV; ++v) __builtin_memcpy(&wv[v], wt[t] + c0 + v * VL, sizeof(V));
 #pragma GCC unroll 4
     for (int q = 0; q < kDepthwiseCols; ++q) {
       const A* p = src[t * kDepthwiseCols + q] + c0;
@@ -372,8 +373,12 @@ inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* wt, i
       }
     }
   }
-  for (int q = 0; q < cols; ++q) {
-    for (int v = 0; v < CV; ++v) __builtin_memcpy(out + q * C + c0 + v * VL, &acc[q][v], sizeof(V));
+  // A constant trip count with a test, not a loop to `cols`: indexed at run time, acc would
+  // live in memory (spilled across the taps' loop).
+#pragma GCC unroll 4
+  for (int q = 0; q < kDepthwiseCols; ++q) {
+    if (q >= cols) break;
+    for (int v = 0; v < CV; ++v) __builtin_memcpy(out + q * out_step + c0 + v * VL, &acc[q][v], sizeof(V));
   }
 }
 
@@ -453,19 +458,21 @@ inline SlideBlock slide_block(const int64_t* cols_of, int64_t KW) {
 // src_index(d, k, is_row) gives the source row (col) that tap row (col) k reads for destination
 // row (col) d, or -1 when it reads none; it is tabulated once per pass (it may divide). The
 // forward pass reads the input; the input gradient (the transposed pass) gathers from the
-// outputs whose windows cover each input position, so neither needs atomics. With `blocked`,
-// where source and destination hold the accumulation type, whole vectors of channels go through
-// depthwise_cl_block (taps past the border read a row of zeros); other channels go per position,
-// skipping the taps that read nothing (the transposed pass at stride > 1 leaves most of them
-// empty, and measured slower blocked).
+// outputs whose windows cover each input position, so neither needs atomics. Where source and
+// destination hold the accumulation type, whole vectors of channels go through
+// depthwise_cl_block, kDepthwiseCols columns col_step apart at a time: columns of one phase of
+// the stride read the same taps (the transposed pass at stride 2 reads 1, 2 or 4 of 9, by
+// phase; per position, with the sums in memory, its 3x3 s2 96 @112 input grad took twice
+// torch's time). A block skips the taps that none of its columns reads, and the others read a
+// row of zeros where they fall past the border. Other channels go per position.
 template <typename T, typename SrcIndex>
 void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T> w,
-                       const T* bias, View4<T> dst, int64_t rows, int64_t cols, bool blocked,
+                       const T* bias, View4<T> dst, int64_t rows, int64_t cols, int64_t col_step,
                        SrcIndex src_index) {
   using A = typename AccOf<T>::type;
   constexpr int VL = kVL<A>;
   const int64_t C = g.C_in, KHW = g.KH * g.KW;
-  const int64_t c_blocked = blocked && std::is_same_v<T, A> ? C / VL * VL : 0;
+  const int64_t c_blocked = std::is_same_v<T, A> ? C / VL * VL : 0;
   Scratch<A> wt(KHW * C), bias_a(C), zeros(C);
   pack_depthwise_weights(g, w, wt.get());
   for (int64_t c = 0; c < C; ++c) bias_a.get()[c] = bias ? static_cast<A>(bias[c]) : A(0);
@@ -475,65 +482,99 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
   for (int64_t c = 0; c < cols * g.KW; ++c) src_cols.get()[c] = src_index(c / g.KW, c % g.KW, false);
   // Blocks of kSlideCols columns whose taps read the source one column further per column and
   // per tap (or one back per tap) go through the sliding-window kernel.
-  const bool slide_kernel = (g.KW == 3 || g.KW == 5 || g.KW == 7) && g.KH <= 64;
+  const bool slide_kernel = (g.KW == 3 || g.KW == 5 || g.KW == 7) && g.KH <= 64 && col_step == 1;
   std::vector<SlideBlock> slides(cols / kSlideCols, SlideBlock{0, 0, 0, 0});
   for (int64_t i = 0; slide_kernel && i < cols / kSlideCols; ++i) {
     slides[i] = slide_block(src_cols.get() + i * kSlideCols * g.KW, g.KW);
+  }
+  // The other columns go in blocks of kDepthwiseCols, col_step apart (phase by phase), each with
+  // the kernel columns that some column of the block reads, and where each column reads them
+  // (source column, -1 for none): the same for every row, so tabulated once.
+  struct ColumnBlock { int64_t col0, cols, first, count; };  // entries [first, first + count)
+  std::vector<ColumnBlock> blocks;
+  std::vector<int64_t> block_kj, block_sw;  // per entry: kernel column; kDepthwiseCols sources
+  for (int64_t phase = 0; c_blocked > 0 && phase < col_step; ++phase) {
+    for (int64_t col0 = phase; col0 < cols;) {
+      if (col_step == 1 && col0 % kSlideCols == 0 && col0 + kSlideCols <= cols &&
+          slides[col0 / kSlideCols].dir != 0) {
+        blocks.push_back({col0, kSlideCols, 0, -1});  // count -1: a sliding block
+        col0 += kSlideCols;
+        continue;
+      }
+      ColumnBlock b{col0, min64(kDepthwiseCols, ceil_div(cols - col0, col_step)),
+                    static_cast<int64_t>(block_kj.size()), 0};
+      for (int64_t kj = 0; kj < g.KW; ++kj) {
+        bool reads = false;
+        for (int64_t q = 0; q < kDepthwiseCols; ++q) {
+          const int64_t col = col0 + q * col_step;
+          reads |= q < b.cols && src_cols.get()[col * g.KW + kj] >= 0;
+        }
+        if (!reads) continue;
+        block_kj.push_back(kj);
+        for (int64_t q = 0; q < kDepthwiseCols; ++q) {
+          block_sw.push_back(q < b.cols ? src_cols.get()[(col0 + q * col_step) * g.KW + kj] : -1);
+        }
+        ++b.count;
+      }
+      blocks.push_back(b);
+      col0 += kDepthwiseCols * col_step;
+    }
   }
   at::parallel_for(0, g.N * rows, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> acc_mem(C);
     A* __restrict acc = acc_mem.get();
     Scratch<const A*> ptr(c_blocked > 0 ? KHW * kDepthwiseCols : 0);  // [tap][column of the block]
+    Scratch<const A*> tap_wt(c_blocked > 0 ? KHW : 0);  // the block's taps' weights
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / rows, row = item % rows;
       T* dst_row = dst.data + n * dst.sN + row * dst.sH;
-      for (int64_t col0 = 0; c_blocked > 0 && col0 < cols;) {
-        const SlideBlock blk = col0 % kSlideCols == 0 && col0 + kSlideCols <= cols ? slides[col0 / kSlideCols]
-                                                                                   : SlideBlock{0, 0, 0, 0};
-        if (blk.dir != 0) {
+      for (const ColumnBlock& blk : blocks) {
+        A* out = reinterpret_cast<A*>(dst_row) + blk.col0 * C;
+        if (blk.count < 0) {
+          const SlideBlock& slide_blk = slides[blk.col0 / kSlideCols];
           const A* slide_rows[64];
           for (int64_t ki = 0; ki < g.KH; ++ki) {
             const int64_t sh = src_rows.get()[row * g.KH + ki];
             slide_rows[ki] = sh < 0 ? nullptr : reinterpret_cast<const A*>(src.data + n * src.sN + sh * src.sH);
           }
-          A* out = reinterpret_cast<A*>(dst_row) + col0 * C;
           // Blocks reading all their source columns (most) go without the range checks.
-          const bool clipped = blk.e_lo > 0 || blk.e_hi < kSlideCols + g.KW - 1;
+          const bool clipped = slide_blk.e_lo > 0 || slide_blk.e_hi < kSlideCols + g.KW - 1;
           const auto slide = [&](auto kw) {
             constexpr int KW = decltype(kw)::value;
-            const auto kernel = blk.dir > 0 ? (clipped ? depthwise_cl_slide<A, KW, 1, true> : depthwise_cl_slide<A, KW, 1, false>)
-                                            : (clipped ? depthwise_cl_slide<A, KW, -1, true> : depthwise_cl_slide<A, KW, -1, false>);
-            kernel(g.KH, slide_rows, blk, src.sW, wt.get(), C, c_blocked, bias_a.get(), out);
+            const auto kernel = slide_blk.dir > 0 ? (clipped ? depthwise_cl_slide<A, KW, 1, true> : depthwise_cl_slide<A, KW, 1, false>)
+                                                  : (clipped ? depthwise_cl_slide<A, KW, -1, true> : depthwise_cl_slide<A, KW, -1, false>);
+            kernel(g.KH, slide_rows, slide_blk, src.sW, wt.get(), C, c_blocked, bias_a.get(), out);
           };
           switch (g.KW) {
             case 3: slide(std::integral_constant<int, 3>{}); break;
             case 5: slide(std::integral_constant<int, 5>{}); break;
             case 7: slide(std::integral_constant<int, 7>{}); break;
           }
-          col0 += kSlideCols;
           continue;
         }
-        for (int64_t t = 0; t < KHW; ++t) {
-          const int64_t sh = src_rows.get()[row * g.KH + t / g.KW];
-          for (int q = 0; q < kDepthwiseCols; ++q) {
-            const int64_t col = col0 + q;
-            const int64_t sw = col < cols ? src_cols.get()[col * g.KW + t % g.KW] : -1;
-            ptr.get()[t * kDepthwiseCols + q] =
-                sh < 0 || sw < 0 ? zeros.get()
-                                 : reinterpret_cast<const A*>(src.data + n * src.sN + sh * src.sH + sw * src.sW);
+        int64_t taps = 0;
+        for (int64_t ki = 0; ki < g.KH; ++ki) {
+          const int64_t sh = src_rows.get()[row * g.KH + ki];
+          if (sh < 0) continue;
+          const T* src_row = src.data + n * src.sN + sh * src.sH;
+          for (int64_t e = blk.first; e < blk.first + blk.count; ++e) {
+            for (int q = 0; q < kDepthwiseCols; ++q) {
+              const int64_t sw = block_sw[e * kDepthwiseCols + q];
+              ptr.get()[taps * kDepthwiseCols + q] = sw < 0 ? zeros.get() : reinterpret_cast<const A*>(src_row + sw * src.sW);
+            }
+            tap_wt.get()[taps++] = wt.get() + (ki * g.KW + block_kj[e]) * C;
           }
         }
-        A* out = reinterpret_cast<A*>(dst_row) + col0 * C;
-        const int64_t cols_here = min64(kDepthwiseCols, cols - col0);
-        col0 += kDepthwiseCols;
+        const auto block = [&](auto cv, int64_t c0) {
+          depthwise_cl_block<A, decltype(cv)::value>(taps, ptr.get(), tap_wt.get(), c0, bias_a.get(), out,
+                                                     col_step * C, blk.cols);
+        };
         int64_t c0 = 0;
-        for (; c0 + 4 * VL <= c_blocked; c0 += 4 * VL) {
-          depthwise_cl_block<A, 4>(KHW, ptr.get(), wt.get(), C, c0, bias_a.get(), out, cols_here);
-        }
+        for (; c0 + 4 * VL <= c_blocked; c0 += 4 * VL) block(std::integral_constant<int, 4>{}, c0);
         switch ((c_blocked - c0) / VL) {  // the last 1-3 vectors in one block
-          case 3: depthwise_cl_block<A, 3>(KHW, ptr.get(), wt.get(), C, c0, bias_a.get(), out, cols_here); break;
-          case 2: depthwise_cl_block<A, 2>(KHW, ptr.get(), wt.get(), C, c0, bias_a.get(), out, cols_here); break;
-          case 1: depthwise_cl_block<A, 1>(KHW, ptr.get(), wt.get(), C, c0, bias_a.get(), out, cols_here); break;
+          case 3: block(std::integral_constant<int, 3>{}, c0); break;
+          case 2: block(std::integral_constant<int, 2>{}, c0); break;
+          case 1: block(std::integral_constant<int, 1>{}, c0); break;
         }
       }
       if (c_blocked == C) continue;
@@ -560,7 +601,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
 template <typename T>
 void depthwise_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T> w,
                           const T* bias, View4<T> y) {
-  depthwise_cl_pass(g, x, w, bias, y, g.OH, g.OW, true, [&](int64_t o, int64_t k, bool is_row) {
+  depthwise_cl_pass(g, x, w, bias, y, g.OH, g.OW, 1, [&](int64_t o, int64_t k, bool is_row) {
     const int64_t i = is_row ? o * g.sH - g.pH + k * g.dH : o * g.sW - g.pW + k * g.dW;
     return inside(i, is_row ? g.H : g.W) ? i : -1;
   });
@@ -569,7 +610,7 @@ void depthwise_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T
 template <typename T>
 void depthwise_input_grad_cl(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
                              const T* bias, View4<T> gx) {
-  depthwise_cl_pass(g, gy, w, bias, gx, g.H, g.W, g.sH == 1 && g.sW == 1, [&](int64_t i, int64_t k, bool is_row) {
+  depthwise_cl_pass(g, gy, w, bias, gx, g.H, g.W, g.sW, [&](int64_t i, int64_t k, bool is_row) {
     const int64_t s = is_row ? g.sH : g.sW;
     const int64_t t = is_row ? i + g.pH - k * g.dH : i + g.pW - k * g.dW;
     return t >= 0 && t % s == 0 && t / s < (is_row ? g.OH : g.OW) ? t / s : int64_t(-1);
