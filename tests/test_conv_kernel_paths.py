@@ -259,11 +259,14 @@ def _check_depthwise(x_shape, k, multiplier, dtype, layout, stride, padding, dil
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("padding", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_depthwise_stride2_wide_rows(dtype, padding, dilation):
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_stride2_wide_rows(dtype, padding, dilation, multiplier):
     # NCHW depthwise at stride 2 splits padded rows into even and odd columns, 16 at a time
-    # through registers (37 columns: two such blocks and a tail), in the input and weight grads;
-    # the forward sums vectors of adjacent outputs (a whole one and a tail) from even lanes.
-    _check_depthwise((2, 5, 9, 37), 3, 2, dtype, "contiguous", 2, padding, dilation)
+    # through registers (37 columns: two such blocks and a tail), in the weight grad and (with 2
+    # output channels a group) the input grad; the forward sums vectors of adjacent outputs (a
+    # whole one and a tail) from even lanes. With one output channel a group, the input grad
+    # gathers each phase's vectors of columns and interleaves them (19 and 18 a row).
+    _check_depthwise((2, 5, 9, 37), 3, multiplier, dtype, "contiguous", 2, padding, dilation)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])

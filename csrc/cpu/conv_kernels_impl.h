@@ -1296,6 +1296,69 @@ void depthwise_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w
   });
 }
 
+// Depthwise input grad (one output channel per group) at column stride 2 on planes with
+// contiguous rows, gathered: a gx row is two phases of columns, even and odd, and along a phase
+// consecutive outputs read consecutive gy columns, so a vector of outputs sums its taps (the
+// phase's kernel columns on the gy rows that the gx row's kernel rows reach) in registers, and
+// the two phases' vectors interleave into 2 x VL columns of gx. gy's rows are first copied
+// between zero columns. (Scattered tap by tap into a padded plane of gx, dw3x3 s2 96 @112 NCHW
+// took 4.3 ms, torch 3.5 ms.)
+template <typename A>
+void depthwise_input_grad_stride2_cols(const ConvGeometry& g, View4<const A> gy, View4<const A> w,
+                                       const A* bias, View4<A> gx) {
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  // Phase p (gx columns 2j + p) and kernel column kj meet where p + pW - kj dW is even: output j
+  // then reads gy column j + (p + pW - kj dW) / 2, at j + left + that in a copied row.
+  const int64_t per_phase = round_up(ceil_div(g.W, 2), VL);
+  const int64_t left = max64(0, ceil_div((g.KW - 1) * g.dW - g.pW, 2)) + 1;
+  const int64_t row_len = left + max64(g.OW, per_phase + (1 + g.pW) / 2 + 1);
+  LaneIndex<V> low, high;
+  for (int l = 0; l < VL; ++l) low[l] = l % 2 * VL + l / 2, high[l] = l % 2 * VL + VL / 2 + l / 2;
+  at::parallel_for(0, g.N * g.C_in, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> rows_mem(g.OH * row_len);
+    A* rows = rows_mem.get();
+    fill_zero(rows, g.OH * row_len);  // the columns outside gy's stay zero
+    std::vector<const A*> reach(g.KH);
+    std::vector<int64_t> reach_ki(g.KH);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / g.C_in, c = item % g.C_in;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        copy_run(rows + oh * row_len + left, gy.data + n * gy.sN + c * gy.sC + oh * gy.sH, g.OW);
+      }
+      const A* wk = w.data + c * w.sN;
+      const V b = splat<V>(bias ? bias[c] : A(0));
+      A* out = gx.data + n * gx.sN + c * gx.sC;
+      for (int64_t h = 0; h < g.H; ++h) {
+        int64_t count = 0;  // the gy rows this gx row's kernel rows reach
+        for (int64_t ki = 0; ki < g.KH; ++ki) {
+          const int64_t t = h + g.pH - ki * g.dH;
+          if (t < 0 || t % g.sH != 0 || t / g.sH >= g.OH) continue;
+          reach[count] = rows + t / g.sH * row_len + left, reach_ki[count++] = ki;
+        }
+        A* dst = out + h * gx.sH;
+        for (int64_t j0 = 0; 2 * j0 < g.W; j0 += VL) {
+          V even = b, odd = b;
+          for (int64_t r = 0; r < count; ++r) {
+            for (int64_t kj = 0; kj < g.KW; ++kj) {
+              const A wv = wk[reach_ki[r] * w.sH + kj * w.sW];
+              const int64_t shift = g.pW - kj * g.dW;  // phase 0 reads shift / 2, phase 1 (shift + 1) / 2
+              if (shift % 2 == 0) {
+                even += splat<V>(wv) * loadu<V>(reach[r] + j0 + shift / 2);
+              } else {
+                odd += splat<V>(wv) * loadu<V>(reach[r] + j0 + (shift + 1) / 2);
+              }
+            }
+          }
+          const int64_t cols = g.W - 2 * j0;
+          store_lanes(dst + 2 * j0, __builtin_shuffle(even, odd, low), cols);
+          if (cols > VL) store_lanes(dst + 2 * j0 + VL, __builtin_shuffle(even, odd, high), cols - VL);
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void depthwise_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
                           const T* bias, View4<T> gx) {
@@ -1320,6 +1383,11 @@ void depthwise_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const 
     return forward_flat<T, 1, 4>(t, gy, flipped, bias, gx);
   }
   using A = typename AccOf<T>::type;
+  if constexpr (std::is_same_v<T, A>) {
+    if (g.C_out_g() == 1 && g.sW == 2 && gy.sW == 1 && gx.sW == 1) {
+      return depthwise_input_grad_stride2_cols(g, gy, w, bias, gx);
+    }
+  }
   const PaddedPlane padded(g);
   const int64_t Mg = g.C_out_g();
   at::parallel_for(0, g.N * g.C_in, 1, [&](int64_t begin, int64_t end) {
