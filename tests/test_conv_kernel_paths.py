@@ -285,12 +285,15 @@ def test_depthwise_rows(k, padding, dilation, multiplier, dtype, layout):
 # and (as a forward conv of gy) input grad. Tiles past the outputs' edges, tails of input and
 # output channels (20 and 40), dilation 2 (tiles on interleaved grids; along rows only, NCHW
 # outputs still go out as runs of 4 per tile row), weights in each order their transform gathers
-# them (forward and reversed), and both schedules: 2 x 100 x 100 outputs make too
-# many tiles for one block, so U is transformed once and shared by blocks.
+# them (forward and reversed), and both schedules: U transformed once and shared by blocks of
+# tiles (where it fits L2, or 2 x 100 x 100 outputs make many tiles), or, with 136 channels each
+# way on few tiles, transformed by each thread for its output channels in two chunks of input
+# channels, as the GEMMs need them.
 @pytest.mark.parametrize("w_layout", ["contiguous", "channels_last", "transposed", "strided"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("cin,cout,size,padding,dilation", [
-    (20, 40, 11, 0, 1), (32, 48, 13, (2, 1), (2, 1)), (24, 16, 15, 2, 2), (16, 16, 100, 1, 1)])
+    (20, 40, 11, 0, 1), (32, 48, 13, (2, 1), (2, 1)), (24, 16, 15, 2, 2), (16, 16, 100, 1, 1),
+    (136, 136, 11, 1, (2, 1))])
 def test_winograd(cin, cout, size, padding, dilation, layout, w_layout):
     gen = torch.Generator().manual_seed(0)
     x = make_layout(torch.randn(2, cin, size, size + 1, generator=gen), layout).requires_grad_()

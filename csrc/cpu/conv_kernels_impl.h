@@ -25,13 +25,18 @@ constexpr int64_t kTileBytes = 256 * 1024;
 constexpr int64_t kKC = 256;
 
 // Length of a tile along a dimension of `total`, a multiple of `align`: as long as kTileBytes
-// allows, then halved until `outer_items` x tiles gives every thread several work items.
+// allows, then halved until `outer_items` x tiles gives every thread several work items. The
+// tiles are then evened out, their count rounded up so that the items make whole rounds of the
+// threads: 13 tiles of 128 positions on 2 threads (1x1 1024->256 @14, N = 8), the last 32 long,
+// kept one thread busy a tile longer than the other.
 int64_t tile_length(int64_t bytes_per_unit, int64_t total, int64_t align, int64_t outer_items) {
   int64_t t = max64(align, kTileBytes / max64(bytes_per_unit, 1) / align * align);
   t = min64(t, round_up(max64(total, 1), align));
-  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
-  while (t > align && outer_items * ceil_div(total, t) < want) t = round_up(t / 2, align);
-  return t;
+  const int64_t threads = at::get_num_threads();
+  while (t > align && outer_items * ceil_div(total, t) < 4 * threads) t = round_up(t / 2, align);
+  int64_t tiles = ceil_div(total, t);
+  while (outer_items * tiles % threads != 0 && tiles < ceil_div(total, align)) ++tiles;
+  return round_up(ceil_div(total, tiles), align);
 }
 
 template <typename A>
@@ -2199,24 +2204,28 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
   const int64_t tiles = grid.tiles;
 
   // Work items are (block of tiles, range of output-channel panels); a block holds its tiles' V
-  // and M for every point. Where one block per item holds all tiles (few tiles: 3x3 512 @7),
-  // output channels are split across threads and each item transforms its weights chunk by
-  // chunk just before the GEMMs use them: transformed all at once, the 36 x 512 x 512 U went
-  // through memory twice, which cost more than the GEMMs. Otherwise U is transformed once into
-  // memory and blocks of tiles share it: blocks fit L2 where U does too, else they are long, so
-  // that U (from L3) serves many tiles.
+  // and M for every point. Fused: one block per item holds all tiles, output channels are split
+  // across threads and each item transforms its weights chunk by chunk just before the GEMMs use
+  // them (transformed all at once, the 36 x 512 x 512 U of 3x3 512 @7 went through memory twice,
+  // which cost more than the GEMMs). Otherwise U is transformed once into memory and blocks of
+  // tiles share it: blocks fit L2 where U does too, else they are long, so that U (from L3)
+  // serves many tiles. Fused, every item transforms all tiles and streams their V once per
+  // panel; unfused, U is written once and streamed once per block: the way that streams fewer
+  // bytes is taken (3x3 256 @14, N = 8, 2 threads, fused 3.2-3.4 -> 2.5-2.6 ms unfused; N = 1
+  // 128 @28 0.37 fused, 0.43 unfused).
   const int64_t item_oc_items = min64(oc_panels, threads);
   const int64_t fused_bytes = kPoints * (Cp + ceil_div(oc_panels, item_oc_items) * NR) * static_cast<int64_t>(sizeof(A));
-  const bool fused = tiles * fused_bytes <= kWinogradLongBlockBytes;
-  const bool u_fits = kPoints * C * Mp * static_cast<int64_t>(sizeof(A)) <= kWinogradBlockBytes;
-  int64_t blocks = 1, oc_items = item_oc_items;
-  if (!fused) {
-    const int64_t tile_bytes = kPoints * (Cp + Mp) * static_cast<int64_t>(sizeof(A));
-    const int64_t longest = max64(kMR, (u_fits ? kWinogradBlockBytes : kWinogradLongBlockBytes) / tile_bytes / kMR * kMR);
-    blocks = ceil_div(tiles, longest);
-    if (blocks < 4 * threads) blocks = round_up(blocks, threads);
-    oc_items = 1;
-  }
+  const int64_t v_bytes = kPoints * tiles * Cp * static_cast<int64_t>(sizeof(A));
+  const int64_t u_bytes = kPoints * C * Mp * static_cast<int64_t>(sizeof(A));
+  const bool u_fits = u_bytes <= kWinogradBlockBytes;
+  const int64_t tile_bytes = kPoints * (Cp + Mp) * static_cast<int64_t>(sizeof(A));
+  const int64_t longest = max64(kMR, (u_fits ? kWinogradBlockBytes : kWinogradLongBlockBytes) / tile_bytes / kMR * kMR);
+  int64_t blocks = ceil_div(tiles, longest);
+  if (blocks < 4 * threads) blocks = round_up(blocks, threads);
+  const bool fused = tiles * fused_bytes <= kWinogradLongBlockBytes &&
+                     oc_panels * v_bytes < (u_fits ? 0 : (1 + blocks) * u_bytes) + v_bytes;
+  int64_t oc_items = 1;
+  if (fused) blocks = 1, oc_items = item_oc_items;
   const int64_t TB = round_up(ceil_div(tiles, blocks), kMR);
   blocks = ceil_div(tiles, TB);
   const int64_t item_panels = ceil_div(oc_panels, oc_items);
