@@ -274,6 +274,25 @@ def test_channels_last_max_pool_bitwise(kernel, stride, padding, ceil_mode, dtyp
         assert torch.equal(values.nan_to_num(), theirs[0].nan_to_num())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", WIDE_WINDOWS, ids=str)
+def test_channels_last_avg_pool_backward_bitwise(kernel, stride, padding, ceil_mode, dtype):
+    """channels_last average pooling's input grad, bit for bit: windows that share no input
+    (2 at stride 2, or 3 apart) write each input once, others add into zeros. Grads of -0 come
+    out +0, as torch adds them to zero; inputs no window reads get +0 too."""
+    x = torch.randn(2, 37, 9, 11, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    for count_include_pad, divisor in ((True, None), (False, None), (True, 3)):
+        args = (kernel, stride, padding, ceil_mode, count_include_pad, divisor)
+        ours, theirs = CF.avg_pool2d(x, *args), F.avg_pool2d(x, *args)
+        gy = torch.randn(ours.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        gy[:, :5] = -0.0
+        gy = gy.contiguous(memory_format=torch.channels_last)
+        ours, theirs = torch.autograd.grad(ours, x, gy)[0], torch.autograd.grad(theirs, x, gy)[0]
+        assert ours.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(ours.view(bits), theirs.view(bits)), args
+
+
 # --- batch shapes -------------------------------------------------------------------------------
 
 POOL_CALLS = [

@@ -1,5 +1,6 @@
 #pragma once
-// The CPU pooling kernels' interface (forward passes; compiled per ISA like the conv kernels).
+// The CPU pooling kernels' interface (forward passes and the average's backward; compiled per
+// ISA like the conv kernels).
 // Windows come precomputed per output row and column (PoolWindows), so one max kernel serves
 // max_pool2d and adaptive_max_pool2d and one average kernel avg_pool2d and adaptive_avg_pool2d.
 // `channels_last`: x and the outputs are dense channels_last (channels innermost); otherwise any
@@ -21,9 +22,9 @@ struct PoolKernels {
                    int64_t divisor, bool channels_last);
   // The mean of each whole plane: global average pooling.
   void (*global_avg_pool)(const PoolGeometry&, View4<const T> x, View4<T> y, bool channels_last);
-  // avg_pool's input grad on planes of any strides (gx written whole).
-  void (*avg_pool_backward_planes)(const PoolGeometry&, const PoolWindows&, View4<const T> gy,
-                                   View4<T> gx, int64_t divisor);
+  // avg_pool's input grad (gx written whole).
+  void (*avg_pool_backward)(const PoolGeometry&, const PoolWindows&, View4<const T> gy, View4<T> gx,
+                            int64_t divisor, bool channels_last);
 };
 
 struct PoolKernelSet {

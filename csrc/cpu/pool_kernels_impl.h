@@ -1,4 +1,4 @@
-// The CPU pooling kernels (forwards, and the planar average's backward), compiled once per SIMD
+// The CPU pooling kernels (forwards, and the average's backward), compiled once per SIMD
 // instruction set. Included only by kernels_<isa>.cpp (see there), after kernel_support_impl.h.
 //
 // Two loop orders: one (n, c) plane at a time for NCHW and other strides (vectors of adjacent
@@ -478,12 +478,99 @@ void avg_pool_backward_fixed_rows(const PoolGeometry& g, const PoolWindows& win,
   });
 }
 
+// The windows along an axis of n inputs share no input (stride >= kernel): each input's window,
+// or -1 for inputs no window reads.
+inline bool disjoint_windows(const PoolAxis& axis, int64_t outputs, int64_t n, std::vector<int64_t>& window_of) {
+  window_of.assign(n, -1);
+  for (int64_t o = 0; o < outputs; ++o) {
+    for (int64_t i = axis.lo[o]; i < axis.hi[o]; i += axis.step) {
+      if (window_of[i] >= 0) return false;
+      window_of[i] = o;
+    }
+  }
+  return true;
+}
+
+// Backward of an average on dense channels_last gy and gx, channels innermost. Where no two
+// windows share an input (2x2 s2), each row of gx is written once, in memory order: an input
+// gets its window's grad (gy over the divisor, computed once per output row, plus a zero as the
+// accumulating loop adds it to, which turns -0 into +0), the others zeros. (Zeroing each gx image
+// and then adding the windows into it went over images larger than L2 three times: 2x2 s2 256 @56
+// took longer than torch.) Overlapping windows add into the zeroed image, in torch's order.
+template <typename T>
+void avg_pool_backward_channels_last(const PoolGeometry& g, const PoolWindows& win, View4<const T> gy,
+                                     View4<T> gx, int64_t divisor) {
+  using A = at::opmath_type<T>;
+  std::vector<int64_t> row_window, col_window;
+  if (disjoint_windows(win.h, g.OH, g.H, row_window) && disjoint_windows(win.w, g.OW, g.W, col_window)) {
+    at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
+      Scratch<A> grads(g.OW * g.C);  // output row `have`'s grads over their divisors
+      int64_t have = -1;
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / g.H, ih = row % g.H, oh = row_window[ih];
+        T* __restrict dst = gx.data + n * gx.sN + ih * gx.sH;
+        if (oh < 0) {
+          fill_zero(dst, g.W * g.C);
+          continue;
+        }
+        if (have != n * g.OH + oh) {
+          have = n * g.OH + oh;
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const T* __restrict src = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW;
+            const A div = window_divisor<A>(win, oh, ow, divisor);
+            A* __restrict v = grads.get() + ow * g.C;
+            for (int64_t c = 0; c < g.C; ++c) v[c] = A(0) + static_cast<A>(src[c]) / div;
+          }
+        }
+        for (int64_t iw = 0; iw < g.W; ++iw, dst += g.C) {
+          const int64_t ow = col_window[iw];
+          if (ow < 0) {
+            fill_zero(dst, g.C);
+            continue;
+          }
+          const A* __restrict v = grads.get() + ow * g.C;
+          for (int64_t c = 0; c < g.C; ++c) dst[c] = static_cast<T>(v[c]);
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> image(std::is_same_v<T, A> ? 0 : g.H * g.W * g.C);
+    Scratch<A> v_mem(g.C);
+    A* __restrict v = v_mem.get();
+    for (int64_t n = begin; n < end; ++n) {
+      A* acc = std::is_same_v<T, A> ? reinterpret_cast<A*>(gx.data + n * gx.sN) : image.get();
+      fill_zero(acc, g.H * g.W * g.C);
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const A div = window_divisor<A>(win, oh, ow, divisor);
+          if (div == A(0)) continue;
+          const T* __restrict src = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW;
+          for (int64_t c = 0; c < g.C; ++c) v[c] = static_cast<A>(src[c]) / div;
+          for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
+            for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) {
+              A* __restrict dst = acc + (ih * g.W + iw) * g.C;
+              for (int64_t c = 0; c < g.C; ++c) dst[c] += v[c];
+            }
+          }
+        }
+      }
+      if constexpr (!std::is_same_v<T, A>) {
+        T* out = gx.data + n * gx.sN;
+        for (int64_t i = 0; i < g.H * g.W * g.C; ++i) out[i] = static_cast<T>(acc[i]);
+      }
+    }
+  });
+}
+
 // Backward of an average on planes of any strides: each output's grad, divided as in the
 // forward, spread over its window.
 template <typename T>
-void avg_pool_backward_planes(const PoolGeometry& g, const PoolWindows& win, View4<const T> gy,
-                              View4<T> gx, int64_t divisor) {
+void avg_pool_backward(const PoolGeometry& g, const PoolWindows& win, View4<const T> gy, View4<T> gx,
+                       int64_t divisor, bool channels_last) {
   using A = at::opmath_type<T>;
+  if (channels_last) return avg_pool_backward_channels_last(g, win, gy, gx, divisor);
   if constexpr (std::is_floating_point_v<T>) {
     if (g.kW > 0 && (g.sW == 1 || g.sW == 2) && gy.sW == 1 && gx.sW == 1) {
       return g.sW == 1 ? avg_pool_backward_fixed_rows<T, 1>(g, win, gy, gx, divisor)
@@ -516,7 +603,7 @@ void avg_pool_backward_planes(const PoolGeometry& g, const PoolWindows& win, Vie
 
 template <typename T>
 PoolKernels<T> pool_kernels_for_type() {
-  return {&max_pool<T>, &avg_pool<T>, &global_avg_pool<T>, &avg_pool_backward_planes<T>};
+  return {&max_pool<T>, &avg_pool<T>, &global_avg_pool<T>, &avg_pool_backward<T>};
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // CPU kernels of the pooling ops: argument checks, windows, outputs in the memory format torch
-// returns; the forward passes and the planar average's backward run the per-ISA kernels of
+// returns; the forward passes and the average's backward run the per-ISA kernels of
 // cpu/pool_kernels.h. The other backward passes (here) scatter into a per-plane (or per-image)
 // accumulator in the accumulation type (float for half types), so each plane is owned by one
 // thread and results are deterministic.
@@ -116,36 +116,6 @@ class ImageAccumulator {
   std::vector<A> buffer_;
   T* image_ = nullptr;
 };
-
-// Backward of an average on dense channels_last gy and gx: one image per work item, channels
-// innermost (the planar one is a per-ISA kernel).
-template <typename T>
-void avg_pool_backward_channels_last(View4<const T> gy, View4<T> gx, const PoolGeometry& g,
-                                     const Windows& win, int64_t divisor) {
-  using A = acc_t<T>;
-  at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-    ImageAccumulator<T> image(g.H * g.W * g.C);
-    std::vector<A> v(g.C);
-    for (int64_t n = begin; n < end; ++n) {
-      A* acc = image.start(gx.data + n * gx.sN);
-      for (int64_t oh = 0; oh < g.OH; ++oh) {
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const A div = static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
-          if (div == A(0)) continue;
-          const T* src = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW;
-          for (int64_t c = 0; c < g.C; ++c) v[c] = static_cast<A>(src[c]) / div;
-          for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
-            for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) {
-              A* dst = acc + (ih * g.W + iw) * g.C;
-              for (int64_t c = 0; c < g.C; ++c) dst[c] += v[c];
-            }
-          }
-        }
-      }
-      image.finish();
-    }
-  });
-}
 
 // Global average pooling's backward: every element of a plane gets the plane's grad / (H*W).
 template <typename T>
@@ -414,11 +384,9 @@ at::Tensor avg_pool_backward_impl(const at::Tensor& grad_output, const PoolGeome
     if (gx.numel() == 0) return;
     if (is_global_average(g, win, divisor)) {
       global_avg_pool_backward(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g);
-    } else if (cl) {
-      avg_pool_backward_channels_last(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g, win, divisor);
     } else {
-      cpu::pool_kernels_for<scalar_t>().avg_pool_backward_planes(
-          g, win.view(), cview4<scalar_t>(gy4), view4<scalar_t>(gx4), divisor);
+      cpu::pool_kernels_for<scalar_t>().avg_pool_backward(g, win.view(), cview4<scalar_t>(gy4),
+                                                          view4<scalar_t>(gx4), divisor, cl);
     }
   });
   return gx;
