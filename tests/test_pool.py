@@ -293,6 +293,26 @@ def test_channels_last_avg_pool_backward_bitwise(kernel, stride, padding, ceil_m
         assert torch.equal(ours.view(bits), theirs.view(bits)), args
 
 
+@pytest.mark.parametrize("where", ["random", "first row", "last row", "descending"])
+def test_channels_last_scatter_add_any_index_order(where):
+    """max pooling's channels_last backward zeroes an image's rows only as indices first reach
+    them: indices in any order (from a user), rows no index reaches, and a sum per element equal
+    to scatter_add's (integer values: exact in any order)."""
+    gen = torch.Generator().manual_seed(0)
+    N, C, H, W, OH, OW = 2, 19, 7, 6, 4, 5
+    values = torch.randint(-8, 8, (N, C, OH, OW), generator=gen).double()
+    indices = {"random": torch.randint(0, H * W, (N, C, OH, OW), generator=gen),
+               "first row": torch.randint(0, W, (N, C, OH, OW), generator=gen),
+               "last row": torch.randint((H - 1) * W, H * W, (N, C, OH, OW), generator=gen),
+               "descending": torch.arange(H * W - 1, H * W - 1 - OH * OW, -1).view(OH, OW).expand(N, C, OH, OW)}[where]
+    cl = torch.channels_last
+    ours = torch.ops.convext.pool_scatter_add(values.contiguous(memory_format=cl),
+                                              indices.contiguous(memory_format=cl), [H, W], True)
+    ref = torch.zeros(N, C, H * W, dtype=torch.float64).scatter_add_(2, indices.flatten(2), values.flatten(2))
+    assert ours.is_contiguous(memory_format=cl)
+    assert torch.equal(ours, ref.view(N, C, H, W))
+
+
 # --- batch shapes -------------------------------------------------------------------------------
 
 POOL_CALLS = [
