@@ -24,19 +24,26 @@ constexpr int64_t kTileBytes = 256 * 1024;
 // Reduction block of the blocked GEMMs: a KC x NR panel of 32-bit values (32 KB) fits L1.
 constexpr int64_t kKC = 256;
 
-// Length of a tile along a dimension of `total`, a multiple of `align`: as long as kTileBytes
-// allows, then halved until `outer_items` x tiles gives every thread several work items. The
-// tiles are then evened out, their count rounded up so that the items make whole rounds of the
-// threads: 13 tiles of 128 positions on 2 threads (1x1 1024->256 @14, N = 8), the last 32 long,
-// kept one thread busy a tile longer than the other.
-int64_t tile_length(int64_t bytes_per_unit, int64_t total, int64_t align, int64_t outer_items) {
-  int64_t t = max64(align, kTileBytes / max64(bytes_per_unit, 1) / align * align);
-  t = min64(t, round_up(max64(total, 1), align));
+// Tiles of at most t (a multiple of `align`) along a dimension of `total`, evened out: their
+// count rounded up so that `outer_items` x tiles work items make whole rounds of the threads.
+// (13 tiles of 128 positions on 2 threads, the last 32 long, kept one thread busy a tile longer
+// than the other: 1x1 1024->256 @14, N = 8.)
+int64_t even_tile_length(int64_t t, int64_t total, int64_t align, int64_t outer_items) {
   const int64_t threads = at::get_num_threads();
-  while (t > align && outer_items * ceil_div(total, t) < 4 * threads) t = round_up(t / 2, align);
   int64_t tiles = ceil_div(total, t);
   while (outer_items * tiles % threads != 0 && tiles < ceil_div(total, align)) ++tiles;
   return round_up(ceil_div(total, tiles), align);
+}
+
+// Length of a tile along a dimension of `total`, a multiple of `align`: as long as kTileBytes
+// allows, then halved until `outer_items` x tiles gives every thread several work items, then
+// evened out.
+int64_t tile_length(int64_t bytes_per_unit, int64_t total, int64_t align, int64_t outer_items) {
+  int64_t t = max64(align, kTileBytes / max64(bytes_per_unit, 1) / align * align);
+  t = min64(t, round_up(max64(total, 1), align));
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  while (t > align && outer_items * ceil_div(total, t) < want) t = round_up(t / 2, align);
+  return even_tile_length(t, total, align, outer_items);
 }
 
 template <typename A>
@@ -1666,6 +1673,7 @@ constexpr int64_t kWeightBlockBytes = 1024 * 1024;
 constexpr int64_t kL1PanelBytes = 24 * 1024;
 constexpr int64_t kTileRowsBytes = 1024 * 1024;
 constexpr int64_t kAccBytes = 512 * 1024;
+constexpr int64_t kItemPanels = 16;
 
 template <typename T>
 void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<const T> w,
@@ -1728,8 +1736,13 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
 
   // Work items are (group, tile of positions, range of output-channel panels); positions run
   // across images. While all packed weights fit L2, tiles are short (many items, any thread
-  // count). Otherwise every tile streams them again, so tiles are as long as their partial sums
-  // allow, and output channels are split across threads when tiles alone are too few.
+  // count). Otherwise every tile streams its item's weights again, so tiles are as long as their
+  // partial sums allow, and output channels are split across threads when tiles alone are too
+  // few, and into items of at most kItemPanels panels: with P positions x N channels of partial
+  // sums a tile, the K x N weights stream once per P positions, and about 8-16 panels an item
+  // balance that against each item reading its tile's rows of x again (ASPP's input grad, 2048
+  // channels, took tiles of all 64 panels and 64 positions: 99-109 -> 94-95 ms with 16, 99-109
+  // with 8; less than the streamed bytes predicted, as the weights mostly came from L3).
   const int64_t M = g.N * P;
   int64_t item_panels = oc_panels, PT;
   if (K * Mp * static_cast<int64_t>(sizeof(A)) <= kWeightBlockBytes) {
@@ -1740,8 +1753,10 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
     const int64_t acc_bytes = M * static_cast<int64_t>(sizeof(A)) * NR;
     const int64_t oc_items =
         min64(oc_panels, ceil_div(at::get_num_threads(), g.groups * ceil_div(acc_bytes * oc_panels, kAccBytes)));
-    item_panels = ceil_div(oc_panels, oc_items);
+    item_panels = min64(kItemPanels, ceil_div(oc_panels, oc_items));
     PT = round_up(ceil_div(M, ceil_div(acc_bytes * item_panels, kAccBytes)), kMR);
+    // (ASPP's 4 x 33 x 33 positions made 9 tiles for 2 threads.)
+    PT = even_tile_length(PT, M, kMR, g.groups * ceil_div(oc_panels, item_panels));
   }
   const int64_t tiles = ceil_div(M, PT), oc_items = ceil_div(oc_panels, item_panels);
 
@@ -1848,11 +1863,22 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
           const A* const* step_rows = table + (mb * taps + t0) * kMR;
           const bool* step_padding = padding.get() + mb * taps + t0;
           const int64_t q = q0 + mb * kMR, rows_here = min64(kMR, pt - mb * kMR);
+          // The next block's partial sums (panels outermost: block mb + 1 of this panel), ahead
+          // of the loads that start it: from L2, they stalled the microkernel's first FMAs (ASPP
+          // input grad, 18 steps of partial sums: 108-113 -> 99-102 ms).
+          const bool fetch_next = !first && panels_outer && (mb + 1) * kMR < pt;
           if (direct_store && rows_here == kMR && cols == NR) {
             A* out = reinterpret_cast<A*>(y.data) + q * g.C_out + oc0;
             A* out_rows[kMR];
             for (int m = 0; m < kMR; ++m) {
               out_rows[m] = reinterpret_cast<A*>(y.data) + (q0 + slot_position(mb * kMR + m)) * g.C_out + oc0;
+            }
+            if (fetch_next) {
+              for (int64_t m = 0; m < min64(kMR, pt - (mb + 1) * kMR); ++m) {
+                const A* next = reinterpret_cast<A*>(y.data) + (q0 + slot_position((mb + 1) * kMR + m)) * g.C_out + oc0;
+                __builtin_prefetch(next);
+                __builtin_prefetch(next + NR / 2);
+              }
             }
             indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b,
                                     first ? nullptr : out, g.C_out, bias_here, out, g.C_out,
@@ -1861,6 +1887,12 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
           }
           A* partial = acc.get() + mb * kMR * ld + (jb - jb0) * NR;
           const A* c_in = first ? nullptr : partial;
+          if (fetch_next) {
+            for (int m = 0; m < kMR; ++m) {
+              __builtin_prefetch(partial + (kMR + m) * ld);
+              __builtin_prefetch(partial + (kMR + m) * ld + NR / 2);
+            }
+          }
           if (!last) {
             indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b, c_in, ld, nullptr, partial, ld);
             return;
