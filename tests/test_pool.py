@@ -274,6 +274,22 @@ def test_channels_last_max_pool_bitwise(kernel, stride, padding, ceil_mode, dtyp
         assert torch.equal(values.nan_to_num(), theirs[0].nan_to_num())
 
 
+@pytest.mark.parametrize("channels", [37, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", WIDE_WINDOWS, ids=str)
+def test_channels_last_avg_pool_bitwise(kernel, stride, padding, ceil_mode, dtype, channels):
+    """channels_last average pooling, bit for bit: each window summed from zero in torch's order,
+    in registers for blocks of channels (300: blocks, whole vectors and a partial one; 37: no
+    block)."""
+    x = torch.randn(2, channels, 9, 11, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    for count_include_pad, divisor in ((True, None), (False, None), (True, 3)):
+        args = (kernel, stride, padding, ceil_mode, count_include_pad, divisor)
+        ours, theirs = CF.avg_pool2d(x, *args), F.avg_pool2d(x, *args)
+        assert ours.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(ours.view(bits), theirs.view(bits)), args
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", WIDE_WINDOWS, ids=str)
 def test_channels_last_avg_pool_backward_bitwise(kernel, stride, padding, ceil_mode, dtype):
@@ -550,6 +566,16 @@ def test_global_avg_pool(flatten):
               torch.randn(16, 7, 7)):
         expected = x.mean((-2, -1), keepdim=not flatten)
         torch.testing.assert_close(layer(x), expected)
+
+
+# Plane sizes around multiples of the vector lengths (4 to 16 lanes): the contiguous-plane sum
+# takes whole vectors, pairs of them and a last vector overlapping the one before.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("hw", [(1, 3), (2, 4), (3, 3), (1, 16), (1, 17), (5, 5), (4, 8), (3, 11), (7, 7), (8, 8), (5, 13)],
+                         ids=str)
+def test_global_avg_pool_plane_sizes(hw, dtype):
+    x = torch.randn(2, 5, *hw, dtype=dtype)
+    torch.testing.assert_close(CF.adaptive_avg_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1))
 
 
 def test_convert_swaps_pools():

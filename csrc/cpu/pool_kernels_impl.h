@@ -344,11 +344,56 @@ void max_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
   });
 }
 
+// Average pooling on channels_last tensors, channels in the lanes: a vector of channels sums its
+// window in a register, from zero in window order as torch does. Sums kept in memory per
+// position (a load and a store per tap) reached 60% of torch's rate on 2x2 s2 256 @56.
+template <typename A>
+void avg_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4<const A> x,
+                            View4<A> y, int64_t divisor) {
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  constexpr int kBlock = 16;
+  const PoolAxis &wh = win.h, &ww = win.w;
+  at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.OH, oh = row % g.OH;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const A div = window_divisor<A>(win, oh, ow, divisor);
+        A* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
+        int64_t c = 0;
+        for (; c + kBlock * VL <= g.C; c += kBlock * VL) {
+          V sum[kBlock] = {};
+          for (int64_t ih = wh.lo[oh]; ih < wh.hi[oh]; ++ih) {
+            for (int64_t iw = ww.lo[ow]; iw < ww.hi[ow]; ++iw) {
+              const A* in = x.data + n * x.sN + ih * x.sH + iw * x.sW + c;
+              for (int b = 0; b < kBlock; ++b) sum[b] += loadu<V>(in + b * VL);
+            }
+          }
+          for (int b = 0; b < kBlock; ++b) store_lanes(out + c + b * VL, div != A(0) ? sum[b] / div : V{}, VL);
+        }
+        for (; c < g.C; c += VL) {
+          const int64_t lanes = min64(VL, g.C - c);
+          V sum{};
+          for (int64_t ih = wh.lo[oh]; ih < wh.hi[oh]; ++ih) {
+            for (int64_t iw = ww.lo[ow]; iw < ww.hi[ow]; ++iw) {
+              sum += load_lanes<V>(x.data + n * x.sN + ih * x.sH + iw * x.sW + c, lanes);
+            }
+          }
+          store_lanes(out + c, div != A(0) ? sum / div : V{}, lanes);
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void avg_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, View4<T> y,
               int64_t divisor, bool channels_last) {
   using A = at::opmath_type<T>;
   const PoolAxis &wh = win.h, &ww = win.w;
+  if constexpr (std::is_floating_point_v<T>) {
+    if (channels_last) return avg_pool_channels_last<T>(g, win, x, y, divisor);
+  }
   if (channels_last) {
     at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
       Scratch<A> sum_mem(g.C);
@@ -395,6 +440,33 @@ void avg_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
   });
 }
 
+// The sum of n >= kVL<A> contiguous values in vector partial sums. The last, partial vector is
+// the whole one ending at p + n with its lanes already summed zeroed, and the lanes are summed
+// by halves: with a scalar tail and reduction per plane, global average pooling of 7x7 planes
+// ran at two thirds of torch's speed.
+template <typename A>
+A contiguous_sum(const A* p, int64_t n) {
+  using V = typename Vec<A>::type;
+  using I = LaneIndex<V>;
+  constexpr int VL = kVL<A>;
+  I lane;
+  for (int l = 0; l < VL; ++l) lane[l] = l;
+  V s0{}, s1{};
+  int64_t i = 0;
+  for (; i + 2 * VL <= n; i += 2 * VL) {
+    s0 += loadu<V>(p + i);
+    s1 += loadu<V>(p + i + VL);
+  }
+  if (i + VL <= n) {
+    s0 += loadu<V>(p + i);
+    i += VL;
+  }
+  if (i < n) s1 += lane >= static_cast<decltype(lane[0] + 0)>(i + VL - n) ? loadu<V>(p + n - VL) : V{};
+  s0 += s1;
+  for (int half = VL / 2; half > 0; half /= 2) s0 += __builtin_shuffle(s0, lane ^ half);
+  return s0[0];
+}
+
 // One mean per plane, reading each plane (or, channels_last, each image) front to back.
 template <typename T>
 void global_avg_pool(const PoolGeometry& g, View4<const T> x, View4<T> y, bool channels_last) {
@@ -420,6 +492,12 @@ void global_avg_pool(const PoolGeometry& g, View4<const T> x, View4<T> y, bool c
       const int64_t n = plane / g.C, c = plane % g.C;
       const T* in = x.data + n * x.sN + c * x.sC;
       A sum = A(0);
+      if constexpr (std::is_floating_point_v<T>) {
+        if (x.sW == 1 && x.sH == g.W && HW >= kVL<A>) {
+          y.data[n * y.sN + c * y.sC] = contiguous_sum(in, HW) / A(HW);
+          continue;
+        }
+      }
       if (x.sW == 1 && x.sH == g.W) {
         // Independent partial sums: a single running sum is a dependency chain that cannot be
         // vectorised without reassociation.
