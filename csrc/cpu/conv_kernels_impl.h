@@ -1729,15 +1729,33 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
       A* dst = wpack.get() + idx * K * NR;
       const T* wp = w.data + (grp * Mg + jb * NR) * w.sN;
       const int64_t cols = min64(NR, Mg - jb * NR);
-      // Reads walk each weight row in memory order (channels innermost on channels_last weights),
-      // writes fill whole NR-runs.
+      // Groups of 8 output channels go through 8 x 8 transposes along whichever of channels
+      // (each tap's) or taps (each channel's) is contiguous; value by value, packing DCGAN's
+      // 512 x 4096 weights took 15% of its 4x4 s2 forward. The rest read each weight row in
+      // memory order (channels innermost on channels_last weights) and fill whole NR-runs.
       const bool ic_inner = w.sC < w.sW;
+      const bool ic_runs = w.sC == 1, tap_runs = w.sW == 1 && w.sH == g.KW;
+      const int64_t cols8 = ic_runs || tap_runs ? cols / 8 * 8 : 0;
+      for (int64_t r0 = 0; r0 < cols8; r0 += 8) {
+        const T* rows[8];
+        for (int64_t run = 0; run < (ic_runs ? KHW : Cg); ++run) {
+          for (int m = 0; m < 8; ++m) {
+            rows[m] = wp + (r0 + m) * w.sN +
+                      (ic_runs ? (run / g.KW) * w.sH + (run % g.KW) * w.sW : run * w.sC);
+          }
+          if (ic_runs) {
+            interleave8(rows, Cg, dst + run * Cg * NR + r0, NR);
+          } else {
+            interleave8(rows, KHW, dst + run * NR + r0, Cg * NR);
+          }
+        }
+      }
       for (int64_t outer = 0; outer < K; outer += (ic_inner ? Cg : KHW)) {
         for (int64_t inner = 0; inner < (ic_inner ? Cg : KHW); ++inner) {
           const int64_t ic = ic_inner ? inner : outer / KHW, tap = ic_inner ? outer / Cg : inner;
           const T* src = wp + ic * w.sC + (tap / g.KW) * w.sH + (tap % g.KW) * w.sW;
           A* out = dst + (tap * Cg + ic) * NR;
-          for (int64_t r = 0; r < cols; ++r) out[r] = static_cast<A>(src[r * w.sN]);
+          for (int64_t r = cols8; r < cols; ++r) out[r] = static_cast<A>(src[r * w.sN]);
           for (int64_t r = cols; r < NR; ++r) out[r] = A(0);
         }
       }
