@@ -34,6 +34,9 @@ struct MaxPoolBackward {
                                std::tuple<at::Tensor, at::Tensor> result) {
     auto& [out, indices] = result;
     ctx->mark_non_differentiable({indices});
+    // Else autograd hands backward a zero-filled grad for the indices as well (12.8 MB of
+    // int64 zeros for max pool 3x3 s2 64 @112, N = 8: a quarter of its backward's time).
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({indices});
     save_plane_size(ctx, "input", input);
     ctx->saved_data["channels_last"] = pool_prefers_channels_last(input);
@@ -59,6 +62,7 @@ class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
         ops::max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode));
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(6);
     const auto& saved = ctx->saved_data;
     return {ops::max_pool2d_backward(grads[0], ctx->get_saved_variables()[0],
                                      load_plane_size(ctx, "input"),
@@ -80,6 +84,7 @@ class AdaptiveMaxPool2dFunction : public torch::autograd::Function<AdaptiveMaxPo
     return MaxPoolBackward::forward(ctx, input, ops::adaptive_max_pool2d(input, output_size));
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return variable_list(2);
     return {ops::pool_scatter_add(grads[0], ctx->get_saved_variables()[0],
                                   load_plane_size(ctx, "input"),
                                   ctx->saved_data["channels_last"].toBool()),
