@@ -275,6 +275,15 @@ def test_depthwise_stride2_wide_rows(dtype, padding, dilation, multiplier):
     _check_depthwise((2, 5, 9, 37), 3, multiplier, dtype, "contiguous", 2, padding, dilation)
 
 
+@pytest.mark.parametrize("dtype,stride,size", [
+    (torch.float32, 1, (160, 208)), (torch.float64, 1, (160, 208)), (torch.float32, 2, (320, 416))], ids=str)
+def test_depthwise_channels_last_streamed_outputs(dtype, stride, size):
+    # channels_last outputs of 8 MB or more are stored around the caches: the sliding blocks
+    # (stride 1, forward and input grad) and the blocks of columns (stride 2: the forward, and the
+    # input grad a phase of columns at a time).
+    _check_depthwise((2, 32) + size, 3, 1, dtype, "channels_last", stride, 1, 1)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("k,padding,dilation,multiplier", [

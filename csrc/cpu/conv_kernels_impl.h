@@ -363,7 +363,7 @@ constexpr int kDepthwiseCols = 4;
 
 template <typename A, int CV>
 inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* const* wt, int64_t c0,
-                               const A* bias, A* out, int64_t out_step, int64_t cols) {
+                               const A* bias, A* out, int64_t out_step, int64_t cols, bool stream) {
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
   V acc[kDepthwiseCols][CV];
@@ -390,7 +390,13 @@ inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* const
 #pragma GCC unroll 4
   for (int q = 0; q < kDepthwiseCols; ++q) {
     if (q >= cols) break;
-    for (int v = 0; v < CV; ++v) __builtin_memcpy(out + q * out_step + c0 + v * VL, &acc[q][v], sizeof(V));
+    for (int v = 0; v < CV; ++v) {
+      if (stream) {
+        store_stream(out + q * out_step + c0 + v * VL, acc[q][v]);
+      } else {
+        __builtin_memcpy(out + q * out_step + c0 + v * VL, &acc[q][v], sizeof(V));
+      }
+    }
   }
 }
 
@@ -411,7 +417,7 @@ struct SlideBlock {
 
 template <typename A, int KW, int DIR, bool Clipped>
 void depthwise_cl_slide(int64_t KH, const A* const* rows, const SlideBlock& blk, int64_t src_sW,
-                        const A* wt, int64_t C, int64_t c_end, const A* bias, A* out) {
+                        const A* wt, int64_t C, int64_t c_end, const A* bias, A* out, bool stream) {
   using V = typename Vec<A>::type;
   const int e_lo = static_cast<int>(blk.e_lo), e_hi = static_cast<int>(blk.e_hi);
   for (int64_t c0 = 0; c0 < c_end; c0 += kVL<A>) {
@@ -437,7 +443,13 @@ void depthwise_cl_slide(int64_t KH, const A* const* rows, const SlideBlock& blk,
       }
     }
 #pragma GCC unroll 16
-    for (int q = 0; q < kSlideCols; ++q) __builtin_memcpy(out + q * C + c0, &acc[q], sizeof(V));
+    for (int q = 0; q < kSlideCols; ++q) {
+      if (stream) {
+        store_stream(out + q * C + c0, acc[q]);
+      } else {
+        __builtin_memcpy(out + q * C + c0, &acc[q], sizeof(V));
+      }
+    }
   }
 }
 
@@ -532,6 +544,11 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
       col0 += kDepthwiseCols * col_step;
     }
   }
+  // Large outputs of whole vectors go around the caches (aligned rows of channels).
+  const bool stream = std::is_same_v<T, A> && c_blocked == C &&
+                      reinterpret_cast<uintptr_t>(dst.data) % CONVEXT_VEC_BYTES == 0 &&
+                      C * sizeof(A) % CONVEXT_VEC_BYTES == 0 && dst.sH == cols * C &&
+                      g.N * rows * dst.sH * static_cast<int64_t>(sizeof(A)) >= kStreamBytes;
   at::parallel_for(0, g.N * rows, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> acc_mem(C);
     A* __restrict acc = acc_mem.get();
@@ -540,7 +557,29 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / rows, row = item % rows;
       T* dst_row = dst.data + n * dst.sN + row * dst.sH;
+      // Source rows the next item reads and this one does not: from memory (rows of thousands
+      // of bytes, read a vector of channels at a time across columns), their lines came in a few
+      // at a time; prefetched a slice per block, they arrive while this row is summed.
+      const char* fetch[64];
+      int fetches = 0;
+      if (item + 1 < end) {
+        const int64_t next_n = (item + 1) / rows, next_row = (item + 1) % rows;
+        for (int64_t ki = 0; ki < g.KH && fetches < 64; ++ki) {
+          const int64_t sh = src_rows.get()[next_row * g.KH + ki];
+          bool read_now = false;
+          for (int64_t kj = 0; next_n == n && kj < g.KH; ++kj) read_now |= src_rows.get()[row * g.KH + kj] == sh;
+          if (sh >= 0 && !read_now) fetch[fetches++] = reinterpret_cast<const char*>(src.data + next_n * src.sN + sh * src.sH);
+        }
+      }
+      const int64_t fetch_bytes = src.sH * static_cast<int64_t>(sizeof(T));
+      int64_t fetched = 0, block_index = 0;
       for (const ColumnBlock& blk : blocks) {
+        if (fetches > 0) {
+          const int64_t upto = fetch_bytes * ++block_index / static_cast<int64_t>(blocks.size());
+          for (; fetched < upto; fetched += 64) {
+            for (int f = 0; f < fetches; ++f) __builtin_prefetch(fetch[f] + fetched);
+          }
+        }
         A* out = reinterpret_cast<A*>(dst_row) + blk.col0 * C;
         if (blk.count < 0) {
           const SlideBlock& slide_blk = slides[blk.col0 / kSlideCols];
@@ -555,7 +594,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
             constexpr int KW = decltype(kw)::value;
             const auto kernel = slide_blk.dir > 0 ? (clipped ? depthwise_cl_slide<A, KW, 1, true> : depthwise_cl_slide<A, KW, 1, false>)
                                                   : (clipped ? depthwise_cl_slide<A, KW, -1, true> : depthwise_cl_slide<A, KW, -1, false>);
-            kernel(g.KH, slide_rows, slide_blk, src.sW, wt.get(), C, c_blocked, bias_a.get(), out);
+            kernel(g.KH, slide_rows, slide_blk, src.sW, wt.get(), C, c_blocked, bias_a.get(), out, stream);
           };
           switch (g.KW) {
             case 3: slide(std::integral_constant<int, 3>{}); break;
@@ -579,7 +618,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
         }
         const auto block = [&](auto cv, int64_t c0) {
           depthwise_cl_block<A, decltype(cv)::value>(taps, ptr.get(), tap_wt.get(), c0, bias_a.get(), out,
-                                                     col_step * C, blk.cols);
+                                                     col_step * C, blk.cols, stream);
         };
         int64_t c0 = 0;
         for (; c0 + 4 * VL <= c_blocked; c0 += 4 * VL) block(std::integral_constant<int, 4>{}, c0);
@@ -607,6 +646,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
         for (int64_t c = c_blocked; c < C; ++c) out[c] = static_cast<T>(acc[c]);
       }
     }
+    if (stream) stream_fence();
   });
 }
 

@@ -19,6 +19,35 @@ void fill_zero(A* p, int64_t n) {
   for (int64_t i = 0; i < n; ++i) p[i] = A(0);
 }
 
+// Stores of whole vectors that go around the caches (non-temporal, write-combined into whole
+// lines): for outputs too large to stay cached they save reading each line in before it is
+// written, and leave the cache to the inputs. p must be aligned to the vector. After the last
+// one a thread calls stream_fence(), so that they are seen before what it stores next.
+constexpr int64_t kStreamBytes = 8 * 1024 * 1024;  // outputs this large go around the caches
+
+template <typename V>
+inline void store_stream(void* p, const V& v) {
+#if defined(__x86_64__) && CONVEXT_VEC_BYTES >= 32
+  using E = std::remove_cv_t<std::remove_reference_t<decltype(v[0])>>;
+  if constexpr (sizeof(V) == 64 && std::is_same_v<E, float>) {
+    return __builtin_ia32_movntps512(static_cast<float*>(p), v);
+  } else if constexpr (sizeof(V) == 64 && std::is_same_v<E, double>) {
+    return __builtin_ia32_movntpd512(static_cast<double*>(p), v);
+  } else if constexpr (sizeof(V) == 32 && std::is_same_v<E, float>) {
+    return __builtin_ia32_movntps256(static_cast<float*>(p), v);
+  } else if constexpr (sizeof(V) == 32 && std::is_same_v<E, double>) {
+    return __builtin_ia32_movntpd256(static_cast<double*>(p), v);
+  }
+#endif
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+
+inline void stream_fence() {
+#if defined(__x86_64__)
+  __builtin_ia32_sfence();
+#endif
+}
+
 // 64-byte aligned scratch memory owned by one chunk of parallel work.
 template <typename A>
 class Scratch {
