@@ -1632,7 +1632,8 @@ template <typename A>
 inline void indirect_microkernel(int64_t taps, int64_t channels, const A* const* rows,
                                  const bool* padding, int64_t c0, const A* __restrict b,
                                  const A* c_in, int64_t ld_in,
-                                 const A* bias, A* c_out, int64_t ld_out, A* const* out_rows = nullptr) {
+                                 const A* bias, A* c_out, int64_t ld_out, A* const* out_rows = nullptr,
+                                 bool stream = false) {
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
   V acc0[kMR], acc1[kMR];
@@ -1682,8 +1683,13 @@ inline void indirect_microkernel(int64_t taps, int64_t channels, const A* const*
 #pragma GCC unroll 16
   for (int m = 0; m < kMR; ++m) {
     A* out = out_rows ? out_rows[m] : c_out + m * ld_out;
-    __builtin_memcpy(out, &acc0[m], sizeof(V));
-    __builtin_memcpy(out + VL, &acc1[m], sizeof(V));
+    if (stream) {
+      store_stream(out, acc0[m]);
+      store_stream(out + VL, acc1[m]);
+    } else {
+      __builtin_memcpy(out, &acc0[m], sizeof(V));
+      __builtin_memcpy(out + VL, &acc1[m], sizeof(V));
+    }
   }
 }
 
@@ -1859,6 +1865,10 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
     for (int64_t o = 0; o < out; ++o) count += o * s - p >= 0 && o * s - p + (k - 1) * d < in;
     return count;
   };
+  // Where y is summed in one step and large, its blocks are stored around the caches.
+  const bool stream = direct_store && steps == 1 && reinterpret_cast<uintptr_t>(y.data) % CONVEXT_VEC_BYTES == 0 &&
+                      g.C_out * sizeof(A) % CONVEXT_VEC_BYTES == 0 && NR * sizeof(A) % 64 == 0 &&
+                      M * g.C_out * static_cast<int64_t>(sizeof(A)) >= kStreamBytes;
   const bool regroup = direct_store && taps > 1 && taps <= 64 &&
                        4 * inner(g.OH, g.sH, g.pH, g.dH, g.KH, g.H) * inner(g.OW, g.sW, g.pW, g.dW, g.KW, g.W) <=
                            3 * P;
@@ -1957,7 +1967,7 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
             }
             indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b,
                                     first ? nullptr : out, g.C_out, bias_here, out, g.C_out,
-                                    regrouped ? out_rows : nullptr);
+                                    regrouped ? out_rows : nullptr, stream);
             return;
           }
           A* partial = acc.get() + mb * kMR * ld + (jb - jb0) * NR;
@@ -2016,6 +2026,7 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
         }
       }
     }
+    if (stream) stream_fence();
   });
 }
 
