@@ -680,6 +680,19 @@ _ISA_SCRIPT = textwrap.dedent("""
                 ref += torch.autograd.grad(ref[0].sum(), x)
                 for a, b in zip(ours, ref):
                     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # Passes writing 8 MB or more store around the caches, with each ISA's instructions:
+    # channels_last depthwise (forward and input grad), 1x1, max pooling with indices and the
+    # average's input grad.
+    x = torch.randn(2, 32, 256, 260, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    wd, w1 = torch.randn(32, 1, 3, 3, generator=g), torch.randn(64, 32, 1, 1, generator=g)
+    for call in (lambda m: m.conv2d(x, wd, None, 1, 1, 1, 32), lambda m: m.conv2d(x, w1),
+                 lambda m: m.max_pool2d(x, 3, 2, 1, return_indices=True), lambda m: m.avg_pool2d(x, 2)):
+        ours, ref = call(CF), call(F)
+        ours, ref = (ours if isinstance(ours, tuple) else (ours,)), (ref if isinstance(ref, tuple) else (ref,))
+        ours += torch.autograd.grad(ours[0].sum(), x)
+        ref += torch.autograd.grad(ref[0].sum(), x)
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     print("ok")
 """)
 

@@ -309,6 +309,25 @@ def test_channels_last_avg_pool_backward_bitwise(kernel, stride, padding, ceil_m
         assert torch.equal(ours.view(bits), theirs.view(bits)), args
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_channels_last_pooling_streamed_outputs(dtype):
+    """channels_last passes writing 8 MB or more store around the caches: max pooling's values
+    and indices, and the input grad of averages over windows that share no input (stride 3 leaves
+    inputs no window reads, zeros). Bit for bit against torch."""
+    x = torch.randn(2, 32, 256, 260, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    ours, theirs = CF.max_pool2d(x, 3, 2, 1, return_indices=True), F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    for stride in (2, 3):
+        ours, theirs = CF.avg_pool2d(x, 2, stride), F.avg_pool2d(x, 2, stride)
+        gy = torch.randn(ours.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        gy = gy.contiguous(memory_format=torch.channels_last)
+        ours, theirs = torch.autograd.grad(ours, x, gy)[0], torch.autograd.grad(theirs, x, gy)[0]
+        assert ours.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(ours.view(bits), theirs.view(bits))
+
+
 @pytest.mark.parametrize("where", ["random", "first row", "last row", "descending"])
 def test_channels_last_scatter_add_any_index_order(where):
     """max pooling's channels_last backward zeroes an image's rows only as indices first reach

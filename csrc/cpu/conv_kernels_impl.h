@@ -545,8 +545,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
     }
   }
   // Large outputs of whole vectors go around the caches (aligned rows of channels).
-  const bool stream = std::is_same_v<T, A> && c_blocked == C &&
-                      reinterpret_cast<uintptr_t>(dst.data) % CONVEXT_VEC_BYTES == 0 &&
+  const bool stream = std::is_same_v<T, A> && c_blocked == C && stream_aligned(dst.data) &&
                       C * sizeof(A) % CONVEXT_VEC_BYTES == 0 && dst.sH == cols * C &&
                       g.N * rows * dst.sH * static_cast<int64_t>(sizeof(A)) >= kStreamBytes;
   at::parallel_for(0, g.N * rows, 1, [&](int64_t begin, int64_t end) {
@@ -554,32 +553,23 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
     A* __restrict acc = acc_mem.get();
     Scratch<const A*> ptr(c_blocked > 0 ? KHW * kDepthwiseCols : 0);  // [tap][column of the block]
     Scratch<const A*> tap_wt(c_blocked > 0 ? KHW : 0);  // the block's taps' weights
+    NextRowsPrefetch next_rows(src.sH * static_cast<int64_t>(sizeof(T)));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / rows, row = item % rows;
       T* dst_row = dst.data + n * dst.sN + row * dst.sH;
-      // Source rows the next item reads and this one does not: from memory (rows of thousands
-      // of bytes, read a vector of channels at a time across columns), their lines came in a few
-      // at a time; prefetched a slice per block, they arrive while this row is summed.
-      const char* fetch[64];
-      int fetches = 0;
+      next_rows.start();
       if (item + 1 < end) {
         const int64_t next_n = (item + 1) / rows, next_row = (item + 1) % rows;
-        for (int64_t ki = 0; ki < g.KH && fetches < 64; ++ki) {
+        for (int64_t ki = 0; ki < g.KH; ++ki) {
           const int64_t sh = src_rows.get()[next_row * g.KH + ki];
           bool read_now = false;
           for (int64_t kj = 0; next_n == n && kj < g.KH; ++kj) read_now |= src_rows.get()[row * g.KH + kj] == sh;
-          if (sh >= 0 && !read_now) fetch[fetches++] = reinterpret_cast<const char*>(src.data + next_n * src.sN + sh * src.sH);
+          if (sh >= 0 && !read_now) next_rows.add(src.data + next_n * src.sN + sh * src.sH);
         }
       }
-      const int64_t fetch_bytes = src.sH * static_cast<int64_t>(sizeof(T));
-      int64_t fetched = 0, block_index = 0;
+      int64_t block_index = 0;
       for (const ColumnBlock& blk : blocks) {
-        if (fetches > 0) {
-          const int64_t upto = fetch_bytes * ++block_index / static_cast<int64_t>(blocks.size());
-          for (; fetched < upto; fetched += 64) {
-            for (int f = 0; f < fetches; ++f) __builtin_prefetch(fetch[f] + fetched);
-          }
-        }
+        next_rows.upto(++block_index, static_cast<int64_t>(blocks.size()));
         A* out = reinterpret_cast<A*>(dst_row) + blk.col0 * C;
         if (blk.count < 0) {
           const SlideBlock& slide_blk = slides[blk.col0 / kSlideCols];
@@ -1866,7 +1856,7 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
     return count;
   };
   // Where y is summed in one step and large, its blocks are stored around the caches.
-  const bool stream = direct_store && steps == 1 && reinterpret_cast<uintptr_t>(y.data) % CONVEXT_VEC_BYTES == 0 &&
+  const bool stream = direct_store && steps == 1 && stream_aligned(y.data) &&
                       g.C_out * sizeof(A) % CONVEXT_VEC_BYTES == 0 && NR * sizeof(A) % 64 == 0 &&
                       M * g.C_out * static_cast<int64_t>(sizeof(A)) >= kStreamBytes;
   const bool regroup = direct_store && taps > 1 && taps <= 64 &&

@@ -21,25 +21,28 @@ void fill_zero(A* p, int64_t n) {
 
 // Stores of whole vectors that go around the caches (non-temporal, write-combined into whole
 // lines): for outputs too large to stay cached they save reading each line in before it is
-// written, and leave the cache to the inputs. p must be aligned to the vector. After the last
-// one a thread calls stream_fence(), so that they are seen before what it stores next.
-constexpr int64_t kStreamBytes = 8 * 1024 * 1024;  // outputs this large go around the caches
+// written, and leave the cache to the inputs. p must be aligned to the ISA's vector, and V a
+// whole number of them. After its last one a thread calls stream_fence(), so that they are seen
+// before what it stores next.
+constexpr int64_t kStreamBytes = 8 * 1024 * 1024;  // passes writing this much go around the caches
 
 template <typename V>
 inline void store_stream(void* p, const V& v) {
 #if defined(__x86_64__) && CONVEXT_VEC_BYTES >= 32
-  using E = std::remove_cv_t<std::remove_reference_t<decltype(v[0])>>;
-  if constexpr (sizeof(V) == 64 && std::is_same_v<E, float>) {
-    return __builtin_ia32_movntps512(static_cast<float*>(p), v);
-  } else if constexpr (sizeof(V) == 64 && std::is_same_v<E, double>) {
-    return __builtin_ia32_movntpd512(static_cast<double*>(p), v);
-  } else if constexpr (sizeof(V) == 32 && std::is_same_v<E, float>) {
-    return __builtin_ia32_movntps256(static_cast<float*>(p), v);
-  } else if constexpr (sizeof(V) == 32 && std::is_same_v<E, double>) {
-    return __builtin_ia32_movntpd256(static_cast<double*>(p), v);
-  }
+  typedef long long Bits __attribute__((vector_size(CONVEXT_VEC_BYTES), may_alias));
+  static_assert(sizeof(V) % sizeof(Bits) == 0);
+  for (size_t i = 0; i < sizeof(V) / sizeof(Bits); ++i) {
+    Bits bits;
+    __builtin_memcpy(&bits, reinterpret_cast<const char*>(&v) + i * sizeof(Bits), sizeof(Bits));
+#if CONVEXT_VEC_BYTES == 64
+    __builtin_ia32_movntdq512(static_cast<Bits*>(p) + i, bits);
+#else
+    __builtin_ia32_movntdq256(static_cast<Bits*>(p) + i, bits);
 #endif
+  }
+#else
   __builtin_memcpy(p, &v, sizeof(V));
+#endif
 }
 
 inline void stream_fence() {
@@ -47,6 +50,36 @@ inline void stream_fence() {
   __builtin_ia32_sfence();
 #endif
 }
+
+// Whether p is aligned for store_stream.
+inline bool stream_aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % CONVEXT_VEC_BYTES == 0; }
+
+// Passes over rows of work items, each reading a few whole rows of a large input (channels_last:
+// thousands of bytes each) a vector of channels at a time across its columns: the hardware
+// prefetchers miss that order, and lines came in from memory a few at a time. So each item
+// prefetches the rows the next one reads and it does not, a slice per step of its own work.
+class NextRowsPrefetch {
+ public:
+  explicit NextRowsPrefetch(int64_t row_bytes) : row_bytes_(row_bytes) {}
+  // Starts an item; then add() gives the next item's new rows (kMaxRows at most are kept).
+  void start() { count_ = 0, done_ = 0; }
+  void add(const void* row) {
+    if (count_ < kMaxRows) rows_[count_++] = static_cast<const char*>(row);
+  }
+  // Prefetches up to part / parts of the rows.
+  void upto(int64_t part, int64_t parts) {
+    if (count_ == 0) return;
+    for (const int64_t to = row_bytes_ * part / parts; done_ < to; done_ += 64) {
+      for (int r = 0; r < count_; ++r) __builtin_prefetch(rows_[r] + done_);
+    }
+  }
+
+ private:
+  static constexpr int kMaxRows = 16;
+  const char* rows_[kMaxRows];
+  int count_ = 0;
+  int64_t row_bytes_, done_ = 0;
+};
 
 // 64-byte aligned scratch memory owned by one chunk of parallel work.
 template <typename A>

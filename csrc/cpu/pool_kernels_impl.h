@@ -237,10 +237,24 @@ void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
   using I64 = typename Index64<A>::type;
   constexpr int VL = kVL<A>;
   const PoolAxis &wh = win.h, &ww = win.w;
+  // Large outputs of whole vectors go around the caches.
+  const bool stream = g.C % VL == 0 && dense_channels_last(y, g.C) && stream_aligned(y.data) &&
+                      (!Indices || (dense_channels_last(ind, g.C) && stream_aligned(ind.data))) &&
+                      g.N * g.OH * g.OW * g.C * static_cast<int64_t>(sizeof(A) + (Indices ? 8 : 0)) >= kStreamBytes;
   at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+    NextRowsPrefetch next_rows(x.sH * static_cast<int64_t>(sizeof(A)));
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.OH, oh = row % g.OH;
+      next_rows.start();
+      if (row + 1 < end) {
+        const int64_t next_n = (row + 1) / g.OH, next_oh = (row + 1) % g.OH;
+        for (int64_t ih = wh.lo[next_oh]; ih < wh.hi[next_oh]; ih += wh.step) {
+          const bool read_now = next_n == n && ih >= wh.lo[oh] && ih < wh.hi[oh] && (ih - wh.lo[oh]) % wh.step == 0;
+          if (!read_now) next_rows.add(x.data + next_n * x.sN + ih * x.sH);
+        }
+      }
       for (int64_t ow = 0; ow < g.OW; ++ow) {
+        next_rows.upto(ow + 1, g.OW);
         A* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
         for (int64_t c = 0; c < g.C; c += VL) {
           const int64_t lanes = min64(VL, g.C - c);
@@ -254,14 +268,18 @@ void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
               if constexpr (Indices) index = take ? I{} + static_cast<IE>(ih * g.W + iw) : index;
             }
           }
-          store_lanes(out + c, best, lanes);
-          if constexpr (Indices) {
-            int64_t* out_index = ind.data + n * ind.sN + oh * ind.sH + ow * ind.sW;
-            store_lanes(out_index + c, __builtin_convertvector(index, I64), lanes);
+          int64_t* out_index = Indices ? ind.data + n * ind.sN + oh * ind.sH + ow * ind.sW + c : nullptr;
+          if (stream) {
+            store_stream(out + c, best);
+            if constexpr (Indices) store_stream(out_index, __builtin_convertvector(index, I64));
+            continue;
           }
+          store_lanes(out + c, best, lanes);
+          if constexpr (Indices) store_lanes(out_index, __builtin_convertvector(index, I64), lanes);
         }
       }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -355,9 +373,18 @@ void avg_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
   constexpr int kBlock = 16;
   const PoolAxis &wh = win.h, &ww = win.w;
   at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
+    NextRowsPrefetch next_rows(x.sH * static_cast<int64_t>(sizeof(A)));
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.OH, oh = row % g.OH;
+      next_rows.start();
+      if (row + 1 < end) {
+        const int64_t next_n = (row + 1) / g.OH, next_oh = (row + 1) % g.OH;
+        for (int64_t ih = wh.lo[next_oh]; ih < wh.hi[next_oh]; ++ih) {
+          if (next_n != n || ih >= wh.hi[oh]) next_rows.add(x.data + next_n * x.sN + ih * x.sH);
+        }
+      }
       for (int64_t ow = 0; ow < g.OW; ++ow) {
+        next_rows.upto(ow + 1, g.OW);
         const A div = window_divisor<A>(win, oh, ow, divisor);
         A* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
         int64_t c = 0;
@@ -581,14 +608,32 @@ void avg_pool_backward_channels_last(const PoolGeometry& g, const PoolWindows& w
   using A = at::opmath_type<T>;
   std::vector<int64_t> row_window, col_window;
   if (disjoint_windows(win.h, g.OH, g.H, row_window) && disjoint_windows(win.w, g.OW, g.W, col_window)) {
+    // A large gx goes around the caches, a vector at a time.
+    using V = typename Vec<A>::type;
+    constexpr int VL = kVL<A>;
+    const bool stream = std::is_same_v<T, A> && g.C % VL == 0 && dense_channels_last(gx, g.C) &&
+                        stream_aligned(gx.data) && g.N * g.H * g.W * g.C * static_cast<int64_t>(sizeof(A)) >= kStreamBytes;
+    // A row of gx: its windows' grads (an output row's, or none: zeros), zeros where no window reads.
+    const auto write_row = [&](T* __restrict dst, const A* grads) {
+      for (int64_t iw = 0; iw < g.W; ++iw, dst += g.C) {
+        const A* __restrict v = grads && col_window[iw] >= 0 ? grads + col_window[iw] * g.C : nullptr;
+        if (stream) {
+          for (int64_t c = 0; c < g.C; c += VL) store_stream(dst + c, v ? loadu<V>(v + c) : V{});
+        } else if (!v) {
+          fill_zero(dst, g.C);
+        } else {
+          for (int64_t c = 0; c < g.C; ++c) dst[c] = static_cast<T>(v[c]);
+        }
+      }
+    };
     at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
       Scratch<A> grads(g.OW * g.C);  // output row `have`'s grads over their divisors
       int64_t have = -1;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / g.H, ih = row % g.H, oh = row_window[ih];
-        T* __restrict dst = gx.data + n * gx.sN + ih * gx.sH;
+        T* dst = gx.data + n * gx.sN + ih * gx.sH;
         if (oh < 0) {
-          fill_zero(dst, g.W * g.C);
+          write_row(dst, nullptr);
           continue;
         }
         if (have != n * g.OH + oh) {
@@ -600,16 +645,9 @@ void avg_pool_backward_channels_last(const PoolGeometry& g, const PoolWindows& w
             for (int64_t c = 0; c < g.C; ++c) v[c] = A(0) + static_cast<A>(src[c]) / div;
           }
         }
-        for (int64_t iw = 0; iw < g.W; ++iw, dst += g.C) {
-          const int64_t ow = col_window[iw];
-          if (ow < 0) {
-            fill_zero(dst, g.C);
-            continue;
-          }
-          const A* __restrict v = grads.get() + ow * g.C;
-          for (int64_t c = 0; c < g.C; ++c) dst[c] = static_cast<T>(v[c]);
-        }
+        write_row(dst, grads.get());
       }
+      if (stream) stream_fence();
     });
     return;
   }
