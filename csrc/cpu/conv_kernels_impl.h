@@ -2853,9 +2853,20 @@ void grouped_forward_pairs(const ConvGeometry& g, View4<const T> x, View4<const 
     // Locals, not g's fields: stores through the may_alias vectors would make every use reload them.
     const int64_t H = g.H, W = g.W, OH = g.OH, OW = g.OW, pH = g.pH, pW = g.pW, dH = g.dH;
     at::parallel_for(0, g.N * OH, 1, [&](int64_t begin, int64_t end) {
+      NextRowsPrefetch next_rows(x.sH * static_cast<int64_t>(sizeof(T)));
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / OH, oh = item % OH;
+        next_rows.start();
+        if (item + 1 < end) {
+          const int64_t next_n = (item + 1) / OH, next_oh = (item + 1) % OH;
+          for (int64_t kh = 0; kh < KH; ++kh) {
+            const int64_t ih = next_oh - pH + kh * dH;
+            const bool read_now = next_n == n && ih - (oh - pH) >= 0 && ih - (oh - pH) <= (KH - 1) * dH && (ih - (oh - pH)) % dH == 0;
+            if (inside(ih, H) && !read_now) next_rows.add(x.data + next_n * x.sN + ih * x.sH);
+          }
+        }
         for (int64_t pair = 0; pair < pairs; ++pair) {
+          next_rows.upto(pair + 1, pairs);
           const V b = bias ? loadu<V>(bias + pair * 16) : V{};
           for (int64_t ow0 = 0; ow0 < OW; ow0 += PB) {
             V acc[PB];
