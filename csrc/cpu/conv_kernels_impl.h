@@ -346,7 +346,7 @@ class NextPlanePrefetch {
  public:
   NextPlanePrefetch(const ConvGeometry& g, const View4<const T>& x)
       : x_(x), C_(g.C_in), contiguous_(x.sW == 1 && x.sH == g.W),
-        rows_(g.H * g.W * static_cast<int64_t>(sizeof(T))) {}
+        rows_(g.H * g.W * static_cast<int64_t>(sizeof(T)), g.N * x.sN * static_cast<int64_t>(sizeof(T))) {}
   void start(int64_t item, int64_t end) {
     rows_.start();
     if (contiguous_ && item + 1 < end) rows_.add(x_.data + (item + 1) / C_ * x_.sN + (item + 1) % C_ * x_.sC);
@@ -576,7 +576,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
     A* __restrict acc = acc_mem.get();
     Scratch<const A*> ptr(c_blocked > 0 ? KHW * kDepthwiseCols : 0);  // [tap][column of the block]
     Scratch<const A*> tap_wt(c_blocked > 0 ? KHW : 0);  // the block's taps' weights
-    NextRowsPrefetch next_rows(src.sH * static_cast<int64_t>(sizeof(T)));
+    NextRowsPrefetch next_rows(src.sH * static_cast<int64_t>(sizeof(T)), g.N * src.sN * static_cast<int64_t>(sizeof(T)));
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / rows, row = item % rows;
       T* dst_row = dst.data + n * dst.sN + row * dst.sH;
@@ -2883,7 +2883,7 @@ void grouped_forward_pairs(const ConvGeometry& g, View4<const T> x, View4<const 
     // Locals, not g's fields: stores through the may_alias vectors would make every use reload them.
     const int64_t H = g.H, W = g.W, OH = g.OH, OW = g.OW, pH = g.pH, pW = g.pW, dH = g.dH;
     at::parallel_for(0, g.N * OH, 1, [&](int64_t begin, int64_t end) {
-      NextRowsPrefetch next_rows(x.sH * static_cast<int64_t>(sizeof(T)));
+      NextRowsPrefetch next_rows(x.sH * static_cast<int64_t>(sizeof(T)), g.N * x.sN * static_cast<int64_t>(sizeof(T)));
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n = item / OH, oh = item % OH;
         next_rows.start();

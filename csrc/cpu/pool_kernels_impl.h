@@ -242,7 +242,7 @@ void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
                       (!Indices || (dense_channels_last(ind, g.C) && stream_aligned(ind.data))) &&
                       g.N * g.OH * g.OW * g.C * static_cast<int64_t>(sizeof(A) + (Indices ? 8 : 0)) >= kStreamBytes;
   at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
-    NextRowsPrefetch next_rows(x.sH * static_cast<int64_t>(sizeof(A)));
+    NextRowsPrefetch next_rows(x.sH * static_cast<int64_t>(sizeof(A)), g.N * x.sN * static_cast<int64_t>(sizeof(A)));
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.OH, oh = row % g.OH;
       next_rows.start();
@@ -373,18 +373,9 @@ void avg_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
   constexpr int kBlock = 16;
   const PoolAxis &wh = win.h, &ww = win.w;
   at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
-    NextRowsPrefetch next_rows(x.sH * static_cast<int64_t>(sizeof(A)));
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.OH, oh = row % g.OH;
-      next_rows.start();
-      if (row + 1 < end) {
-        const int64_t next_n = (row + 1) / g.OH, next_oh = (row + 1) % g.OH;
-        for (int64_t ih = wh.lo[next_oh]; ih < wh.hi[next_oh]; ++ih) {
-          if (next_n != n || ih >= wh.hi[oh]) next_rows.add(x.data + next_n * x.sN + ih * x.sH);
-        }
-      }
       for (int64_t ow = 0; ow < g.OW; ++ow) {
-        next_rows.upto(ow + 1, g.OW);
         const A div = window_divisor<A>(win, oh, ow, divisor);
         A* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
         int64_t c = 0;
