@@ -1539,13 +1539,25 @@ void depthwise_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const 
     Scratch<A> xp(padded.size());
     Scratch<A> row(g.OW);
     Scratch<A> acc(KHW);
+    NextRowsPrefetch next_plane(g.H * g.W * static_cast<int64_t>(sizeof(T)), g.N * x.sN * static_cast<int64_t>(sizeof(T)));
+    const bool planes = x.sW == 1 && x.sH == g.W;
     for (int64_t oc = begin; oc < end; ++oc) {
       const int64_t c = oc / Mg;
       fill_zero(acc.get(), KHW);
       for (int64_t n = 0; n < g.N; ++n) {
         padded.load(g, x.data + n * x.sN + c * x.sC, x.sH, x.sW, xp.get());
+        // The next plane this item or the next loads (images are far apart for the prefetchers).
+        next_plane.start();
+        if (planes) {
+          if (n + 1 < g.N) {
+            next_plane.add(x.data + (n + 1) * x.sN + c * x.sC);
+          } else if (oc + 1 < end && (oc + 1) / Mg != c) {
+            next_plane.add(x.data + (oc + 1) / Mg * x.sC);
+          }
+        }
         const T* src = gy.data + n * gy.sN + oc * gy.sC;
         for (int64_t oh = 0; oh < g.OH; ++oh) {
+          next_plane.upto(oh + 1, g.OH);
           A* r = row.get();
           for (int64_t ow = 0; ow < g.OW; ++ow) r[ow] = static_cast<A>(src[oh * gy.sH + ow * gy.sW]);
           for (int64_t ki = 0; ki < g.KH; ++ki) {
