@@ -274,6 +274,24 @@ def test_channels_last_max_pool_bitwise(kernel, stride, padding, ceil_mode, dtyp
         assert torch.equal(values.nan_to_num(), theirs[0].nan_to_num())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("kernel,stride,padding,ceil_mode", WIDE_WINDOWS, ids=str)
+def test_channels_last_max_pool_backward_bitwise(kernel, stride, padding, ceil_mode, dtype):
+    """channels_last max pooling's input grad gathers, at each input, the grads of the windows
+    around it that chose it: 37 channels (whole vectors and a tail), dilated windows, and ties
+    that make overlapping windows choose one input (sums of several grads, in torch's order)."""
+    x = torch.randn(2, 37, 9, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[1, :, 2:7, 3:9] = 0.5
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    for dilation in (1, 2):
+        args = (kernel, stride, padding, dilation, ceil_mode)
+        ours, theirs = CF.max_pool2d(x, *args), F.max_pool2d(x, *args)
+        gy = torch.randn(ours.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        gx = torch.autograd.grad(ours, x, gy)[0]
+        assert gx.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(gx, torch.autograd.grad(theirs, x, gy)[0])
+
+
 @pytest.mark.parametrize("channels", [37, 300])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", WIDE_WINDOWS, ids=str)
@@ -311,14 +329,18 @@ def test_channels_last_avg_pool_backward_bitwise(kernel, stride, padding, ceil_m
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_channels_last_pooling_streamed_outputs(dtype):
-    """channels_last passes writing 8 MB or more store around the caches: max pooling's values
-    and indices, and the input grad of averages over windows that share no input (stride 3 leaves
+    """channels_last passes writing 8 MB or more store around the caches: max pooling's values,
+    indices and input grad, and the input grad of averages over windows that share no input (stride 3 leaves
     inputs no window reads, zeros). Bit for bit against torch."""
     x = torch.randn(2, 32, 256, 260, generator=torch.Generator().manual_seed(0), dtype=dtype)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     ours, theirs = CF.max_pool2d(x, 3, 2, 1, return_indices=True), F.max_pool2d(x, 3, 2, 1, return_indices=True)
     assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
     bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    gy = torch.randn(ours[0].shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    ours, theirs = torch.autograd.grad(ours[0], x, gy)[0], torch.autograd.grad(theirs[0], x, gy)[0]
+    assert ours.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ours.view(bits), theirs.view(bits))
     for stride in (2, 3):
         ours, theirs = CF.avg_pool2d(x, 2, stride), F.avg_pool2d(x, 2, stride)
         gy = torch.randn(ours.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)

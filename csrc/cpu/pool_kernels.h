@@ -1,6 +1,6 @@
 #pragma once
-// The CPU pooling kernels' interface (forward passes and the average's backward; compiled per
-// ISA like the conv kernels).
+// The CPU pooling kernels' interface (forward passes, the average's backward and the channels_last
+// max pool's; compiled per ISA like the conv kernels).
 // Windows come precomputed per output row and column (PoolWindows), so one max kernel serves
 // max_pool2d and adaptive_max_pool2d and one average kernel avg_pool2d and adaptive_avg_pool2d.
 // `channels_last`: x and the outputs are dense channels_last (channels innermost); otherwise any
@@ -25,6 +25,10 @@ struct PoolKernels {
   // avg_pool's input grad (gx written whole).
   void (*avg_pool_backward)(const PoolGeometry&, const PoolWindows&, View4<const T> gy, View4<T> gx,
                             int64_t divisor, bool channels_last);
+  // max_pool's input grad from its indices, on dense channels_last gy, indices and gx (written
+  // whole); g holds the pooling's kernel, stride, padding and dilation.
+  void (*max_pool_backward_channels_last)(const PoolGeometry&, View4<const T> gy,
+                                          View4<const int64_t> indices, View4<T> gx);
 };
 
 struct PoolKernelSet {

@@ -1,5 +1,6 @@
-// The CPU pooling kernels (forwards, and the average's backward), compiled once per SIMD
-// instruction set. Included only by kernels_<isa>.cpp (see there), after kernel_support_impl.h.
+// The CPU pooling kernels (forwards, the average's backward and the channels_last max pool's),
+// compiled once per SIMD instruction set. Included only by kernels_<isa>.cpp (see there), after
+// kernel_support_impl.h.
 //
 // Two loop orders: one (n, c) plane at a time for NCHW and other strides (vectors of adjacent
 // outputs where windows are fixed and rows contiguous), and channels innermost for
@@ -708,9 +709,109 @@ void avg_pool_backward(const PoolGeometry& g, const PoolWindows& win, View4<cons
   });
 }
 
+template <typename A, int L>
+struct Lanes {  // L lanes of A
+  typedef A type __attribute__((vector_size(L * sizeof(A))));
+};
+
+// A vector of int64 indices as a vector of lanes as wide as A: for float, the low halves of two
+// registers of them (one permute; the caller keeps indices under 2^31).
+template <typename A>
+inline LaneIndex<typename Vec<A>::type> load_indices(const int64_t* p) {
+  using I = LaneIndex<typename Vec<A>::type>;
+  if constexpr (sizeof(A) == sizeof(int64_t)) {
+    return loadu<I>(p);
+  } else {
+    static_assert(sizeof(A) == 4);
+    I low_halves;
+    for (int l = 0; l < kVL<A>; ++l) low_halves[l] = 2 * l;
+    return __builtin_shuffle(loadu<I>(p), loadu<I>(p + kVL<A> / 2), low_halves);
+  }
+}
+
+// Along an axis of n inputs: the outputs [range[2i], range[2i + 1]) whose windows (before
+// clipping, ignoring their dilation gaps) hold input i, a superset of those that can choose it.
+inline void covering_outputs(int64_t n, int64_t outputs, int64_t k, int64_t s, int64_t p, int64_t d,
+                             int64_t* range) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t reach = i + p - (k - 1) * d;
+    range[2 * i] = reach <= 0 ? 0 : ceil_div(reach, s);
+    range[2 * i + 1] = min64(outputs, (i + p) / s + 1);
+  }
+}
+
+// max_pool2d's input grad on dense channels_last gy, indices and gx, gathered: each input sums
+// the grads of the windows around it whose index is its own, in window order from zero (the
+// scatter's sums, bit for bit), and gx is written once (around the caches when large). The
+// scatter zeroed and then added into gx, an element at a time with a branch on each index.
+// A row's columns go in phases of the column stride, so that the number of windows around a
+// column (1 or 2 at 3x3 s2) stays the same for a whole phase: alternating, the loops' exits were
+// mispredicted at every column. Indices are only compared, so an index that is not its
+// window's own adds nowhere (as on CUDA).
+template <typename T>
+void max_pool_backward_channels_last(const PoolGeometry& g, View4<const T> gy, View4<const int64_t> ind,
+                                     View4<T> gx) {
+  using A = at::opmath_type<T>;
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  constexpr bool vectors = std::is_same_v<T, A> && std::is_floating_point_v<A>;
+  const int64_t C = g.C, C_vec = vectors ? C / VL * VL : 0;  // channels summed a vector at a time
+  const bool stream = vectors && C_vec == C && stream_aligned(gx.data) &&
+                      g.N * g.H * g.W * C * static_cast<int64_t>(sizeof(A)) >= kStreamBytes;
+  Scratch<int64_t> rows(2 * g.H), cols(2 * g.W);
+  covering_outputs(g.H, g.OH, g.kH, g.sH, g.pH, g.dH, rows.get());
+  covering_outputs(g.W, g.OW, g.kW, g.sW, g.pW, g.dW, cols.get());
+  at::parallel_for(0, g.N * g.H, 1, [&](int64_t begin, int64_t end) {
+    const int64_t W = g.W, row_step = gy.sH;  // gy and the indices share their strides
+    const bool streamed = stream;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / g.H, ih = row % g.H, oh0 = rows.get()[2 * ih], oh1 = rows.get()[2 * ih + 1];
+      const T* __restrict gy_n = gy.data + n * gy.sN;
+      const int64_t* __restrict ind_n = ind.data + n * ind.sN;
+      T* __restrict dst_row = gx.data + n * gx.sN + ih * gx.sH;
+      for (int64_t phase = 0; phase < min64(g.sW, W); ++phase) {
+        for (int64_t iw = phase; iw < W; iw += g.sW) {
+          const int64_t ow0 = cols.get()[2 * iw], ow1 = cols.get()[2 * iw + 1], self = ih * W + iw;
+          T* __restrict dst = dst_row + iw * C;
+          if constexpr (vectors) {
+            using IE = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
+            const LaneIndex<V> self_v = LaneIndex<V>{} + static_cast<IE>(self);
+            for (int64_t c = 0; c < C_vec; c += VL) {
+              V sum{};
+              for (int64_t oh = oh0; oh < oh1; ++oh) {
+                for (int64_t ow = ow0; ow < ow1; ++ow) {
+                  const int64_t at = oh * row_step + ow * C + c;
+                  sum += load_indices<A>(ind_n + at) == self_v ? loadu<V>(gy_n + at) : V{};
+                }
+              }
+              if (streamed) {
+                store_stream(dst + c, sum);
+              } else {
+                __builtin_memcpy(dst + c, &sum, sizeof(V));
+              }
+            }
+          }
+          for (int64_t c = C_vec; c < C; ++c) {
+            A sum = A(0);
+            for (int64_t oh = oh0; oh < oh1; ++oh) {
+              for (int64_t ow = ow0; ow < ow1; ++ow) {
+                const int64_t at = oh * row_step + ow * C + c;
+                if (ind_n[at] == self) sum += static_cast<A>(gy_n[at]);
+              }
+            }
+            dst[c] = static_cast<T>(sum);
+          }
+        }
+      }
+    }
+    if (stream) stream_fence();
+  });
+}
+
 template <typename T>
 PoolKernels<T> pool_kernels_for_type() {
-  return {&max_pool<T>, &avg_pool<T>, &global_avg_pool<T>, &avg_pool_backward<T>};
+  return {&max_pool<T>, &avg_pool<T>, &global_avg_pool<T>, &avg_pool_backward<T>,
+          &max_pool_backward_channels_last<T>};
 }
 
 }  // namespace

@@ -2,7 +2,6 @@
 
 #include <torch/library.h>
 
-#include "common/pool_shape.h"
 #include "ops/find_op.h"
 
 namespace convext::ops {
@@ -114,27 +113,6 @@ TORCH_LIBRARY_FRAGMENT(convext, m) {
   m.def("pool_scatter_add(Tensor values, Tensor indices, SymInt[2] size, bool channels_last) -> Tensor",
         tags);
   m.def("pool_gather(Tensor input, Tensor indices) -> Tensor", tags);
-}
-
-namespace {
-
-// max_pool2d_backward wherever no backend has its own kernel (the CPU): the grads added at their
-// indices. (CUDA gathers instead: each input element sums the grads of the windows that chose it.)
-at::Tensor max_pool2d_backward_by_scatter(const at::Tensor& grad_output, const at::Tensor& indices,
-                                          at::IntArrayRef input_size, at::IntArrayRef kernel_size,
-                                          at::IntArrayRef stride, at::IntArrayRef padding,
-                                          at::IntArrayRef dilation, bool ceil_mode,
-                                          bool channels_last) {
-  check_max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding,
-                            dilation, ceil_mode);
-  return pool_scatter_add(grad_output, indices, c10::fromIntArrayRefSlow(input_size),
-                          channels_last);
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(convext, CompositeExplicitAutograd, m) {
-  m.impl("max_pool2d_backward", &max_pool2d_backward_by_scatter);
 }
 
 }  // namespace convext::ops

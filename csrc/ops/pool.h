@@ -8,7 +8,7 @@
 //   max_unpool2d                           values written to their indices in a zero plane
 //   max_pool2d_backward                    max_pool2d's input grad (from its own indices)
 //   pool_scatter_add                       values added at their indices (adaptive max pooling's
-//                                          backward, and max_pool2d_backward's on the CPU)
+//                                          backward)
 //   pool_gather                            input read at indices (the adjoint of the three above)
 // `channels_last` fixes the memory format of a backward's result (torch's grads follow the
 // forward input).

@@ -1,6 +1,6 @@
 // CPU kernels of the pooling ops: argument checks, windows, outputs in the memory format torch
-// returns; the forward passes and the average's backward run the per-ISA kernels of
-// cpu/pool_kernels.h. The other backward passes (here) scatter into a per-plane (or per-image)
+// returns; the forward passes, the average's backward and the channels_last max pool's run the
+// per-ISA kernels of cpu/pool_kernels.h. The other backward passes (here) scatter into a per-plane (or per-image)
 // accumulator in the accumulation type (float for half types), so each plane is owned by one
 // thread and results are deterministic.
 #include <ATen/Dispatch.h>
@@ -461,6 +461,32 @@ at::Tensor pool_scatter_add_cpu(const at::Tensor& values, const at::Tensor& indi
   return out;
 }
 
+// max_pool2d's input grad from its own indices: gathered on dense channels_last float and double
+// tensors (see the kernel), else the grads added at their indices as pool_scatter_add does.
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
+                                   at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation, bool ceil_mode, bool channels_last) {
+  PoolGeometry g = check_max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride,
+                                             padding, dilation, ceil_mode);
+  const auto type = grad_output.scalar_type();
+  if (!channels_last || grad_output.dim() != 4 || (type != at::kFloat && type != at::kDouble) ||
+      g.H * g.W > INT32_MAX) {  // the float kernel compares indices as int32
+    return pool_scatter_add_cpu(grad_output, indices, input_size, channels_last);
+  }
+  g.kH = kernel_size[0], g.kW = kernel_size[1], g.sH = stride[0], g.sW = stride[1];
+  g.pH = padding[0], g.pW = padding[1], g.dH = dilation[0], g.dW = dilation[1];
+  auto [gx, gx4] = empty_pool_output(grad_output, g.C, g.H, g.W, true, type);
+  const auto fmt = at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES(type, "max_pool2d_backward", [&] {
+    if (gx.numel() == 0) return;
+    cpu::pool_kernels_for<scalar_t>().max_pool_backward_channels_last(
+        g, cview4<scalar_t>(grad_output.contiguous(fmt)), cview4<int64_t>(indices.contiguous(fmt)),
+        view4<scalar_t>(gx4));
+  });
+  return gx;
+}
+
 at::Tensor pool_gather_cpu(const at::Tensor& input, const at::Tensor& indices) {
   check_gather_args(input, indices);
   const PoolGeometry g = pool_backward_geometry(indices, {input.size(-2), input.size(-1)});
@@ -484,6 +510,7 @@ TORCH_LIBRARY_IMPL(convext, CPU, m) {
   m.impl("avg_pool2d_backward", &avg_pool2d_backward_cpu);
   m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward_cpu);
   m.impl("max_unpool2d", &max_unpool2d_cpu);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
   m.impl("pool_scatter_add", &pool_scatter_add_cpu);
   m.impl("pool_gather", &pool_gather_cpu);
 }
