@@ -59,13 +59,14 @@ inline bool stream_aligned(const void* p) { return reinterpret_cast<uintptr_t>(p
 // prefetchers miss that order, and lines came in from memory a few at a time. So each item
 // prefetches the rows the next one reads and it does not, a slice per step of its own work.
 // Inputs under kPrefetchInputBytes mostly stay in cache, where the prefetches only cost
-// (MobileNetV2 dw3x3 960 @7, 1.5 MB, measured slower with them).
+// (MobileNetV2 dw3x3 960 @7, 1.5 MB, measured slower with them). Rows prefetched into L1 evict
+// what the current item reads when there is much of them: `into_l2` keeps them in L2 instead.
 constexpr int64_t kPrefetchInputBytes = 2 * 1024 * 1024;
 
 class NextRowsPrefetch {
  public:
-  NextRowsPrefetch(int64_t row_bytes, int64_t input_bytes)
-      : row_bytes_(row_bytes), enabled_(input_bytes >= kPrefetchInputBytes) {}
+  NextRowsPrefetch(int64_t row_bytes, int64_t input_bytes, bool into_l2 = false)
+      : row_bytes_(row_bytes), enabled_(input_bytes >= kPrefetchInputBytes), into_l2_(into_l2) {}
   // Starts an item; then add() gives the next item's new rows (kMaxRows at most are kept).
   void start() { count_ = 0, done_ = 0; }
   void add(const void* row) {
@@ -75,7 +76,13 @@ class NextRowsPrefetch {
   void upto(int64_t part, int64_t parts) {
     if (count_ == 0) return;
     for (const int64_t to = row_bytes_ * part / parts; done_ < to; done_ += 64) {
-      for (int r = 0; r < count_; ++r) __builtin_prefetch(rows_[r] + done_);
+      for (int r = 0; r < count_; ++r) {
+        if (into_l2_) {
+          __builtin_prefetch(rows_[r] + done_, 0, 2);
+        } else {
+          __builtin_prefetch(rows_[r] + done_);
+        }
+      }
     }
   }
 
@@ -84,7 +91,7 @@ class NextRowsPrefetch {
   const char* rows_[kMaxRows];
   int count_ = 0;
   int64_t row_bytes_, done_ = 0;
-  bool enabled_;
+  bool enabled_, into_l2_;
 };
 
 // 64-byte aligned scratch memory owned by one chunk of parallel work.
