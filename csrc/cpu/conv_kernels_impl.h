@@ -142,8 +142,9 @@ inline void copy_run(A* __restrict dst, const T* __restrict src, int64_t n) {
 
 // c[MR][NR] (+)= sum over k of a[k][0..MR) (outer product) b[k][0..NR), accumulated in
 // registers; rows of c are ldc apart, rows of b ldb apart. With Accumulate, c's values are the
-// starting sums. a is 64-byte aligned; b and c need not be.
-template <typename A, bool Accumulate = false>
+// starting sums. a is 64-byte aligned; b and c need not be. With Half, only c's and b's first
+// vector of columns (a last panel of at most that many columns: half the FMAs).
+template <typename A, bool Accumulate = false, bool Half = false>
 inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b, A* __restrict c,
                         int64_t ldc, int64_t ldb = kNR<A>) {
   using V = typename Vec<A>::type;
@@ -153,19 +154,19 @@ inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b,
   for (int m = 0; m < kMR; ++m) {
     if constexpr (Accumulate) {
       __builtin_memcpy(&acc0[m], c + m * ldc, sizeof(V));
-      __builtin_memcpy(&acc1[m], c + m * ldc + VL, sizeof(V));
+      if constexpr (!Half) __builtin_memcpy(&acc1[m], c + m * ldc + VL, sizeof(V));
     } else {
       acc0[m] = acc1[m] = V{};
     }
   }
   for (int64_t k = 0; k < K; ++k) {
     const V b0 = loadu<V>(b);
-    const V b1 = loadu<V>(b + VL);
+    const V b1 = Half ? V{} : loadu<V>(b + VL);
 #pragma GCC unroll 16
     for (int m = 0; m < kMR; ++m) {
       const V am = splat<V>(a[m]);
       acc0[m] += am * b0;
-      acc1[m] += am * b1;
+      if constexpr (!Half) acc1[m] += am * b1;
     }
     a += kMR;
     b += ldb;
@@ -173,7 +174,7 @@ inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b,
 #pragma GCC unroll 16
   for (int m = 0; m < kMR; ++m) {
     __builtin_memcpy(c + m * ldc, &acc0[m], sizeof(V));
-    __builtin_memcpy(c + m * ldc + VL, &acc1[m], sizeof(V));
+    if constexpr (!Half) __builtin_memcpy(c + m * ldc + VL, &acc1[m], sizeof(V));
   }
 }
 
@@ -3119,6 +3120,9 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
           }
         }
         const bool last = k0 + kc == K;
+        // A last panel of at most a vector of positions (1x1 @14: 196 = 6 x 32 + 4) goes
+        // through half the microkernel.
+        const bool half = pt % NR != 0 && pt % NR <= kVL<A>;
         for (int64_t j = 0; j < panels; ++j) {
           const bool b_in_place = j * NR < packed_from;
           const A* b = b_in_place ? reinterpret_cast<const A*>(x_rows) + j * NR : panel.get() + j * kc * NR;
@@ -3130,7 +3134,9 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
                                                pos.out_offset[j * NR])
                         : acc.get() + mb * kMR * ld + j * NR;
             const int64_t ldc = in_y ? y.sC : ld;
-            if (k0 == 0) {
+            if (half && j + 1 == panels) {  // in acc: its columns past pt are never read
+              k0 == 0 ? microkernel<A, false, true>(kc, a, b, c, ldc, ldb) : microkernel<A, true, true>(kc, a, b, c, ldc, ldb);
+            } else if (k0 == 0) {
               microkernel<A>(kc, a, b, c, ldc, ldb);
             } else {
               microkernel<A, true>(kc, a, b, c, ldc, ldb);
