@@ -709,11 +709,6 @@ void avg_pool_backward(const PoolGeometry& g, const PoolWindows& win, View4<cons
   });
 }
 
-template <typename A, int L>
-struct Lanes {  // L lanes of A
-  typedef A type __attribute__((vector_size(L * sizeof(A))));
-};
-
 // A vector of int64 indices as a vector of lanes as wide as A: for float, the low halves of two
 // registers of them (one permute; the caller keeps indices under 2^31).
 template <typename A>
