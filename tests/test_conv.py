@@ -665,6 +665,14 @@ _ISA_SCRIPT = textwrap.dedent("""
             for ref, ours in zip(*outs):
                 tol = 1e-4 if dtype != torch.bfloat16 else 3e-2
                 torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol * max(1, ref.abs().max().item()))
+    # channels_last float groups of 8 channels: 14 (AVX-512) or 12 columns a block, at column
+    # strides 1 and 2.
+    for stride in (1, (1, 2)):
+        x = torch.randn(2, 16, 5, 30, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+        w = torch.randn(16, 8, 3, 3, generator=g).requires_grad_()
+        ours, ref = CF.conv2d(x, w, None, stride, 1, 1, 2), F.conv2d(x, w, None, stride, 1, 1, 2)
+        for a, b in zip((ours, *torch.autograd.grad(ours.sum(), (x, w))), (ref, *torch.autograd.grad(ref.sum(), (x, w)))):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # The pooling kernels are built per ISA too: both loop orders (planes' rows of several
     # vectors at strides 1 and 2), with indices, and the planar average's backward.
     for fmt in (torch.contiguous_format, torch.channels_last):

@@ -38,11 +38,14 @@ PATH_CASES = {
     # consecutive values of a channels_last row, clipped at the borders).
     "7x7_c3_s2": dict(cin=3, cout=32, k=7, stride=2, padding=3, dilation=1, groups=1),
     "grouped_8": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=2, groups=4),
-    # channels_last float: two groups of 8 share a 16-lane vector (AVX-512). Padding 2: 15
-    # output columns make a block of 14 and a partial one. Padding 0: the weight grad's first and
-    # last input columns meet fewer than 3 gy columns.
+    # channels_last float: the forward keeps a group's 8 channels in a register, over blocks of
+    # 14 (AVX-512) or 12 columns; the weight grad has two groups share a 16-lane vector
+    # (AVX-512). Padding 2: 15 output columns make a whole block and a partial one. Padding 0:
+    # the weight grad's first and last input columns meet fewer than 3 gy columns. Stride 2: the
+    # forward's blocks read every other column.
     "grouped_8_pairs_p2": dict(cin=48, cout=48, k=3, stride=1, padding=2, dilation=1, groups=6),
     "grouped_8_pairs_p0": dict(cin=48, cout=48, k=3, stride=1, padding=0, dilation=1, groups=6),
+    "grouped_8_s2": dict(cin=48, cout=48, k=3, stride=2, padding=1, dilation=1, groups=6),
     "grouped_16": dict(cin=32, cout=32, k=3, stride=1, padding=1, dilation=1, groups=2),
     "grouped_16_s2": dict(cin=24, cout=32, k=3, stride=2, padding=1, dilation=1, groups=2),
     "grouped_in16": dict(cin=48, cout=24, k=3, stride=1, padding=1, dilation=1, groups=3),
@@ -94,6 +97,22 @@ def test_kernel_paths_match_torch(case, dtype, layout):
     if dtype != torch.bfloat16:
         native = F.conv2d(xs.detach(), ws.detach(), bs.detach(), *args)
         assert same_layout(out, native)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [
+    ((3, 3), 1, 1, 1), ((5, 3), (2, 1), (4, 0), (2, 1)), ((1, 3), (3, 2), (0, 3), 1), ((3, 3), (1, 2), (1, 0), (3, 1))])
+def test_channels_last_grouped_8_forward(kernel, stride, padding, dilation):
+    # Input rows are packed group-major once per thread's run of output rows and kept while
+    # later rows read them: kernel rows dilated and strided, rows in padding, 3 images (runs
+    # cross them), and 40 or 20 output columns (whole and partial blocks of columns).
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 32, 9, 40, generator=gen, dtype=torch.float64)
+    w = torch.randn(32, 8, *kernel, generator=gen, dtype=torch.float64)
+    b = torch.randn(32, generator=gen, dtype=torch.float64)
+    args = (stride, padding, dilation, 4)
+    out = CF.conv2d(make_layout(x.float(), "channels_last"), w.float(), b.float(), *args)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_close_to_reference(out, F.conv2d(x, w, b, *args))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
