@@ -34,6 +34,8 @@ PATH_CASES = {
     # x rows too long for a tile of them to stay in L2: the forward loops positions outermost.
     "3x3_c1024": dict(cin=1024, cout=40, k=3, stride=1, padding=1, dilation=1, groups=1),
     "3x3_c20_s2": dict(cin=20, cout=16, k=3, stride=2, padding=1, dilation=1, groups=1),
+    # 4608 values a window: the forward sums a panel's taps in two steps (up to 4096 each).
+    "3x3_c512_s2": dict(cin=512, cout=40, k=3, stride=2, padding=1, dilation=1, groups=1),
     # The ResNet stem: 3 input channels, so the weight grad's taps are kernel rows (7 x 3
     # consecutive values of a channels_last row, clipped at the borders).
     "7x7_c3_s2": dict(cin=3, cout=32, k=7, stride=2, padding=3, dilation=1, groups=1),
