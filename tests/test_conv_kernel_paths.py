@@ -254,7 +254,7 @@ def test_strided_transposed_by_phases(case, layout):
 # 40 input channels: the chunks' sums go into gw in tiles of 16 channels, the last one partial.
 # 3 and 5 input channels: kernel rows as taps (21 values in 3 blocks of 8, 15 in 2). Padding 8
 # or 9: whole blocks of positions whose taps read only padding skip them (the first block of a
-# chunk zeroing the tap's sums).
+# chunk zeroing the tap's sums), and blocks where many do sum only the others.
 @pytest.mark.parametrize("cin,groups,k,stride,padding,dilation", [
     (32, 1, 3, 1, 1, 1), (32, 2, 3, 2, 2, 2), (40, 1, 3, 1, 0, 1), (3, 1, 7, 2, 3, 1), (5, 1, 3, 1, 0, 1),
     (16, 1, 3, 1, 8, 8), (5, 1, 3, 1, 9, 1)])

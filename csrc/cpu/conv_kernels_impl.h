@@ -3653,6 +3653,8 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
     int64_t first[kWeightGradBlock], lo[kWeightGradBlock], hi[kWeightGradBlock];
     int64_t ih0[kWeightGradBlock], iw0[kWeightGradBlock], image[kWeightGradBlock];
     Scratch<A> panels(kWeightGradBlock * Mg);  // [oc panel][position][NR]
+    Scratch<A> reading_panels(kWeightGradBlock * Mg);  // the same, of one tap's reading positions
+    int64_t reading_at[kWeightGradBlock];
     alignas(64) A slice[kWeightGradBlock * kMR];  // [position][MR]
     for (int64_t item = begin; item < end; ++item) {
       const int64_t part = item % ic_parts, grp = item / ic_parts % g.groups;
@@ -3680,22 +3682,37 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
         }
         for (int64_t tap = 0; tap < taps; ++tap) {
           const int64_t di = (row_taps ? tap : tap / g.KW) * g.dH, dj = row_taps ? 0 : (tap % g.KW) * g.dW;
-          bool reads = false;
+          int64_t reading = 0;  // positions whose tap reads x: reading_at[0, reading)
           for (int64_t i = 0; i < b; ++i) {
             const int64_t ih = ih0[i] + di, iw = iw0[i] + dj;
             first[i] = image[i] + ih * x.sH + iw * x.sW;
             // Row taps: the kernel row's columns from iw on, clipped to the row (x.sW == Cg).
             lo[i] = row_taps ? max64(0, -iw) * Cg : 0;
             hi[i] = !inside(ih, g.H) ? 0 : row_taps ? min64(run, (g.W - iw) * Cg) : inside(iw, g.W) ? Cg : 0;
-            reads |= hi[i] > lo[i];
+            if (hi[i] > lo[i]) reading_at[reading++] = i;
           }
-          if (!reads) {  // the whole block reads padding at this tap (ASPP's dilation 12: a fifth of the GEMMs)
+          if (reading == 0) {  // the whole block reads padding at this tap (ASPP's dilation 12: a fifth of the GEMMs)
             if (b0 == 0) fill_zero(out + (tap * Cr + ic_begin) * Mg, (ic_end - ic_begin) * Mg);
             continue;
           }
+          // Where many of the block's positions read padding, the others' gy rows are gathered
+          // into panels of their own, and only they are summed: ASPP's dilation 12 reaches
+          // padding from 36% of the positions at each tap off the centre column.
+          const bool gather = 8 * reading <= 7 * b;
+          if (gather) {
+            for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
+              for (int64_t j = 0; j < reading; ++j) {
+                __builtin_memcpy(reading_panels.get() + (oc0 * kWeightGradBlock + j * NR),
+                                 panels.get() + (oc0 * kWeightGradBlock + reading_at[j] * NR), NR * sizeof(A));
+              }
+            }
+          }
+          const A* tap_panels = gather ? reading_panels.get() : panels.get();
+          const int64_t k_len = gather ? reading : b;
           for (int64_t ic0 = ic_begin; ic0 < ic_end; ic0 += kMR) {
-            for (int64_t i = 0; i < b; ++i) {
-              A* dst = slice + i * kMR;
+            for (int64_t j = 0; j < k_len; ++j) {
+              const int64_t i = gather ? reading_at[j] : j;
+              A* dst = slice + j * kMR;
               const int64_t from = max64(lo[i], ic0), to = min64(hi[i], ic0 + kMR);
               if (from == ic0 && to == ic0 + kMR) {
                 __builtin_memcpy(dst, x.data + first[i] + ic0, kMR * sizeof(A));
@@ -3705,7 +3722,7 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
               for (int64_t v = from; v < to; ++v) dst[v - ic0] = x.data[first[i] + v];
             }
             for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
-              const A* panel = panels.get() + oc0 * kWeightGradBlock;
+              const A* panel = tap_panels + oc0 * kWeightGradBlock;
               A* c = out + (tap * Cr + ic0) * Mg + oc0;
               if (fetch_sums) {
                 // The next call's sums, ahead of its loads: where an item's partial sums leave L2
@@ -3719,9 +3736,9 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
                 }
               }
               if (b0 == 0) {
-                microkernel<A>(b, slice, panel, c, Mg);
+                microkernel<A>(k_len, slice, panel, c, Mg);
               } else {
-                microkernel<A, true>(b, slice, panel, c, Mg);
+                microkernel<A, true>(k_len, slice, panel, c, Mg);
               }
             }
           }
