@@ -3680,7 +3680,16 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
             __builtin_memcpy(panels.get() + (oc0 * kWeightGradBlock + i * NR), gy_rows[i] + oc0, NR * sizeof(A));
           }
         }
+        // The next block's gy rows come into L2 behind this block's taps, a share per tap: read
+        // when its panels are copied, they came from memory a line at a time (the ResNet stem's
+        // 26 MB of gy, 10% of its weight grad).
+        const int64_t next_b = min64(kWeightGradBlock, count - b0 - b);
         for (int64_t tap = 0; tap < taps; ++tap) {
+          for (int64_t i = next_b * tap / taps; i < next_b * (tap + 1) / taps; ++i) {
+            const int64_t q = q0 + b0 + b + i, n = q / (g.OH * g.OW), oh = q / g.OW % g.OH, ow = q % g.OW;
+            const char* row = reinterpret_cast<const char*>(gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * Mg);
+            for (int64_t at = 0; at < Mg * static_cast<int64_t>(sizeof(A)); at += 64) __builtin_prefetch(row + at, 0, 2);
+          }
           const int64_t di = (row_taps ? tap : tap / g.KW) * g.dH, dj = row_taps ? 0 : (tap % g.KW) * g.dW;
           int64_t reading = 0;  // positions whose tap reads x: reading_at[0, reading)
           for (int64_t i = 0; i < b; ++i) {
