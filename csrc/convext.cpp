@@ -32,6 +32,7 @@ py::dict build_info() {
 #if defined(CONVEXT_X86_DISPATCH)
   compiled.append(convext::cpu::isa_name(Isa::avx2));
   compiled.append(convext::cpu::isa_name(Isa::avx512));
+  compiled.append(convext::cpu::isa_name(Isa::avx512_bf16));
 #endif
   info["cpu_isas_compiled"] = compiled;
   return info;

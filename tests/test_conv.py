@@ -705,7 +705,7 @@ _ISA_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512", "avx512_bf16"])
 def test_each_isa_build(isa):
     if isa not in convext.build_info()["cpu_isas_compiled"]:
         pytest.skip(f"{isa} kernels not compiled on this platform")
@@ -715,7 +715,7 @@ def test_each_isa_build(isa):
     assert result.returncode == 0, result.stderr
     used, status = result.stdout.split()
     # The cap never raises the ISA above what the CPU has.
-    order = ["generic", "avx2", "avx512"]
+    order = ["generic", "avx2", "avx512", "avx512_bf16"]
     assert order.index(used) <= order.index(isa) and status == "ok"
     if order.index(isa) <= order.index(convext.build_info()["cpu_isa"]):
         assert used == isa

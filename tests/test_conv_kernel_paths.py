@@ -188,11 +188,14 @@ BLOCKED_CASES = {
     "output_items": dict(cin=64, cout=600, k=3, padding=1, dilation=1),
     "channel_chunks": dict(cin=600, cout=512, k=1, padding=0, dilation=1),
     "padding_taps": dict(cin=32, cout=40, k=3, padding=6, dilation=6),
+    # bf16 with vdpbf16ps packs twice the channels a step: here two steps of 4102 and 4100
+    # (whole pairs of channels).
+    "pair_chunks": dict(cin=8202, cout=8, k=1, padding=0, dilation=1),
 }
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", list(BLOCKED_CASES))
 def test_blocked_forward_matches_torch_for_any_thread_count(case, dtype, layout):
     c = BLOCKED_CASES[case]
@@ -248,9 +251,10 @@ def test_strided_transposed_by_phases(case, layout):
 
 # The weight grad as indirect GEMMs over positions (whole tiles: input channels per group a
 # multiple of 8, output channels of 32; NCHW tensors copied to channels_last): several chunks of
-# positions, blocks within them.
+# positions, blocks within them. bf16 (with vdpbf16ps) sums pairs of positions: blocks of odd
+# lengths pair their last position with zeros.
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 # 40 input channels: the chunks' sums go into gw in tiles of 16 channels, the last one partial.
 # 3 and 5 input channels: kernel rows as taps (21 values in 3 blocks of 8, 15 in 2). Padding 8
 # or 9: whole blocks of positions whose taps read only padding skip them (the first block of a

@@ -13,7 +13,7 @@ Isa detect() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("fma")) {
-    return Isa::avx512;
+    return __builtin_cpu_supports("avx512bf16") ? Isa::avx512_bf16 : Isa::avx512;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
 #endif
@@ -23,7 +23,7 @@ Isa detect() {
 Isa choose() {
   Isa best = detect();
   if (const char* cap = std::getenv("CONVEXT_CPU_ISA")) {
-    for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512}) {
+    for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
       if (std::strcmp(cap, isa_name(isa)) == 0 && isa < best) best = isa;
     }
   }
@@ -39,6 +39,7 @@ Isa active_isa() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx512_bf16: return "avx512_bf16";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     default: return "generic";

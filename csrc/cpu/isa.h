@@ -1,7 +1,9 @@
 #pragma once
 // Run-time choice of the SIMD instruction set for the CPU kernels. Each kernel translation unit
 // is compiled once per ISA (see conv_kernels_<isa>.cpp); the best one the CPU supports is used.
-// CONVEXT_CPU_ISA=generic|avx2|avx512 in the environment caps the choice (for tests).
+// CONVEXT_CPU_ISA=generic|avx2|avx512|avx512_bf16 in the environment caps the choice (for tests).
+// avx512_bf16 is the AVX-512 build plus its bfloat16 dot products (vdpbf16ps), which the bf16
+// kernels use where the CPU has them.
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define CONVEXT_X86_DISPATCH 1
@@ -9,9 +11,9 @@
 
 namespace convext::cpu {
 
-enum class Isa { generic = 0, avx2 = 1, avx512 = 2 };
+enum class Isa { generic = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3 };
 
 Isa active_isa();               // decided once, on first use
-const char* isa_name(Isa isa);  // "generic", "avx2", "avx512"
+const char* isa_name(Isa isa);  // "generic", "avx2", "avx512", "avx512_bf16"
 
 }  // namespace convext::cpu

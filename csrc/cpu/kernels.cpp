@@ -4,10 +4,11 @@
 
 namespace convext::cpu {
 
-// The set built for the ISA that active_isa() picked.
+// The set built for the ISA that active_isa() picked (avx512_bf16 is the AVX-512 set, whose bf16
+// kernels check for it).
 #if defined(CONVEXT_X86_DISPATCH)
 #define CONVEXT_KERNEL_SET(factory)                                  \
-  (active_isa() == Isa::avx512 ? avx512::factory()                   \
+  (active_isa() >= Isa::avx512 ? avx512::factory()                    \
    : active_isa() == Isa::avx2 ? avx2::factory() : generic::factory())
 #else
 #define CONVEXT_KERNEL_SET(factory) generic::factory()

@@ -16,3 +16,7 @@
 #include "cpu/conv_kernels.h"
 #include "cpu/isa.h"
 #include "cpu/pool_kernels.h"
+
+#if defined(CONVEXT_X86_DISPATCH)
+#include <immintrin.h>  // the bfloat16 dot products (conv_kernels_impl.h)
+#endif
