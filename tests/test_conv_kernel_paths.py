@@ -252,7 +252,8 @@ def test_strided_transposed_by_phases(case, layout):
 # The weight grad as indirect GEMMs over positions (whole tiles: input channels per group a
 # multiple of 8, output channels of 32; NCHW tensors copied to channels_last): several chunks of
 # positions, blocks within them. bf16 (with vdpbf16ps) sums pairs of positions: blocks of odd
-# lengths pair their last position with zeros.
+# lengths pair their last position with zeros, and x is copied 64 channels at a time (72, and
+# 27 x 3 = 81 values a kernel row: two strips, kernel rows clipped at the borders).
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 # 40 input channels: the chunks' sums go into gw in tiles of 16 channels, the last one partial.
@@ -261,7 +262,7 @@ def test_strided_transposed_by_phases(case, layout):
 # chunk zeroing the tap's sums), and blocks where many do sum only the others.
 @pytest.mark.parametrize("cin,groups,k,stride,padding,dilation", [
     (32, 1, 3, 1, 1, 1), (32, 2, 3, 2, 2, 2), (40, 1, 3, 1, 0, 1), (3, 1, 7, 2, 3, 1), (5, 1, 3, 1, 0, 1),
-    (16, 1, 3, 1, 8, 8), (5, 1, 3, 1, 9, 1)])
+    (16, 1, 3, 1, 8, 8), (5, 1, 3, 1, 9, 1), (72, 1, 3, 2, 1, 1), (27, 1, 3, 1, 1, 1)])
 def test_indirect_weight_grad(dtype, cin, groups, k, stride, padding, dilation, layout):
     gen = torch.Generator().manual_seed(0)
     x = make_layout(torch.randn(3, cin, 47, 45, generator=gen, dtype=dtype), layout)

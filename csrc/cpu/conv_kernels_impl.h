@@ -3805,6 +3805,7 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   while (chunks * g.groups * ic_parts < want && ic_parts * 2 <= ic_blocks) ic_parts *= 2;
   const int64_t part_blocks = ceil_div(ic_blocks, ic_parts);
   const bool fetch_sums = taps * part_blocks * kMR * Mg * static_cast<int64_t>(sizeof(A)) > (1 << 20);
+  constexpr int64_t strip = pairs ? 64 : kMR;  // input channels of x copied at once (see below)
   at::parallel_for(0, chunks * g.groups * ic_parts, 1, [&](int64_t begin, int64_t end) {
     const T* gy_rows[kWeightGradBlock];
     // A position's values for the tap: x.data[first + v] for v in [lo, hi), zeros elsewhere.
@@ -3813,7 +3814,10 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
     Scratch<T> panels(kWeightGradBlock * Mg);  // [oc panel][position][NR]
     Scratch<T> reading_panels(kWeightGradBlock * Mg);  // the same, of one tap's reading positions
     int64_t reading_at[kWeightGradBlock];
-    alignas(64) T slice[kWeightGradBlock * kMR];  // [position][MR] (pairs: [MR][position])
+    alignas(64) T slice[kWeightGradBlock * strip];  // [position][MR] (pairs: [strip's channel][position])
+    alignas(64) T staged[pairs ? 8 : 1][strip];  // pairs: positions reading padding in the strip
+    alignas(64) T zero_strip[pairs ? strip : 1];
+    fill_zero(zero_strip, pairs ? strip : 1);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t part = item % ic_parts, grp = item / ic_parts % g.groups;
       const int64_t chunk = item / ic_parts / g.groups;
@@ -3885,60 +3889,72 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
           }
           const T* tap_panels = gather ? reading_panels.get() : panels.get();
           const int64_t k_len = gather ? reading : b;
-          for (int64_t ic0 = ic_begin; ic0 < ic_end; ic0 += kMR) {
-            // A position's MR values of x, zeros outside [lo, hi).
-            const auto x_values = [&](int64_t i, T* dst) {
-              const int64_t from = max64(lo[i], ic0), to = min64(hi[i], ic0 + kMR);
-              if (from == ic0 && to == ic0 + kMR) {
-                __builtin_memcpy(dst, x.data + first[i] + ic0, kMR * sizeof(T));
-                return;
-              }
-              fill_zero(dst, kMR);
-              for (int64_t v = from; v < to; ++v) dst[v - ic0] = x.data[first[i] + v];
-            };
+          // A position's `count` values of x from channel `from`, zeros outside [lo, hi).
+          const auto x_values = [&](int64_t i, int64_t from, int64_t count, T* dst) {
+            const int64_t v0 = max64(lo[i], from), v1 = min64(hi[i], from + count);
+            if (v0 == from && v1 == from + count) {
+              __builtin_memcpy(dst, x.data + first[i] + from, count * sizeof(T));
+              return;
+            }
+            fill_zero(dst, count);
+            for (int64_t v = v0; v < v1; ++v) dst[v - from] = x.data[first[i] + v];
+          };
+          // Input channels go in strips: MR at a time, each position's a row of the slice; with
+          // pairs kStrip at a time, transposed in 8 x 8 blocks into rows of positions (a strip of
+          // MR, one block a position, spent as long on the copies as on the sums).
+          for (int64_t s0 = ic_begin; s0 < ic_end; s0 += strip) {
+            const int64_t s1 = min64(ic_end, s0 + strip);
             if constexpr (pairs) {
-              // Rows of positions, 8 x 8 blocks through registers; a last odd position is paired
-              // with zeros (as in its panel).
               using V = typename Vec8<uint16_t>::type;
               for (int64_t j0 = 0; j0 < k_len; j0 += 8) {
-                V r[8];
+                const T* src[8];
                 for (int l = 0; l < 8; ++l) {
-                  if (j0 + l < k_len) {
-                    x_values(gather ? reading_at[j0 + l] : j0 + l, reinterpret_cast<T*>(&r[l]));
+                  const int64_t i = gather ? reading_at[min64(j0 + l, k_len - 1)] : min64(j0 + l, k_len - 1);
+                  if (j0 + l >= k_len) {  // past the last position: zeros (paired with zeros in the panel)
+                    src[l] = zero_strip;
+                  } else if (lo[i] <= s0 && hi[i] >= s1) {
+                    src[l] = x.data + first[i] + s0;
                   } else {
-                    r[l] = V{};
+                    x_values(i, s0, s1 - s0, staged[l]);
+                    src[l] = staged[l];
                   }
                 }
-                transpose8(r);
-                for (int m = 0; m < kMR; ++m) __builtin_memcpy(slice + m * kWeightGradBlock + j0, &r[m], sizeof(V));
-              }
-            } else {
-              for (int64_t j = 0; j < k_len; ++j) x_values(gather ? reading_at[j] : j, slice + j * kMR);
-            }
-            for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
-              const T* panel = tap_panels + oc0 * kWeightGradBlock;
-              A* c = out + (tap * Cr + ic0) * Mg + oc0;
-              if (fetch_sums) {
-                // The next call's sums, ahead of its loads: where an item's partial sums leave L2
-                // (ASPP: 9 taps x 256 x 256 channels), each call otherwise started with misses to
-                // L3 (ASPP weight grad 155-163 -> 146-149 ms; where they fit L2 the prefetches
-                // cost a little).
-                const A* next = oc0 + NR < Mg ? c + NR : out + (tap * Cr + ic0 + kMR) * Mg;
-                for (int m = 0; m < kMR; ++m) {
-                  __builtin_prefetch(next + m * Mg);
-                  __builtin_prefetch(next + m * Mg + NR / 2);
+                for (int64_t c8 = 0; c8 < s1 - s0; c8 += 8) {
+                  V r[8];
+                  for (int l = 0; l < 8; ++l) r[l] = loadu<V>(reinterpret_cast<const uint16_t*>(src[l] + c8));
+                  transpose8(r);
+                  for (int m = 0; m < 8; ++m) __builtin_memcpy(slice + (c8 + m) * kWeightGradBlock + j0, &r[m], sizeof(V));
                 }
               }
-              if constexpr (pairs) {
-                const T* rows[kMR];
-                for (int m = 0; m < kMR; ++m) rows[m] = slice + m * kWeightGradBlock;
-                const bool no_padding = false;
-                indirect_microkernel_bf16(1, round_up(k_len, 2), rows, &no_padding, 0, panel, b0 == 0 ? nullptr : c, Mg,
-                                          nullptr, c, Mg);
-              } else if (b0 == 0) {
-                microkernel<A>(k_len, slice, panel, c, Mg);
-              } else {
-                microkernel<A, true>(k_len, slice, panel, c, Mg);
+            } else {
+              for (int64_t j = 0; j < k_len; ++j) x_values(gather ? reading_at[j] : j, s0, kMR, slice + j * kMR);
+            }
+            for (int64_t ic0 = s0; ic0 < s1; ic0 += kMR) {
+              for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
+                const T* panel = tap_panels + oc0 * kWeightGradBlock;
+                A* c = out + (tap * Cr + ic0) * Mg + oc0;
+                if (fetch_sums) {
+                  // The next call's sums, ahead of its loads: where an item's partial sums leave L2
+                  // (ASPP: 9 taps x 256 x 256 channels), each call otherwise started with misses to
+                  // L3 (ASPP weight grad 155-163 -> 146-149 ms; where they fit L2 the prefetches
+                  // cost a little).
+                  const A* next = oc0 + NR < Mg ? c + NR : out + (tap * Cr + ic0 + kMR) * Mg;
+                  for (int m = 0; m < kMR; ++m) {
+                    __builtin_prefetch(next + m * Mg);
+                    __builtin_prefetch(next + m * Mg + NR / 2);
+                  }
+                }
+                if constexpr (pairs) {
+                  const T* rows[kMR];
+                  for (int m = 0; m < kMR; ++m) rows[m] = slice + (ic0 - s0 + m) * kWeightGradBlock;
+                  const bool no_padding = false;
+                  indirect_microkernel_bf16(1, round_up(k_len, 2), rows, &no_padding, 0, panel, b0 == 0 ? nullptr : c,
+                                            Mg, nullptr, c, Mg);
+                } else if (b0 == 0) {
+                  microkernel<A>(k_len, slice, panel, c, Mg);
+                } else {
+                  microkernel<A, true>(k_len, slice, panel, c, Mg);
+                }
               }
             }
           }
