@@ -428,3 +428,21 @@ def test_winograd_transposed_stride1(padding, output_padding, dilation):
     assert_close_to_reference(out, ref)
     for g, r in zip(torch.autograd.grad(out, (x, w), gy), torch.autograd.grad(ref, ref_in, gy.double())):
         assert_close_to_reference(g, r)
+
+
+# bf16 results leave the vector kernels rounded to nearest even, as torch rounds: single exact
+# products (a 1x1 depthwise conv; a 1x1 conv whose second input channel has zero weights, summed
+# in pairs of channels where the CPU has bf16 dot products) match torch's bit for bit, NaN too.
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_bf16_outputs_round_as_torch(depthwise):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 32 if depthwise else 2, 9, 10, generator=gen) * 3).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if depthwise:
+        x[0, 3, 2, 2] = float("nan")
+        w, groups = torch.randn(32, 1, 1, 1, generator=gen).to(torch.bfloat16), 32
+    else:
+        w, groups = torch.randn(32, 2, 1, 1, generator=gen).to(torch.bfloat16), 1
+        w[:, 1] = 0
+    torch.testing.assert_close(CF.conv2d(x, w, None, 1, 0, 1, groups), F.conv2d(x, w, None, 1, 0, 1, groups),
+                               rtol=0, atol=0, equal_nan=True)

@@ -88,6 +88,39 @@ inline V splat(A s) {
 
 template <typename V> using LaneIndex = decltype(V{} < V{});  // signed integers as wide as A
 
+// A vector of float loaded from bf16 storage (exact: the bits move up 16 places), and stored
+// back rounded to nearest even, NaN to 0x7FC0, as c10::BFloat16 converts; other types as they
+// are. So kernels summing in A read and write S = A or bf16.
+typedef uint16_t HalfBits __attribute__((vector_size(CONVEXT_VEC_BYTES / 2)));
+typedef uint32_t FloatBits __attribute__((vector_size(CONVEXT_VEC_BYTES)));
+
+template <typename V, typename S>
+inline V load_widened(const S* p) {
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    static_assert(sizeof(V) == sizeof(FloatBits));
+    const FloatBits bits = __builtin_convertvector(loadu<HalfBits>(reinterpret_cast<const uint16_t*>(p)), FloatBits) << 16;
+    V v;
+    __builtin_memcpy(&v, &bits, sizeof(V));
+    return v;
+  } else {
+    return loadu<V>(p);
+  }
+}
+
+template <typename V, typename S>
+inline void store_narrowed(S* p, const V& v) {
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    FloatBits bits;
+    __builtin_memcpy(&bits, &v, sizeof(V));
+    const FloatBits nan = reinterpret_cast<FloatBits>(v != v);
+    bits = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & ~nan) | (nan & 0x7FC0);
+    const HalfBits half = __builtin_convertvector(bits, HalfBits);
+    __builtin_memcpy(p, &half, sizeof(half));
+  } else {
+    __builtin_memcpy(p, &v, sizeof(V));
+  }
+}
+
 // Lane l is p[l * S]: at S = 2, the even lanes of two loads.
 template <typename V, int S, typename A>
 inline V load_every(const A* p) {
@@ -392,9 +425,9 @@ void pack_depthwise_weights(const ConvGeometry& g, View4<const T> w, A* out) {
 // (or at zeros).
 constexpr int kDepthwiseCols = 4;
 
-template <typename A, int CV>
-inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* const* wt, int64_t c0,
-                               const A* bias, A* out, int64_t out_step, int64_t cols, bool stream) {
+template <typename A, typename S, int CV>
+inline void depthwise_cl_block(int64_t taps, const S* const* src, const A* const* wt, int64_t c0,
+                               const A* bias, S* out, int64_t out_step, int64_t cols, bool stream) {
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
   V acc[kDepthwiseCols][CV];
@@ -408,12 +441,8 @@ inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* const
     for (int v = 0; v < CV; ++v) __builtin_memcpy(&wv[v], wt[t] + c0 + v * VL, sizeof(V));
 #pragma GCC unroll 4
     for (int q = 0; q < kDepthwiseCols; ++q) {
-      const A* p = src[t * kDepthwiseCols + q] + c0;
-      for (int v = 0; v < CV; ++v) {
-        V xv;
-        __builtin_memcpy(&xv, p + v * VL, sizeof(V));
-        acc[q][v] += wv[v] * xv;
-      }
+      const S* p = src[t * kDepthwiseCols + q] + c0;
+      for (int v = 0; v < CV; ++v) acc[q][v] += wv[v] * load_widened<V>(p + v * VL);
     }
   }
   // A constant trip count with a test, not a loop to `cols`: indexed at run time, acc would
@@ -422,10 +451,10 @@ inline void depthwise_cl_block(int64_t taps, const A* const* src, const A* const
   for (int q = 0; q < kDepthwiseCols; ++q) {
     if (q >= cols) break;
     for (int v = 0; v < CV; ++v) {
-      if (stream) {
+      if (std::is_same_v<S, A> && stream) {
         store_stream(out + q * out_step + c0 + v * VL, acc[q][v]);
       } else {
-        __builtin_memcpy(out + q * out_step + c0 + v * VL, &acc[q][v], sizeof(V));
+        store_narrowed(out + q * out_step + c0 + v * VL, acc[q][v]);
       }
     }
   }
@@ -446,9 +475,9 @@ struct SlideBlock {
   int64_t first, e_lo, e_hi;
 };
 
-template <typename A, int KW, int DIR, bool Clipped>
-void depthwise_cl_slide(int64_t KH, const A* const* rows, const SlideBlock& blk, int64_t src_sW,
-                        const A* wt, int64_t C, int64_t c_end, const A* bias, A* out, bool stream) {
+template <typename A, typename S, int KW, int DIR, bool Clipped>
+void depthwise_cl_slide(int64_t KH, const S* const* rows, const SlideBlock& blk, int64_t src_sW,
+                        const A* wt, int64_t C, int64_t c_end, const A* bias, S* out, bool stream) {
   using V = typename Vec<A>::type;
   const int e_lo = static_cast<int>(blk.e_lo), e_hi = static_cast<int>(blk.e_hi);
   for (int64_t c0 = 0; c0 < c_end; c0 += kVL<A>) {
@@ -458,14 +487,14 @@ void depthwise_cl_slide(int64_t KH, const A* const* rows, const SlideBlock& blk,
     for (int q = 0; q < kSlideCols; ++q) acc[q] = b;
     for (int64_t ki = 0; ki < KH; ++ki) {
       if (!rows[ki]) continue;
-      const A* src = rows[ki] + blk.first * src_sW + c0;
+      const S* src = rows[ki] + blk.first * src_sW + c0;
       V wv[KW];
 #pragma GCC unroll 16
       for (int kj = 0; kj < KW; ++kj) wv[kj] = loadu<V>(wt + (ki * KW + kj) * C + c0);
 #pragma GCC unroll 32
       for (int e = 0; e < kSlideCols + KW - 1; ++e) {
         if (Clipped && (e < e_lo || e >= e_hi)) continue;
-        const V xv = loadu<V>(src + e * src_sW);
+        const V xv = load_widened<V>(src + e * src_sW);
 #pragma GCC unroll 16
         for (int q = 0; q < kSlideCols; ++q) {
           const int kk = e - q;
@@ -475,10 +504,10 @@ void depthwise_cl_slide(int64_t KH, const A* const* rows, const SlideBlock& blk,
     }
 #pragma GCC unroll 16
     for (int q = 0; q < kSlideCols; ++q) {
-      if (stream) {
+      if (std::is_same_v<S, A> && stream) {
         store_stream(out + q * C + c0, acc[q]);
       } else {
-        __builtin_memcpy(out + q * C + c0, &acc[q], sizeof(V));
+        store_narrowed(out + q * C + c0, acc[q]);
       }
     }
   }
@@ -527,8 +556,10 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
   using A = typename AccOf<T>::type;
   constexpr int VL = kVL<A>;
   const int64_t C = g.C_in, KHW = g.KH * g.KW;
-  const int64_t c_blocked = std::is_same_v<T, A> ? C / VL * VL : 0;
-  Scratch<A> wt(KHW * C), bias_a(C), zeros(C);
+  constexpr bool vectors = std::is_same_v<T, A> || std::is_same_v<T, c10::BFloat16>;  // load_widened
+  const int64_t c_blocked = vectors ? C / VL * VL : 0;
+  Scratch<A> wt(KHW * C), bias_a(C);
+  Scratch<T> zeros(C);
   pack_depthwise_weights(g, w, wt.get());
   for (int64_t c = 0; c < C; ++c) bias_a.get()[c] = bias ? static_cast<A>(bias[c]) : A(0);
   fill_zero(zeros.get(), C);
@@ -582,7 +613,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
   at::parallel_for(0, g.N * rows, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> acc_mem(C);
     A* __restrict acc = acc_mem.get();
-    Scratch<const A*> ptr(c_blocked > 0 ? KHW * kDepthwiseCols : 0);  // [tap][column of the block]
+    Scratch<const T*> ptr(c_blocked > 0 ? KHW * kDepthwiseCols : 0);  // [tap][column of the block]
     Scratch<const A*> tap_wt(c_blocked > 0 ? KHW : 0);  // the block's taps' weights
     // Into L2: prefetched into L1, the next row's two new input rows at stride 2 (86 KB for
     // MobileNetV2's dw3x3 s2 96 @112) evicted this row's, and the forward took twice as long.
@@ -604,20 +635,20 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
       int64_t block_index = 0;
       for (const ColumnBlock& blk : blocks) {
         next_rows.upto(++block_index, static_cast<int64_t>(blocks.size()));
-        A* out = reinterpret_cast<A*>(dst_row) + blk.col0 * C;
+        T* out = dst_row + blk.col0 * C;
         if (blk.count < 0) {
           const SlideBlock& slide_blk = slides[blk.col0 / kSlideCols];
-          const A* slide_rows[64];
+          const T* slide_rows[64];
           for (int64_t ki = 0; ki < g.KH; ++ki) {
             const int64_t sh = src_rows.get()[row * g.KH + ki];
-            slide_rows[ki] = sh < 0 ? nullptr : reinterpret_cast<const A*>(src.data + n * src.sN + sh * src.sH);
+            slide_rows[ki] = sh < 0 ? nullptr : src.data + n * src.sN + sh * src.sH;
           }
           // Blocks reading all their source columns (most) go without the range checks.
           const bool clipped = slide_blk.e_lo > 0 || slide_blk.e_hi < kSlideCols + g.KW - 1;
           const auto slide = [&](auto kw) {
             constexpr int KW = decltype(kw)::value;
-            const auto kernel = slide_blk.dir > 0 ? (clipped ? depthwise_cl_slide<A, KW, 1, true> : depthwise_cl_slide<A, KW, 1, false>)
-                                                  : (clipped ? depthwise_cl_slide<A, KW, -1, true> : depthwise_cl_slide<A, KW, -1, false>);
+            const auto kernel = slide_blk.dir > 0 ? (clipped ? depthwise_cl_slide<A, T, KW, 1, true> : depthwise_cl_slide<A, T, KW, 1, false>)
+                                                  : (clipped ? depthwise_cl_slide<A, T, KW, -1, true> : depthwise_cl_slide<A, T, KW, -1, false>);
             kernel(g.KH, slide_rows, slide_blk, src.sW, wt.get(), C, c_blocked, bias_a.get(), out, stream);
           };
           switch (g.KW) {
@@ -635,13 +666,13 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
           for (int64_t e = blk.first; e < blk.first + blk.count; ++e) {
             for (int q = 0; q < kDepthwiseCols; ++q) {
               const int64_t sw = block_sw[e * kDepthwiseCols + q];
-              ptr.get()[taps * kDepthwiseCols + q] = sw < 0 ? zeros.get() : reinterpret_cast<const A*>(src_row + sw * src.sW);
+              ptr.get()[taps * kDepthwiseCols + q] = sw < 0 ? zeros.get() : src_row + sw * src.sW;
             }
             tap_wt.get()[taps++] = wt.get() + (ki * g.KW + block_kj[e]) * C;
           }
         }
         const auto block = [&](auto cv, int64_t c0) {
-          depthwise_cl_block<A, decltype(cv)::value>(taps, ptr.get(), tap_wt.get(), c0, bias_a.get(), out,
+          depthwise_cl_block<A, T, decltype(cv)::value>(taps, ptr.get(), tap_wt.get(), c0, bias_a.get(), out,
                                                      col_step * C, blk.cols, stream);
         };
         int64_t c0 = 0;
@@ -697,9 +728,9 @@ void depthwise_input_grad_cl(const ConvGeometry& g, View4<const T> gy, View4<con
 // x[r * row_step + t * tap_step + i * x_step + c], for TR kernel rows of TW taps and channels c <
 // `channels` (whole vectors): blocks of VECS vectors of channels sum all the taps at once in
 // registers, so each vector of gy loaded meets all of them.
-template <int TR, int TW, int VECS, typename A>
-inline void depthwise_weight_grad_block(int64_t cols, const A* x, int64_t row_step, int64_t tap_step,
-                                        int64_t x_step, const A* gy, int64_t gy_step, A* sums,
+template <int TR, int TW, int VECS, typename A, typename S>
+inline void depthwise_weight_grad_block(int64_t cols, const S* x, int64_t row_step, int64_t tap_step,
+                                        int64_t x_step, const S* gy, int64_t gy_step, A* sums,
                                         int64_t row_ld, int64_t C) {
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
@@ -707,14 +738,14 @@ inline void depthwise_weight_grad_block(int64_t cols, const A* x, int64_t row_st
   for (int64_t i = 0; i < cols; ++i, x += x_step, gy += gy_step) {
     V gv[VECS];
 #pragma GCC unroll 4
-    for (int v = 0; v < VECS; ++v) gv[v] = loadu<V>(gy + v * VL);
+    for (int v = 0; v < VECS; ++v) gv[v] = load_widened<V>(gy + v * VL);
 #pragma GCC unroll 4
     for (int r = 0; r < TR; ++r) {
 #pragma GCC unroll 16
       for (int t = 0; t < TW; ++t) {
 #pragma GCC unroll 4
         for (int v = 0; v < VECS; ++v) {
-          acc[r][t][v] += loadu<V>(x + r * row_step + t * tap_step + v * VL) * gv[v];
+          acc[r][t][v] += load_widened<V>(x + r * row_step + t * tap_step + v * VL) * gv[v];
         }
       }
     }
@@ -730,9 +761,9 @@ inline void depthwise_weight_grad_block(int64_t cols, const A* x, int64_t row_st
   }
 }
 
-template <int TR, int TW, typename A>
-void depthwise_weight_grad_taps(int64_t channels, int64_t cols, const A* x, int64_t row_step,
-                                int64_t tap_step, int64_t x_step, const A* gy, int64_t gy_step,
+template <int TR, int TW, typename A, typename S>
+void depthwise_weight_grad_taps(int64_t channels, int64_t cols, const S* x, int64_t row_step,
+                                int64_t tap_step, int64_t x_step, const S* gy, int64_t gy_step,
                                 A* sums, int64_t row_ld, int64_t C) {
   constexpr int VL = kVL<A>;
   int64_t c0 = 0;
@@ -748,9 +779,9 @@ void depthwise_weight_grad_taps(int64_t channels, int64_t cols, const A* x, int6
 
 // The same for one kernel row of tw (<= kWeightGradTaps) taps, tw chosen at run time.
 constexpr int kWeightGradTaps = 8;
-template <typename A>
-void depthwise_weight_grad_taps(int tw, int64_t channels, int64_t cols, const A* x, int64_t tap_step,
-                                int64_t x_step, const A* gy, int64_t gy_step, A* sums, int64_t C) {
+template <typename A, typename S>
+void depthwise_weight_grad_taps(int tw, int64_t channels, int64_t cols, const S* x, int64_t tap_step,
+                                int64_t x_step, const S* gy, int64_t gy_step, A* sums, int64_t C) {
   const auto f = [&](auto taps) {
     depthwise_weight_grad_taps<1, decltype(taps)::value>(channels, cols, x, 0, tap_step, x_step, gy,
                                                          gy_step, sums, 0, C);
@@ -773,15 +804,16 @@ void depthwise_weight_grad_taps(int tw, int64_t channels, int64_t cols, const A*
 // a kernel row at once (of the whole kernel for 3 x 3 where all its rows read inside x), over the
 // columns where all of them read inside x (the few others tap by tap), so x and gy come from L1
 // (tap by tap, every tap streamed the row's x and gy from L2 again: dw3x3 144 @56 channels_last,
-// 2 threads, 1.2-1.5 -> 0.83-0.86 ms). Channels past the last whole vector (all of them for half
-// types) go one at a time.
+// 2 threads, 1.2-1.5 -> 0.83-0.86 ms). Channels past the last whole vector (all of them for
+// float16) go one at a time.
 template <typename T>
 void depthwise_weight_grad_cl(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
                               View4<T> gw) {
   using A = typename AccOf<T>::type;
   constexpr int VL = kVL<A>;
   const int64_t C = g.C_in, KHW = g.KH * g.KW;
-  const int64_t c_blocked = std::is_same_v<T, A> ? C / VL * VL : 0;
+  constexpr bool vectors = std::is_same_v<T, A> || std::is_same_v<T, c10::BFloat16>;  // load_widened
+  const int64_t c_blocked = vectors ? C / VL * VL : 0;
   constexpr int64_t kChunkRows = 8;
   const int64_t chunks_per_image = ceil_div(g.OH, kChunkRows), chunks = g.N * chunks_per_image;
   const int64_t x_step = g.sW * x.sW, tap_step = g.dW * x.sW, row_step = g.dH * x.sH;
@@ -796,7 +828,7 @@ void depthwise_weight_grad_cl(const ConvGeometry& g, View4<const T> x, View4<con
       fill_zero(sums, KHW * C);
       for (int64_t oh = oh0; oh < min64(g.OH, oh0 + kChunkRows); ++oh) {
         const T* go_row = gy.data + n * gy.sN + oh * gy.sH;
-        const A* gp = reinterpret_cast<const A*>(go_row);
+        const T* gp = go_row;
         const int64_t ih0 = oh * g.sH - g.pH;
         // x's row of kernel row ki, at output column 0 of tap kj (may point outside x).
         auto x_at = [&](int64_t ki, int64_t kj) {
@@ -811,7 +843,7 @@ void depthwise_weight_grad_cl(const ConvGeometry& g, View4<const T> x, View4<con
           if (!inside(ih0 + ki * g.dH, g.H)) continue;
           A* row_sums = sums + ki * g.KW * C;
           const auto xp = [&](int64_t kj, int64_t ow) {
-            return reinterpret_cast<const A*>(x_at(ki, kj) + ow * x_step);
+            return x_at(ki, kj) + ow * x_step;
           };
           if (whole_3x3) {
             if (ki == 0 && all_lo < all_hi) {
