@@ -94,6 +94,10 @@ template <typename V> using LaneIndex = decltype(V{} < V{});  // signed integers
 typedef uint16_t HalfBits __attribute__((vector_size(CONVEXT_VEC_BYTES / 2)));
 typedef uint32_t FloatBits __attribute__((vector_size(CONVEXT_VEC_BYTES)));
 
+// Whether kernels summing in vectors of A read and write T through these.
+template <typename T>
+constexpr bool kWidenedVectors = std::is_same_v<T, typename AccOf<T>::type> || std::is_same_v<T, c10::BFloat16>;
+
 template <typename V, typename S>
 inline V load_widened(const S* p) {
   if constexpr (std::is_same_v<S, c10::BFloat16>) {
@@ -141,22 +145,24 @@ inline int64_t whole_vector_start(int64_t i, int64_t n) {
   return n >= kVL<A> ? min64(i, n - kVL<A>) : i;
 }
 
-// Stores the first `count` lanes of v (all of them at most).
-template <typename V, typename A>
-inline void store_lanes(A* p, const V& v, int64_t count) {
-  if (count >= static_cast<int64_t>(sizeof(V) / sizeof(A))) {
-    __builtin_memcpy(p, &v, sizeof(V));
+template <typename V> constexpr int64_t kLanes = sizeof(V) / sizeof(V{}[0]);
+
+// Stores the first `count` lanes of v (all of them at most), as S (see store_narrowed).
+template <typename V, typename S>
+inline void store_lanes(S* p, const V& v, int64_t count) {
+  if (count >= kLanes<V>) {
+    store_narrowed(p, v);
   } else {
-    for (int64_t l = 0; l < count; ++l) p[l] = v[l];
+    for (int64_t l = 0; l < count; ++l) p[l] = static_cast<S>(v[l]);
   }
 }
 
-// The first `count` lanes from p (all of them at most), zeros past them.
-template <typename V, typename A>
-inline V load_lanes(const A* p, int64_t count) {
-  if (count >= kVL<A>) return loadu<V>(p);
+// The first `count` lanes from p (all of them at most), zeros past them (see load_widened).
+template <typename V, typename S>
+inline V load_lanes(const S* p, int64_t count) {
+  if (count >= kLanes<V>) return load_widened<V>(p);
   V v{};
-  for (int64_t l = 0; l < count; ++l) v[l] = p[l];
+  for (int64_t l = 0; l < count; ++l) v[l] = static_cast<std::remove_reference_t<decltype(v[0])>>(p[l]);
   return v;
 }
 
@@ -556,8 +562,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
   using A = typename AccOf<T>::type;
   constexpr int VL = kVL<A>;
   const int64_t C = g.C_in, KHW = g.KH * g.KW;
-  constexpr bool vectors = std::is_same_v<T, A> || std::is_same_v<T, c10::BFloat16>;  // load_widened
-  const int64_t c_blocked = vectors ? C / VL * VL : 0;
+  const int64_t c_blocked = kWidenedVectors<T> ? C / VL * VL : 0;
   Scratch<A> wt(KHW * C), bias_a(C);
   Scratch<T> zeros(C);
   pack_depthwise_weights(g, w, wt.get());
@@ -812,8 +817,7 @@ void depthwise_weight_grad_cl(const ConvGeometry& g, View4<const T> x, View4<con
   using A = typename AccOf<T>::type;
   constexpr int VL = kVL<A>;
   const int64_t C = g.C_in, KHW = g.KH * g.KW;
-  constexpr bool vectors = std::is_same_v<T, A> || std::is_same_v<T, c10::BFloat16>;  // load_widened
-  const int64_t c_blocked = vectors ? C / VL * VL : 0;
+  const int64_t c_blocked = kWidenedVectors<T> ? C / VL * VL : 0;
   constexpr int64_t kChunkRows = 8;
   const int64_t chunks_per_image = ceil_div(g.OH, kChunkRows), chunks = g.N * chunks_per_image;
   const int64_t x_step = g.sW * x.sW, tap_step = g.dW * x.sW, row_step = g.dH * x.sH;
@@ -1320,7 +1324,7 @@ void depthwise_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w
   if (g.C_out_g() == 1 && dense_channels_last(x, g.C_in) && dense_channels_last(y, g.C_out)) {
     return depthwise_forward_cl(g, x, w, bias, y);
   }
-  if constexpr (std::is_same_v<T, typename AccOf<T>::type>) {  // the transposes want whole vectors
+  if constexpr (kWidenedVectors<T>) {  // the kernels' whole vectors
     if (use_depthwise_via_channels_last(g, x, y)) {
       return via_channels_last(x, g.N, g.C_in, g.H, g.W, y, g.C_out, g.OH, g.OW,
                                [&](View4<const T> x_cl, View4<T> y_cl) { depthwise_forward_cl(g, x_cl, w, bias, y_cl); });
@@ -1482,7 +1486,7 @@ void depthwise_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const 
   if (g.C_out_g() == 1 && dense_channels_last(gy, g.C_out) && dense_channels_last(gx, g.C_in)) {
     return depthwise_input_grad_cl(g, gy, w, bias, gx);
   }
-  if constexpr (std::is_same_v<T, typename AccOf<T>::type>) {  // the transposes want whole vectors
+  if constexpr (kWidenedVectors<T>) {  // the kernels' whole vectors
     if (use_depthwise_via_channels_last(g, gx, gy)) {
       return via_channels_last(gy, g.N, g.C_out, g.OH, g.OW, gx, g.C_in, g.H, g.W,
                                [&](View4<const T> gy_cl, View4<T> gx_cl) { depthwise_input_grad_cl(g, gy_cl, w, bias, gx_cl); });
@@ -1568,7 +1572,7 @@ void depthwise_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const 
   if (g.C_out_g() == 1 && dense_channels_last(x, g.C_in) && dense_channels_last(gy, g.C_out)) {
     return depthwise_weight_grad_cl(g, x, gy, gw);
   }
-  if constexpr (std::is_same_v<T, typename AccOf<T>::type>) {  // the transposes want whole vectors
+  if constexpr (kWidenedVectors<T>) {  // the kernels' whole vectors
     if (use_depthwise_via_channels_last(g, x, gy)) {
       Scratch<T> x_copy(g.N * g.C_in * g.H * g.W), gy_copy(g.N * g.C_out * g.OH * g.OW);
       return depthwise_weight_grad_cl(g, to_channels_last(x, g.N, g.C_in, g.H, g.W, x_copy),

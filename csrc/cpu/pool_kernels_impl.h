@@ -229,9 +229,10 @@ void max_pool_rows(const PoolGeometry& g, const PoolWindows& win, View4<const T>
 // of channels keeps its maxima and their indices in registers across the window (a tap's index
 // is the same for every channel). With them in memory per position, each tap was a round of
 // loads and stores: max pool 3x3 s2 64 @112 forward at 1.7 ms, over 40% above the copy time.
-template <typename A, bool Indices>
-void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4<const A> x,
-                            View4<A> y, View4<int64_t> ind) {
+template <typename T, bool Indices>
+void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4<const T> x,
+                            View4<T> y, View4<int64_t> ind) {
+  using A = typename AccOf<T>::type;  // T, or float for bf16 (load_lanes)
   using V = typename Vec<A>::type;
   using I = LaneIndex<V>;
   using IE = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
@@ -239,11 +240,11 @@ void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
   constexpr int VL = kVL<A>;
   const PoolAxis &wh = win.h, &ww = win.w;
   // Large outputs of whole vectors go around the caches.
-  const bool stream = g.C % VL == 0 && dense_channels_last(y, g.C) && stream_aligned(y.data) &&
+  const bool stream = std::is_same_v<T, A> && g.C % VL == 0 && dense_channels_last(y, g.C) && stream_aligned(y.data) &&
                       (!Indices || (dense_channels_last(ind, g.C) && stream_aligned(ind.data))) &&
                       g.N * g.OH * g.OW * g.C * static_cast<int64_t>(sizeof(A) + (Indices ? 8 : 0)) >= kStreamBytes;
   at::parallel_for(0, g.N * g.OH, 1, [&](int64_t begin, int64_t end) {
-    NextRowsPrefetch next_rows(x.sH * static_cast<int64_t>(sizeof(A)), g.N * x.sN * static_cast<int64_t>(sizeof(A)));
+    NextRowsPrefetch next_rows(x.sH * static_cast<int64_t>(sizeof(T)), g.N * x.sN * static_cast<int64_t>(sizeof(T)));
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.OH, oh = row % g.OH;
       next_rows.start();
@@ -256,7 +257,7 @@ void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
       }
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         next_rows.upto(ow + 1, g.OW);
-        A* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
+        T* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
         for (int64_t c = 0; c < g.C; c += VL) {
           const int64_t lanes = min64(VL, g.C - c);
           V best = splat<V>(lowest_value<A>());
@@ -270,7 +271,7 @@ void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
             }
           }
           int64_t* out_index = Indices ? ind.data + n * ind.sN + oh * ind.sH + ow * ind.sW + c : nullptr;
-          if (stream) {
+          if (std::is_same_v<T, A> && stream) {
             store_stream(out + c, best);
             if constexpr (Indices) store_stream(out_index, __builtin_convertvector(index, I64));
             continue;
@@ -292,11 +293,13 @@ void max_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
   using A = at::opmath_type<T>;
   const PoolAxis &wh = win.h, &ww = win.w;
   const bool indices = ind.data != nullptr;
-  if constexpr (std::is_floating_point_v<T>) {
+  if constexpr (kWidenedVectors<T>) {
     if (channels_last && g.H * g.W <= INT32_MAX) {
       return indices ? max_pool_channels_last<T, true>(g, win, x, y, ind)
                      : max_pool_channels_last<T, false>(g, win, x, y, ind);
     }
+  }
+  if constexpr (std::is_floating_point_v<T>) {
     if (!channels_last && fixed_window_rows(g, x) && y.sW == 1 && (!indices || ind.sW == 1) &&
         g.H * g.W <= INT32_MAX) {
       if (g.sW == 1) {
@@ -463,8 +466,8 @@ void avg_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
 // the whole one ending at p + n with its lanes already summed zeroed, and the lanes are summed
 // by halves: with a scalar tail and reduction per plane, global average pooling of 7x7 planes
 // ran at two thirds of torch's speed.
-template <typename A>
-A contiguous_sum(const A* p, int64_t n) {
+template <typename A, typename S>
+A contiguous_sum(const S* p, int64_t n) {
   using V = typename Vec<A>::type;
   using I = LaneIndex<V>;
   constexpr int VL = kVL<A>;
@@ -473,14 +476,14 @@ A contiguous_sum(const A* p, int64_t n) {
   V s0{}, s1{};
   int64_t i = 0;
   for (; i + 2 * VL <= n; i += 2 * VL) {
-    s0 += loadu<V>(p + i);
-    s1 += loadu<V>(p + i + VL);
+    s0 += load_widened<V>(p + i);
+    s1 += load_widened<V>(p + i + VL);
   }
   if (i + VL <= n) {
-    s0 += loadu<V>(p + i);
+    s0 += load_widened<V>(p + i);
     i += VL;
   }
-  if (i < n) s1 += lane >= static_cast<decltype(lane[0] + 0)>(i + VL - n) ? loadu<V>(p + n - VL) : V{};
+  if (i < n) s1 += lane >= static_cast<decltype(lane[0] + 0)>(i + VL - n) ? load_widened<V>(p + n - VL) : V{};
   s0 += s1;
   for (int half = VL / 2; half > 0; half /= 2) s0 += __builtin_shuffle(s0, lane ^ half);
   return s0[0];
@@ -511,9 +514,9 @@ void global_avg_pool(const PoolGeometry& g, View4<const T> x, View4<T> y, bool c
       const int64_t n = plane / g.C, c = plane % g.C;
       const T* in = x.data + n * x.sN + c * x.sC;
       A sum = A(0);
-      if constexpr (std::is_floating_point_v<T>) {
+      if constexpr (kWidenedVectors<T>) {
         if (x.sW == 1 && x.sH == g.W && HW >= kVL<A>) {
-          y.data[n * y.sN + c * y.sC] = contiguous_sum(in, HW) / A(HW);
+          y.data[n * y.sN + c * y.sC] = static_cast<T>(contiguous_sum<A>(in, HW) / A(HW));
           continue;
         }
       }
