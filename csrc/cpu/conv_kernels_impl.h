@@ -3044,15 +3044,15 @@ void grouped_weight_grad_direct(const ConvGeometry& g, View4<const T> x_any,
 // and share a few L1 sets.
 template <typename T>
 bool use_grouped8_cl(const ConvGeometry& g, bool channels_last) {
-  return std::is_same_v<T, float> && kVL<float> >= 8 && g.C_in_g() == 8 && g.C_out_g() == 8 &&
+  return (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) && kVL<float> >= 8 && g.C_in_g() == 8 && g.C_out_g() == 8 &&
          g.KW == 3 && g.dW == 1 && (g.sW == 1 || g.sW == 2) && channels_last;
 }
 
 template <typename T, int S>
 void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                          View4<T> y) {
-  if constexpr (std::is_same_v<T, float> && kVL<float> >= 8) {
-    using V = typename Vec8<float>::type;
+  if constexpr ((std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) && kVL<float> >= 8) {
+    using V = typename Vec8<float>::type;  // bf16 widened on the way in (load_widened)
     constexpr int PB = kVL<float> == 16 ? 14 : 12;  // accumulators: of 32 or 16 registers
     constexpr int kCols = (PB - 1) * S + 3;          // input columns of a block
     const int64_t G = g.groups, KH = g.KH;
@@ -3061,7 +3061,7 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
       for (int64_t i = 0; i < 8; ++i) {
         for (int64_t t = 0; t < KH * 3; ++t) {
           wp.get()[(((oc / 8) * KH * 3 + t) * 8 + i) * 8 + oc % 8] =
-              w.data[oc * w.sN + i * w.sC + (t / 3) * w.sH + (t % 3) * w.sW];
+              static_cast<float>(w.data[oc * w.sN + i * w.sC + (t / 3) * w.sH + (t % 3) * w.sW]);
         }
       }
     }
@@ -3112,7 +3112,7 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
             for (int64_t c = 0; c < PW; ++c) {
               const int64_t iw = c - pW;
               for (int64_t grp = 0; grp < G; ++grp) {
-                const V v = inside(iw, W) ? loadu<V>(src + iw * x.sW + grp * 8) : V{};
+                const V v = inside(iw, W) ? load_widened<V>(src + iw * x.sW + grp * 8) : V{};
                 __builtin_memcpy(dst + (grp * PW + c) * 8, &v, sizeof(V));
               }
             }
@@ -3121,7 +3121,7 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
         }
         for (int64_t grp = 0; grp < G; ++grp) {
           next_rows.upto(grp + 1, G);
-          const V b = bias ? loadu<V>(bias + grp * 8) : V{};
+          const V b = bias ? load_widened<V>(bias + grp * 8) : V{};
           for (int64_t blk = 0; blk < blocks; ++blk) {
             V acc[PB];
             for (int q = 0; q < PB; ++q) acc[q] = b;
@@ -3145,7 +3145,7 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
             }
             T* out = y.data + n * y.sN + oh * y.sH + blk * PB * y.sW + grp * 8;
             const int qs = static_cast<int>(min64(PB, OW - blk * PB));
-            for (int q = 0; q < qs; ++q) __builtin_memcpy(out + q * y.sW, &acc[q], sizeof(V));
+            for (int q = 0; q < qs; ++q) store_narrowed(out + q * y.sW, acc[q]);
           }
         }
       }
