@@ -674,9 +674,10 @@ _ISA_SCRIPT = textwrap.dedent("""
         for a, b in zip((ours, *torch.autograd.grad(ours.sum(), (x, w))), (ref, *torch.autograd.grad(ref.sum(), (x, w)))):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # The pooling kernels are built per ISA too: both loop orders (planes' rows of several
-    # vectors at strides 1 and 2), with indices, and the planar average's backward.
+    # vectors at strides 1 and 2), with indices, and the planar average's backward; bf16
+    # (widened to float) where channels_last and global average pooling run in vectors.
     for fmt in (torch.contiguous_format, torch.channels_last):
-        for dtype in (torch.float32, torch.float64):
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
             x = torch.randn(2, 19, 13, 37, generator=g, dtype=dtype).contiguous(memory_format=fmt)
             x.requires_grad_()
             for name, args in (("max_pool2d", (3, 2, 1, 1, True, True)), ("max_pool2d", (2, 1, 1, 2, False, True)),
@@ -687,7 +688,7 @@ _ISA_SCRIPT = textwrap.dedent("""
                 ours += torch.autograd.grad(ours[0].sum(), x)
                 ref += torch.autograd.grad(ref[0].sum(), x)
                 for a, b in zip(ours, ref):
-                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+                    torch.testing.assert_close(a, b, **({} if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)))
     # Passes writing 8 MB or more store around the caches, with each ISA's instructions:
     # channels_last depthwise (forward and input grad), 1x1, max pooling with indices and the
     # average's input grad.

@@ -752,9 +752,9 @@ void max_pool_backward_channels_last(const PoolGeometry& g, View4<const T> gy, V
   using A = at::opmath_type<T>;
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
-  constexpr bool vectors = std::is_same_v<T, A> && std::is_floating_point_v<A>;
+  constexpr bool vectors = kWidenedVectors<T>;
   const int64_t C = g.C, C_vec = vectors ? C / VL * VL : 0;  // channels summed a vector at a time
-  const bool stream = vectors && C_vec == C && stream_aligned(gx.data) &&
+  const bool stream = std::is_same_v<T, A> && C_vec == C && stream_aligned(gx.data) &&
                       g.N * g.H * g.W * C * static_cast<int64_t>(sizeof(A)) >= kStreamBytes;
   Scratch<int64_t> rows(2 * g.H), cols(2 * g.W);
   covering_outputs(g.H, g.OH, g.kH, g.sH, g.pH, g.dH, rows.get());
@@ -779,13 +779,13 @@ void max_pool_backward_channels_last(const PoolGeometry& g, View4<const T> gy, V
               for (int64_t oh = oh0; oh < oh1; ++oh) {
                 for (int64_t ow = ow0; ow < ow1; ++ow) {
                   const int64_t at = oh * row_step + ow * C + c;
-                  sum += load_indices<A>(ind_n + at) == self_v ? loadu<V>(gy_n + at) : V{};
+                  sum += load_indices<A>(ind_n + at) == self_v ? load_widened<V>(gy_n + at) : V{};
                 }
               }
-              if (streamed) {
+              if (std::is_same_v<T, A> && streamed) {
                 store_stream(dst + c, sum);
               } else {
-                __builtin_memcpy(dst + c, &sum, sizeof(V));
+                store_narrowed(dst + c, sum);
               }
             }
           }

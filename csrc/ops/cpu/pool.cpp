@@ -461,8 +461,8 @@ at::Tensor pool_scatter_add_cpu(const at::Tensor& values, const at::Tensor& indi
   return out;
 }
 
-// max_pool2d's input grad from its own indices: gathered on dense channels_last float and double
-// tensors (see the kernel), else the grads added at their indices as pool_scatter_add does.
+// max_pool2d's input grad from its own indices: gathered on dense channels_last float, double and
+// bfloat16 tensors (see the kernel), else the grads added at their indices as pool_scatter_add does.
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
                                    at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                                    at::IntArrayRef stride, at::IntArrayRef padding,
@@ -470,7 +470,8 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   PoolGeometry g = check_max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride,
                                              padding, dilation, ceil_mode);
   const auto type = grad_output.scalar_type();
-  if (!channels_last || grad_output.dim() != 4 || (type != at::kFloat && type != at::kDouble) ||
+  const bool gathered = type == at::kFloat || type == at::kDouble || type == at::kBFloat16;
+  if (!channels_last || grad_output.dim() != 4 || !gathered ||
       g.H * g.W > INT32_MAX) {  // the float kernel compares indices as int32
     return pool_scatter_add_cpu(grad_output, indices, input_size, channels_last);
   }
@@ -478,7 +479,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   g.pH = padding[0], g.pW = padding[1], g.dH = dilation[0], g.dW = dilation[1];
   auto [gx, gx4] = empty_pool_output(grad_output, g.C, g.H, g.W, true, type);
   const auto fmt = at::MemoryFormat::ChannelsLast;
-  AT_DISPATCH_FLOATING_TYPES(type, "max_pool2d_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, type, "max_pool2d_backward", [&] {
     if (gx.numel() == 0) return;
     cpu::pool_kernels_for<scalar_t>().max_pool_backward_channels_last(
         g, cview4<scalar_t>(grad_output.contiguous(fmt)), cview4<int64_t>(indices.contiguous(fmt)),
