@@ -88,13 +88,12 @@ inline V splat(A s) {
 
 template <typename V> using LaneIndex = decltype(V{} < V{});  // signed integers as wide as A
 
-// A vector of float loaded from bf16 storage (exact: the bits move up 16 places), and stored
-// back rounded to nearest even, NaN to 0x7FC0, as c10::BFloat16 converts; other types as they
-// are. So kernels summing in A read and write S = A or bf16.
 template <int Bytes> struct Bits16 { typedef uint16_t type __attribute__((vector_size(Bytes))); };
 template <int Bytes> struct Bits32 { typedef uint32_t type __attribute__((vector_size(Bytes))); };
 
-// Whether kernels summing in vectors of A read and write T through these.
+// A vector of float loaded from bf16 storage (exact: the bits move up 16 places), and stored
+// back rounded to nearest even, NaN to 0x7FC0, as c10::BFloat16 converts; other types as they
+// are. So kernels summing in A read and write S = A or bf16: those where kWidenedVectors<S>.
 template <typename T>
 constexpr bool kWidenedVectors = std::is_same_v<T, typename AccOf<T>::type> || std::is_same_v<T, c10::BFloat16>;
 
@@ -1785,18 +1784,10 @@ constexpr bool kBf16DotBuilt = true;
 
 #define CONVEXT_BF16_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,avx512bf16")))
 
-// 16 floats to bf16 at p, rounded to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion.
-CONVEXT_BF16_TARGET inline void store_bf16(c10::BFloat16* p, __m512 v) {
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
-  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(rounded));
-}
-
 // indirect_microkernel with bf16 rows and weights and float sums: weights packed in pairs of
 // channels, [channel pair][NR][2], and each row's pair of channels broadcast as one 32-bit value.
-// `channels` and c0 are even. With out_bf16, row m goes to out_bf16[m] as bf16 (c_out unused).
+// `channels` and c0 are even. With out_bf16, row m goes to out_bf16[m] as bf16 (store_narrowed;
+// c_out unused).
 CONVEXT_BF16_TARGET
 void indirect_microkernel_bf16(int64_t taps, int64_t channels, const c10::BFloat16* const* rows,
                                const bool* padding, int64_t c0, const c10::BFloat16* __restrict b,
@@ -1844,8 +1835,8 @@ void indirect_microkernel_bf16(int64_t taps, int64_t channels, const c10::BFloat
 #pragma GCC unroll 16
   for (int m = 0; m < kMR; ++m) {
     if (out_bf16) {
-      store_bf16(out_bf16[m], acc0[m]);
-      store_bf16(out_bf16[m] + 16, acc1[m]);
+      store_narrowed(out_bf16[m], static_cast<Vec<float>::type>(acc0[m]));
+      store_narrowed(out_bf16[m] + 16, static_cast<Vec<float>::type>(acc1[m]));
     } else {
       _mm512_storeu_ps(c_out + m * ld_out, acc0[m]);
       _mm512_storeu_ps(c_out + m * ld_out + 16, acc1[m]);
