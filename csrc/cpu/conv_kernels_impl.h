@@ -102,7 +102,17 @@ inline V load_widened(const S* p) {
   if constexpr (std::is_same_v<S, c10::BFloat16>) {
     using FloatBits = typename Bits32<sizeof(V)>::type;
     using HalfBits = typename Bits16<sizeof(V) / 2>::type;
-    const FloatBits bits = __builtin_convertvector(loadu<HalfBits>(reinterpret_cast<const uint16_t*>(p)), FloatBits) << 16;
+    FloatBits bits;
+#if defined(CONVEXT_X86_DISPATCH) && CONVEXT_VEC_BYTES == 64
+    if constexpr (sizeof(V) == 64) {
+      // One vpmovzxwd: GCC 12 lowers the generic conversion below to two 256-bit halves, an
+      // extract and an insert (channels_last dw3x3 144 @56 bf16 forward: 0.81 -> 0.65 ms).
+      bits = reinterpret_cast<FloatBits>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))) << 16;
+    } else
+#endif
+    {
+      bits = __builtin_convertvector(loadu<HalfBits>(reinterpret_cast<const uint16_t*>(p)), FloatBits) << 16;
+    }
     V v;
     __builtin_memcpy(&v, &bits, sizeof(V));
     return v;
