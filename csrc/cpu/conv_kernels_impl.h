@@ -3033,7 +3033,7 @@ void grouped_weight_grad_direct(const ConvGeometry& g, View4<const T> x_any,
   });
 }
 
-// Grouped convs with 8 input and 8 output channels a group (ResNeXt's), float, channels_last x
+// Grouped convs with 8 input and 8 output channels a group (ResNeXt's), float or bf16, channels_last x
 // and y, kernel rows of 3 taps, column stride 1 or 2: a group's 8 output channels at a position
 // fill one 8-lane register. Each input value is broadcast once into a register and multiplied
 // with the weight vectors of the taps that read it: at stride 1, 16 broadcasts feed 42 FMAs of
@@ -3042,27 +3042,72 @@ void grouped_weight_grad_direct(const ConvGeometry& g, View4<const T> x_any,
 // @28 forward: 1.76 -> 1.43 ms). Input rows are first copied group-major, [group][column][8]
 // with zero columns for the padding, once per row in a thread's run of output rows: a group's
 // columns then lie 32 bytes apart at constant offsets, where in x they are a pixel (1 KB) apart
-// and share a few L1 sets.
+// and share a few L1 sets. bf16 is widened to float on that copy, or with vdpbf16ps stays bf16.
 template <typename T>
 bool use_grouped8_cl(const ConvGeometry& g, bool channels_last) {
   return (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) && kVL<float> >= 8 && g.C_in_g() == 8 && g.C_out_g() == 8 &&
          g.KW == 3 && g.dW == 1 && (g.sW == 1 || g.sW == 2) && channels_last;
 }
 
-template <typename T, int S>
+constexpr int kGrouped8Block = kVL<float> == 16 ? 14 : 12;  // accumulators: of 32 or 16 registers
+
+#if defined(CONVEXT_X86_DISPATCH) && CONVEXT_VEC_BYTES == 64
+// A block of grouped8_forward_cl's output columns from bf16 rows and weights that hold pairs of
+// input channels: each broadcast 32-bit word and weight vector sum two channels (vdpbf16ps), half
+// the instructions of the float kernel. rows: the KH packed rows (nullptr: padding), at the
+// row's start and offset the block's first value in them; w: the group's packed weights; bias: 8
+// floats.
+template <int S>
+CONVEXT_BF16_TARGET void grouped8_block_dot(const c10::BFloat16* const* rows, int64_t KH, int64_t offset,
+                                            const c10::BFloat16* w, const float* bias,
+                                            c10::BFloat16* out, int64_t out_stride, int cols) {
+  constexpr int PB = kGrouped8Block, kCols = (PB - 1) * S + 3;
+  __m256 acc[PB];
+  for (int q = 0; q < PB; ++q) acc[q] = _mm256_loadu_ps(bias);
+  for (int64_t kh = 0; kh < KH; ++kh) {
+    if (rows[kh] == nullptr) continue;
+    const c10::BFloat16* r = rows[kh] + offset;
+    const c10::BFloat16* wk = w + kh * 3 * 64;
+#pragma GCC unroll 1
+    for (int p = 0; p < 4; ++p) {
+      __m256bh wv[3];
+      for (int kw = 0; kw < 3; ++kw) wv[kw] = (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + (kw * 4 + p) * 16));
+#pragma GCC unroll 32
+      for (int c = 0; c < kCols; ++c) {
+        int32_t pair;
+        __builtin_memcpy(&pair, r + c * 8 + 2 * p, sizeof(pair));
+        const __m256bh xb = (__m256bh)_mm256_set1_epi32(pair);
+#pragma GCC unroll 3
+        for (int kw = 0; kw < 3; ++kw) {  // column c feeds output (c - kw) / S
+          if (c >= kw && (c - kw) % S == 0 && (c - kw) / S < PB) {
+            acc[(c - kw) / S] = _mm256_dpbf16_ps(acc[(c - kw) / S], xb, wv[kw]);
+          }
+        }
+      }
+    }
+  }
+  for (int q = 0; q < cols; ++q) store_narrowed(out + q * out_stride, static_cast<Vec8<float>::type>(acc[q]));
+}
+#endif
+
+// P: the packed rows' and weights' type, float or (with vdpbf16ps) bf16 in pairs of channels.
+template <typename T, int S, typename P>
 void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                          View4<T> y) {
   if constexpr ((std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) && kVL<float> >= 8) {
-    using V = typename Vec8<float>::type;  // bf16 widened on the way in (load_widened)
-    constexpr int PB = kVL<float> == 16 ? 14 : 12;  // accumulators: of 32 or 16 registers
-    constexpr int kCols = (PB - 1) * S + 3;          // input columns of a block
+    using V = typename Vec8<float>::type;  // float bf16 widened on the way in (load_widened)
+    constexpr bool kDot = std::is_same_v<P, c10::BFloat16>;
+    constexpr int PB = kGrouped8Block;
+    constexpr int kCols = (PB - 1) * S + 3;  // input columns of a block
+    constexpr int Z = kDot ? 2 : 1;          // input channels a weight lane sums
     const int64_t G = g.groups, KH = g.KH;
-    Scratch<float> wp(G * KH * 3 * 64);  // [group][kernel row][col][input channel][output channel]
+    // [group][kernel row][col][input channel / Z][output channel][Z]
+    Scratch<P> wp(G * KH * 3 * 64);
     for (int64_t oc = 0; oc < g.C_out; ++oc) {
       for (int64_t i = 0; i < 8; ++i) {
         for (int64_t t = 0; t < KH * 3; ++t) {
-          wp.get()[(((oc / 8) * KH * 3 + t) * 8 + i) * 8 + oc % 8] =
-              static_cast<float>(w.data[oc * w.sN + i * w.sC + (t / 3) * w.sH + (t % 3) * w.sW]);
+          wp.get()[((((oc / 8) * KH * 3 + t) * (8 / Z) + i / Z) * 8 + oc % 8) * Z + i % Z] =
+              static_cast<P>(w.data[oc * w.sN + i * w.sC + (t / 3) * w.sH + (t % 3) * w.sW]);
         }
       }
     }
@@ -3070,12 +3115,12 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
     const int64_t H = g.H, W = g.W, OH = g.OH, OW = g.OW, pH = g.pH, pW = g.pW, dH = g.dH, sH = g.sH;
     const int64_t blocks = ceil_div(OW, PB);
     // Packed columns: those of every block, the tail's included; column c is iw = c - pW.
-    const int64_t PW = (blocks - 1) * PB * S + kCols, row_floats = G * PW * 8;
+    const int64_t PW = (blocks - 1) * PB * S + kCols, row_elems = G * PW * 8;
     at::parallel_for(0, g.N * OH, 1, [&](int64_t begin, int64_t end) {
       // The last KH packed rows, tagged by n * H + ih.
-      Scratch<float> ring(KH * row_floats);
+      Scratch<P> ring(KH * row_elems);
       Scratch<int64_t> tags(KH);
-      Scratch<const float*> rows(KH);
+      Scratch<const P*> rows(KH);
       for (int64_t s = 0; s < KH; ++s) tags.get()[s] = -1;
       // The next item's new rows come in behind this item's work (into L2: in L1 they would
       // evict this item's packed rows).
@@ -3108,45 +3153,64 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
               if (!needed) slot = s;
             }
             tags.get()[slot] = n * H + ih;
-            float* dst = ring.get() + slot * row_floats;
+            P* dst = ring.get() + slot * row_elems;
             const T* src = x.data + n * x.sN + ih * x.sH;
             for (int64_t c = 0; c < PW; ++c) {
               const int64_t iw = c - pW;
               for (int64_t grp = 0; grp < G; ++grp) {
-                const V v = inside(iw, W) ? load_widened<V>(src + iw * x.sW + grp * 8) : V{};
-                __builtin_memcpy(dst + (grp * PW + c) * 8, &v, sizeof(V));
+                P* to = dst + (grp * PW + c) * 8;
+                if constexpr (kDot) {
+                  if (inside(iw, W)) {
+                    __builtin_memcpy(to, src + iw * x.sW + grp * 8, 8 * sizeof(P));
+                  } else {
+                    std::fill(to, to + 8, P(0));
+                  }
+                } else {
+                  const V v = inside(iw, W) ? load_widened<V>(src + iw * x.sW + grp * 8) : V{};
+                  __builtin_memcpy(to, &v, sizeof(V));
+                }
               }
             }
           }
-          rows.get()[kh] = ring.get() + slot * row_floats;
+          rows.get()[kh] = ring.get() + slot * row_elems;
         }
         for (int64_t grp = 0; grp < G; ++grp) {
           next_rows.upto(grp + 1, G);
           const V b = bias ? load_widened<V>(bias + grp * 8) : V{};
           for (int64_t blk = 0; blk < blocks; ++blk) {
-            V acc[PB];
-            for (int q = 0; q < PB; ++q) acc[q] = b;
-            for (int64_t kh = 0; kh < KH; ++kh) {
-              if (rows.get()[kh] == nullptr) continue;
-              const float* r = rows.get()[kh] + (grp * PW + blk * PB * S) * 8;
-              const float* wk = wp.get() + (grp * KH + kh) * 3 * 64;
+            const int64_t offset = (grp * PW + blk * PB * S) * 8;
+            const P* wg = wp.get() + grp * KH * 3 * 64;
+            T* out = y.data + n * y.sN + oh * y.sH + blk * PB * y.sW + grp * 8;
+            const int qs = static_cast<int>(min64(PB, OW - blk * PB));
+            if constexpr (kDot) {
+#if defined(CONVEXT_X86_DISPATCH) && CONVEXT_VEC_BYTES == 64
+              float b8[8];
+              __builtin_memcpy(b8, &b, sizeof(b8));
+              grouped8_block_dot<S>(rows.get(), KH, offset, wg, b8, out, y.sW, qs);
+#endif
+            } else {
+              V acc[PB];
+              for (int q = 0; q < PB; ++q) acc[q] = b;
+              for (int64_t kh = 0; kh < KH; ++kh) {
+                if (rows.get()[kh] == nullptr) continue;
+                const P* r = rows.get()[kh] + offset;
+                const P* wk = wg + kh * 3 * 64;
 #pragma GCC unroll 1
-              for (int i = 0; i < 8; ++i) {
-                V wv[3];
-                for (int kw = 0; kw < 3; ++kw) wv[kw] = loadu<V>(wk + kw * 64 + i * 8);
+                for (int i = 0; i < 8; ++i) {
+                  V wv[3];
+                  for (int kw = 0; kw < 3; ++kw) wv[kw] = loadu<V>(wk + kw * 64 + i * 8);
 #pragma GCC unroll 32
-                for (int c = 0; c < kCols; ++c) {
-                  const V xb = splat<V>(r[c * 8 + i]);
+                  for (int c = 0; c < kCols; ++c) {
+                    const V xb = splat<V>(r[c * 8 + i]);
 #pragma GCC unroll 3
-                  for (int kw = 0; kw < 3; ++kw) {  // column c feeds output (c - kw) / S
-                    if (c >= kw && (c - kw) % S == 0 && (c - kw) / S < PB) acc[(c - kw) / S] += xb * wv[kw];
+                    for (int kw = 0; kw < 3; ++kw) {  // column c feeds output (c - kw) / S
+                      if (c >= kw && (c - kw) % S == 0 && (c - kw) / S < PB) acc[(c - kw) / S] += xb * wv[kw];
+                    }
                   }
                 }
               }
+              for (int q = 0; q < qs; ++q) store_narrowed(out + q * y.sW, acc[q]);
             }
-            T* out = y.data + n * y.sN + oh * y.sH + blk * PB * y.sW + grp * 8;
-            const int qs = static_cast<int>(min64(PB, OW - blk * PB));
-            for (int q = 0; q < qs; ++q) store_narrowed(out + q * y.sW, acc[q]);
           }
         }
       }
@@ -3154,13 +3218,14 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
   }
 }
 
-// The weight grad of grouped convs with 8 channels a group on 16-lane vectors (float, AVX-512),
-// stride 1 and kernel rows of 3 taps, channels_last x and gy: a vector holds the output channels
-// of two groups. Input channel i of both groups is spread over their 8 lanes each by one permute
-// of the 16 channels at a position, and that one permute feeds the 3 taps of a kernel row.
+// The weight grad of grouped convs with 8 channels a group on 16-lane vectors (float, or bf16
+// widened to float; AVX-512), stride 1 and kernel rows of 3 taps, channels_last x and gy: a
+// vector holds the output channels of two groups. Input channel i of both groups is spread over
+// their 8 lanes each by one permute of the 16 channels at a position, and that one permute feeds
+// the 3 taps of a kernel row.
 template <typename T>
 bool use_grouped_pairs(const ConvGeometry& g, bool channels_last) {
-  return std::is_same_v<T, float> && kVL<float> == 16 && g.C_in_g() == 8 && g.C_out_g() == 8 &&
+  return (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) && kVL<float> == 16 && g.C_in_g() == 8 && g.C_out_g() == 8 &&
          g.groups % 2 == 0 && g.sH == 1 && g.sW == 1 && g.KW == 3 && g.dW == 1 && channels_last;
 }
 
@@ -3181,13 +3246,14 @@ void pair_spread_indices(I spread[8]) {
 template <typename T>
 void grouped_weight_grad_pairs(const ConvGeometry& g, View4<const T> x, View4<const T> gy,
                                View4<T> gw) {
-  if constexpr (std::is_same_v<T, float> && kVL<float> == 16) {
-    using V = typename Vec<T>::type;  // dependent: other ISAs never instantiate this
+  if constexpr ((std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) && kVL<float> == 16) {
+    using A = typename AccOf<T>::type;
+    using V = typename Vec<A>::type;  // dependent: other ISAs never instantiate this
     typedef int32_t I __attribute__((vector_size(64)));
     const int64_t pairs = g.groups / 2, KH = g.KH, KHW = KH * 3;
     const int64_t chunks = min64(g.N, 16), per_chunk = ceil_div(g.N, chunks);
     const int64_t slab = g.C_out * 8 * KHW;  // one chunk's partial sums, as gw's values
-    Scratch<T> partial(chunks * slab);
+    Scratch<A> partial(chunks * slab);
     const T zeros[16] = {};
     I spread[8];
     pair_spread_indices(spread);
@@ -3196,7 +3262,7 @@ void grouped_weight_grad_pairs(const ConvGeometry& g, View4<const T> x, View4<co
     at::parallel_for(0, chunks * pairs, 1, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t chunk = item / pairs, pair = item % pairs;
-        T* sums = partial.get() + chunk * slab + pair * 16 * 8 * KHW;  // [oc][i][tap]
+        A* sums = partial.get() + chunk * slab + pair * 16 * 8 * KHW;  // [oc][i][tap]
         for (int64_t kh = 0; kh < KH; ++kh) {
           for (int half = 0; half < 2; ++half) {
             V acc[4][3] = {};
@@ -3207,8 +3273,8 @@ void grouped_weight_grad_pairs(const ConvGeometry& g, View4<const T> x, View4<co
                 const T* xrow = x.data + n * x.sN + ih * x.sH + pair * 16;
                 const T* grow = gy.data + n * gy.sN + oh * gy.sH + pair * 16;
                 const auto column = [&](int64_t iw, const T* g0, const T* g1, const T* g2) {
-                  const V gv[3] = {loadu<V>(g0), loadu<V>(g1), loadu<V>(g2)};
-                  const V xv = loadu<V>(xrow + iw * x.sW);
+                  const V gv[3] = {load_widened<V>(g0), load_widened<V>(g1), load_widened<V>(g2)};
+                  const V xv = load_widened<V>(xrow + iw * x.sW);
 #pragma GCC unroll 4
                   for (int i = 0; i < 4; ++i) {
                     const V xe = __builtin_shuffle(xv, spread[half * 4 + i]);
@@ -3243,10 +3309,10 @@ void grouped_weight_grad_pairs(const ConvGeometry& g, View4<const T> x, View4<co
     at::parallel_for(0, g.C_out, 1, [&](int64_t begin, int64_t end) {
       for (int64_t oc = begin; oc < end; ++oc) {
         for (int64_t k = 0; k < 8 * KHW; ++k) {
-          const T* first = partial.get() + oc * 8 * KHW + k;
-          T sum = first[0];
+          const A* first = partial.get() + oc * 8 * KHW + k;
+          A sum = first[0];
           for (int64_t c = 1; c < chunks; ++c) sum += first[c * slab];
-          gw.data[oc * gw.sN + (k / KHW) * gw.sC + (k % KHW / 3) * gw.sH + (k % 3) * gw.sW] = sum;
+          gw.data[oc * gw.sN + (k / KHW) * gw.sC + (k % KHW / 3) * gw.sH + (k % 3) * gw.sW] = static_cast<T>(sum);
         }
       }
     });
@@ -3258,7 +3324,12 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
                   View4<T> y) {
   if (use_depthwise(g)) return depthwise_forward(g, x, w, bias, y);
   if (use_grouped8_cl<T>(g, x.sC == 1 && y.sC == 1)) {
-    return g.sW == 1 ? grouped8_forward_cl<T, 1>(g, x, w, bias, y) : grouped8_forward_cl<T, 2>(g, x, w, bias, y);
+    if constexpr (kBf16DotBuilt && std::is_same_v<T, c10::BFloat16>) {
+      if (bf16_dot_usable()) {
+        return g.sW == 1 ? grouped8_forward_cl<T, 1, T>(g, x, w, bias, y) : grouped8_forward_cl<T, 2, T>(g, x, w, bias, y);
+      }
+    }
+    return g.sW == 1 ? grouped8_forward_cl<T, 1, float>(g, x, w, bias, y) : grouped8_forward_cl<T, 2, float>(g, x, w, bias, y);
   }
   if (use_grouped_direct(g)) {
     if (g.sH == 1 && g.sW == 1) return forward_flat<T, 8, 2>(g, x, w, bias, y);
