@@ -3323,12 +3323,19 @@ template <typename T>
 void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                   View4<T> y) {
   if (use_depthwise(g)) return depthwise_forward(g, x, w, bias, y);
-  if (use_grouped8_cl<T>(g, x.sC == 1 && y.sC == 1)) {
-    if constexpr (kBf16DotBuilt && std::is_same_v<T, c10::BFloat16>) {
-      if (bf16_dot_usable()) {
-        return g.sW == 1 ? grouped8_forward_cl<T, 1, T>(g, x, w, bias, y) : grouped8_forward_cl<T, 2, T>(g, x, w, bias, y);
+  if constexpr (kBf16DotBuilt && std::is_same_v<T, c10::BFloat16>) {
+    // With vdpbf16ps the grouped-8 kernel also pays for channels_last copies of NCHW x and y.
+    if (bf16_dot_usable() && use_grouped8_cl<T>(g, true)) {
+      const auto grouped8 = [&](View4<const T> xs, View4<T> ys) {
+        return g.sW == 1 ? grouped8_forward_cl<T, 1, T>(g, xs, w, bias, ys) : grouped8_forward_cl<T, 2, T>(g, xs, w, bias, ys);
+      };
+      if (x.sC == 1 && y.sC == 1) return grouped8(x, y);
+      if (dense_nchw(x, g.C_in, g.H, g.W) && dense_nchw(y, g.C_out, g.OH, g.OW)) {
+        return via_channels_last(x, g.N, g.C_in, g.H, g.W, y, g.C_out, g.OH, g.OW, grouped8);
       }
     }
+  }
+  if (use_grouped8_cl<T>(g, x.sC == 1 && y.sC == 1)) {
     return g.sW == 1 ? grouped8_forward_cl<T, 1, float>(g, x, w, bias, y) : grouped8_forward_cl<T, 2, float>(g, x, w, bias, y);
   }
   if (use_grouped_direct(g)) {
