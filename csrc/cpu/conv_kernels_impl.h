@@ -1642,44 +1642,50 @@ void depthwise_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const 
 
 // x as a dense channels_last tensor of element type D: x itself when it already is one (and no
 // padding is asked for), else a copy in dst, whose rows have `pad` zero columns on each side
-// (the view starts at column 0, so reads may reach `pad` columns past either end). Dense NCHW
+// (the view starts at column 0, so reads may reach `pad` columns past either end) and whose
+// positions hold Cp >= C channels, those past C zero. Dense NCHW
 // floats are copied through 8 x 8 transposes (whole planes as one row where nothing is padded):
 // element by element, the copies took a quarter of the NCHW weight grad of 3x3 s2 128 @56
 // (17.6 -> 12.3 ms, 2 threads) and a tenth of its forward.
 template <typename D, typename T>
 int64_t channels_last_copy_size(const View4<const T>& x, int64_t N, int64_t C, int64_t H, int64_t W,
-                                int64_t pad = 0) {
-  return std::is_same_v<D, T> && pad == 0 && dense_channels_last(x, C) ? 0 : N * C * H * (W + 2 * pad);
+                                int64_t pad = 0, int64_t Cp = 0) {
+  Cp = max64(C, Cp);
+  return std::is_same_v<D, T> && pad == 0 && Cp == C && dense_channels_last(x, C) ? 0 : N * Cp * H * (W + 2 * pad);
 }
 
 template <typename D, typename T>
 View4<const D> channels_last_view(const View4<const T>& x, int64_t N, int64_t C, int64_t H,
-                                  int64_t W, Scratch<D>& dst, int64_t pad = 0) {
+                                  int64_t W, Scratch<D>& dst, int64_t pad = 0, int64_t Cp = 0) {
+  Cp = max64(C, Cp);
   if constexpr (std::is_same_v<D, T>) {
-    if (pad == 0 && dense_channels_last(x, C)) return x;
-    if (pad == 0 && dense_nchw(x, C, H, W)) return to_channels_last(x, N, C, H, W, dst);
+    if (pad == 0 && Cp == C && dense_channels_last(x, C)) return x;
+    if (pad == 0 && Cp == C && dense_nchw(x, C, H, W)) return to_channels_last(x, N, C, H, W, dst);
   }
-  const int64_t row_len = (W + 2 * pad) * C;
-  D* out = dst.get() + pad * C;
-  const View4<D> view{out, H * row_len, 1, row_len, C};
+  const int64_t row_len = (W + 2 * pad) * Cp;
+  D* out = dst.get() + pad * Cp;
+  const View4<D> view{out, H * row_len, 1, row_len, Cp};
   const bool planes = std::is_same_v<D, T> && dense_nchw(x, C, H, W);
   // Work items are (image, 16 channels): each reads its 16 planes front to back (16 streams the
   // prefetchers follow; items of image rows left them reading 16 short runs per row, latency
   // bound at ~2 ns an element) and writes 64-byte runs of channels.
   constexpr int64_t kChunk = 16;
-  const int64_t chunks = ceil_div(C, kChunk);
+  const int64_t chunks = ceil_div(Cp, kChunk);
   at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / chunks, c0 = (item % chunks) * kChunk, c1 = min64(C, c0 + kChunk);
+      // Channels [c0, cx) come from x, [cx, c1) are zero.
+      const int64_t n = item / chunks, c0 = (item % chunks) * kChunk, c1 = min64(Cp, c0 + kChunk);
+      const int64_t cx = min64(C, c1);
       const T* src = x.data + n * x.sN;
       for (int64_t h = 0; h < H; ++h) {
         D* row = out + (n * H + h) * row_len;
-        for (int64_t w = -pad; w < 0; ++w) fill_zero(row + w * C + c0, c1 - c0);
-        for (int64_t w = W; w < W + pad; ++w) fill_zero(row + w * C + c0, c1 - c0);
+        for (int64_t w = -pad; w < 0; ++w) fill_zero(row + w * Cp + c0, c1 - c0);
+        for (int64_t w = W; w < W + pad; ++w) fill_zero(row + w * Cp + c0, c1 - c0);
+        for (int64_t w = 0; w < W && cx < c1; ++w) fill_zero(row + w * Cp + cx, c1 - cx);
       }
       if constexpr (std::is_same_v<D, T>) {
         if (planes) {
-          scatter_planes(src + c0 * H * W, H * W, W, view, n, c0, c1 - c0, H, W);
+          scatter_planes(src + c0 * H * W, H * W, W, view, n, c0, cx - c0, H, W);
           continue;
         }
       }
@@ -1692,12 +1698,12 @@ View4<const D> channels_last_view(const View4<const T>& x, int64_t N, int64_t C,
           }
         }
         for (int64_t w = 0; w < W; ++w) {
-          for (int64_t c = c0; c < c1; ++c) row[w * C + c] = static_cast<D>(src[c * x.sC + h * x.sH + w * x.sW]);
+          for (int64_t c = c0; c < cx; ++c) row[w * Cp + c] = static_cast<D>(src[c * x.sC + h * x.sH + w * x.sW]);
         }
       }
     }
   });
-  return {out, H * row_len, 1, row_len, C};
+  return {out, H * row_len, 1, row_len, Cp};
 }
 
 // The forward pass as indirect convolution (Dukhan 2019), in NHWC order:
@@ -1913,7 +1919,7 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   using A = typename AccOf<T>::type;
   constexpr bool pairs = !std::is_same_v<D, A>;
   constexpr int NR = kNR<A>;
-  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW, K = g.patch();
+  const int64_t Cg = g.C_in_g(), Mg = g.C_out_g(), KHW = g.KH * g.KW;
   const int64_t P = g.OH * g.OW, oc_panels = ceil_div(Mg, NR), Mp = oc_panels * NR;
   // Where x is copied anyway, or has too few channels to amortise a tap's row pointers, the
   // copy's rows get zero columns on both sides so that, with undilated columns, the taps of a
@@ -1923,12 +1929,15 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   const bool merge_rows = g.dW == 1 && g.groups == 1 && g.KW > 1 && (copied || Cg < 16);
   const int64_t pad =
       merge_rows ? max64(0, max64(g.pW, (g.OW - 1) * g.sW - g.pW + g.KW - 1 - (g.W - 1))) : 0;
-  const int64_t taps = merge_rows ? g.KH : KHW, tap_ch = merge_rows ? g.KW * Cg : Cg;
+  // Pairs of channels need taps of even length: where they would be odd (the stem's 7 x 3), x is
+  // copied with a zero channel at each position (7 x 4; the float kernels would copy it too).
+  const int64_t Cp = pairs && g.groups == 1 && (merge_rows ? g.KW * Cg : Cg) % 2 != 0 ? Cg + 1 : Cg;
+  const int64_t taps = merge_rows ? g.KH : KHW, tap_ch = merge_rows ? g.KW * Cp : Cp, K = taps * tap_ch;
   if constexpr (pairs) {
     if (tap_ch % 2 != 0) return conv_forward_indirect<T, A>(g, x_any, w, bias, y);
   }
-  Scratch<D> x_copy(channels_last_copy_size<D>(x_any, g.N, g.C_in, g.H, g.W, pad));
-  const View4<const D> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy, pad);
+  Scratch<D> x_copy(channels_last_copy_size<D>(x_any, g.N, g.C_in, g.H, g.W, pad, Cp));
+  const View4<const D> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy, pad, Cp);
   Scratch<D> zeros(tap_ch);
   fill_zero(zeros.get(), tap_ch);
   // Each tap's input row and column from a window's origin, and its offset in x.
@@ -1950,16 +1959,19 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
       const T* wp = w.data + (grp * Mg + jb * NR) * w.sN;
       const int64_t cols = min64(NR, Mg - jb * NR);
       const auto offset_of = [&](int64_t k) {  // of w's value k = (tap, ic) in an output channel's row
-        const int64_t tap = k / Cg, ic = k % Cg;
+        const int64_t tap = k / Cp, ic = k % Cp;
         return ic * w.sC + (tap / g.KW) * w.sH + (tap % g.KW) * w.sW;
       };
       if constexpr (pairs) {
         // In the order of dst: the panel's rows of w (a few hundred KB at most) stay in L2.
+        const T zero(0);
         for (int64_t k = 0; k < K; k += 2) {
-          const T* src0 = wp + offset_of(k);
-          const T* src1 = wp + offset_of(k + 1);
+          // A zero channel (ic == Cg) reads zero, with no step.
+          const T* src0 = k % Cp < Cg ? wp + offset_of(k) : &zero;
+          const T* src1 = (k + 1) % Cp < Cg ? wp + offset_of(k + 1) : &zero;
+          const int64_t step0 = src0 == &zero ? 0 : w.sN, step1 = src1 == &zero ? 0 : w.sN;
           D* out = dst + k * NR;
-          for (int64_t r = 0; r < cols; ++r) out[2 * r] = src0[r * w.sN], out[2 * r + 1] = src1[r * w.sN];
+          for (int64_t r = 0; r < cols; ++r) out[2 * r] = src0[r * step0], out[2 * r + 1] = src1[r * step1];
           for (int64_t r = 2 * cols; r < 2 * NR; ++r) out[r] = D(0);
         }
       } else {
