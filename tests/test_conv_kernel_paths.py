@@ -39,6 +39,9 @@ PATH_CASES = {
     # The ResNet stem: 3 input channels, so the weight grad's taps are kernel rows (7 x 3
     # consecutive values of a channels_last row, clipped at the borders).
     "7x7_c3_s2": dict(cin=3, cout=32, k=7, stride=2, padding=3, dilation=1, groups=1),
+    # Taps of an odd number of channels: bf16 with vdpbf16ps copies x with a zero channel (the
+    # stem's kernel rows above, 7 x 3; here taps of 5 channels, dilated).
+    "3x3_c5_d2": dict(cin=5, cout=36, k=3, stride=1, padding=2, dilation=2, groups=1),
     "grouped_8": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=2, groups=4),
     # channels_last float: the forward keeps a group's 8 channels in a register, over blocks of
     # 14 (AVX-512) or 12 columns; the weight grad has two groups share a 16-lane vector
