@@ -120,16 +120,18 @@ def test_channels_last_grouped_8_forward(kernel, stride, padding, dilation, dtyp
     assert_close_to_reference(out, F.conv2d(x.double(), w.double(), b.double(), *args))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("cin,k,padding,dilation", [(16, 1, 0, 1), (4, 5, 16, 8)])
 def test_channels_last_forward_streamed_outputs(cin, k, padding, dilation, dtype):
     # The indirect forward stores channels_last outputs of 8 MB or more, summed in one step,
     # around the caches: block by block, or (5 x 5 dilation 8: most windows reach padding, so a
-    # tile's positions are regrouped) through per-position row pointers.
+    # tile's positions are regrouped) through per-position row pointers; bf16 (with vdpbf16ps)
+    # a block's rows as whole lines (128 channels: 8.9 MB).
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, cin, 128, 136, generator=gen, dtype=torch.float64)
-    w = torch.randn(64, cin, k, k, generator=gen, dtype=torch.float64)
-    b = torch.randn(64, generator=gen, dtype=torch.float64)
+    cout = 128 if dtype == torch.bfloat16 else 64
+    x = torch.randn(2, cin, 128, 136, generator=gen, dtype=torch.float64).to(dtype).double()
+    w = torch.randn(cout, cin, k, k, generator=gen, dtype=torch.float64).to(dtype).double()
+    b = torch.randn(cout, generator=gen, dtype=torch.float64).to(dtype).double()
     out = CF.conv2d(*(t.to(dtype) for t in (make_layout(x, "channels_last"), w, b)), 1, padding, dilation)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert_close_to_reference(out, F.conv2d(x, w, b, 1, padding, dilation))
