@@ -137,6 +137,18 @@ def test_channels_last_forward_streamed_outputs(cin, k, padding, dilation, dtype
     assert_close_to_reference(out, F.conv2d(x, w, b, 1, padding, dilation))
 
 
+@pytest.mark.parametrize("dtype,cout", [(torch.float32, 80), (torch.bfloat16, 160)], ids=str)
+def test_grouped_forward_streamed_outputs_unaligned_groups(dtype, cout):
+    # Outputs of 8 MB or more go around the caches only where every block starts on a whole
+    # vector: 2 groups of 40 float (80 bf16) output channels start 160 bytes apart, and the
+    # non-temporal stores there faulted.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 128, 136, generator=gen).to(dtype)
+    w = torch.randn(cout, 32, 3, 3, generator=gen).to(dtype)
+    out = CF.conv2d(make_layout(x, "channels_last"), w, None, 1, 1, 1, 2)
+    assert_close_to_reference(out, F.conv2d(x.double(), w.double(), None, 1, 1, 1, 2))
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_stride1_transposed_with_output_padding(layout):
     # conv_transpose2d with stride 1 and dilation 2 admits output_padding 1: an input grad

@@ -2125,8 +2125,10 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   };
   // Where y is summed in one step and large, its blocks are stored around the caches (with
   // pairs, whole blocks' rows as lines: bf16 1x1 64->256 @56 channels_last forward 2.85 -> 2.65 ms).
+  // Blocks start at oc0 = group * Mg + panel * NR, so Mg's bytes too must be whole vectors (with
+  // groups of 40 float channels, misaligned non-temporal stores faulted).
   const bool stream = (direct_store || (pairs && dense_y)) && steps == 1 && stream_aligned(y.data) &&
-                      g.C_out * sizeof(T) % CONVEXT_VEC_BYTES == 0 && NR * sizeof(T) % 64 == 0 &&
+                      Mg * sizeof(T) % CONVEXT_VEC_BYTES == 0 && NR * sizeof(T) % 64 == 0 &&
                       M * g.C_out * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
   const bool regroup = direct_store && taps > 1 && taps <= 64 &&
                        4 * inner(g.OH, g.sH, g.pH, g.dH, g.KH, g.H) * inner(g.OW, g.sW, g.pW, g.dW, g.KW, g.W) <=
