@@ -2875,14 +2875,17 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
   Scratch<A> zeros(round_up(max64(C, M), VL));
   fill_zero(zeros.get(), round_up(max64(C, M), VL));
 
-  // V and Gy of tiles t0 + [s0, s1) of a block into vp and gp (panels [jb0, jb0 + panels)).
+  // V and Gy of tiles t0 + [s0, s1) of a block into vp and gp (panels [jb0, jb0 + panels)),
+  // points' blocks padded as in the forward.
+  const int64_t vp_point = c_blocks * TB * kMR + kWinogradPointPad;
+  auto gp_point = [&](int64_t panels) { return panels * TB * NR + kWinogradPointPad; };
   auto transform = [&](int64_t t0, int64_t s0, int64_t s1, int64_t jb0, int64_t panels, A* vp, A* gp) {
     // Each vector of channels into its c blocks: whole blocks of MR where MR divides the
     // vector (fixed-size copies, inlined), else lane by lane.
     winograd_input_tiles<3, V>(g, x, C, grid, t0 + s0, s1 - s0, zeros.get(), [&](int64_t s, int64_t c, const V* out) {
       for (int64_t xi = 0; xi < kPoints; ++xi) {
         const A* lanes = reinterpret_cast<const A*>(&out[xi]);
-        A* dst = vp + xi * c_blocks * TB * kMR + (s0 + s) * kMR;
+        A* dst = vp + xi * vp_point + (s0 + s) * kMR;
         if constexpr (VL % kMR == 0) {
           for (int64_t l = 0; l < VL && c + l < Cr; l += kMR) {
             __builtin_memcpy(dst + (c + l) / kMR * TB * kMR, lanes + l, kMR * sizeof(A));
@@ -2909,7 +2912,7 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
         for (int j = 0; j < 4; ++j) Winograd<3>::a(u + j, 4, au + j, 4);
         for (int i = 0; i < 6; ++i) Winograd<3>::a(au + i * 4, 1, out + i * 6, 1);
         for (int64_t xi = 0; xi < kPoints; ++xi) {
-          __builtin_memcpy(gp + ((xi * panels + oc / NR - jb0) * TB + s) * NR + oc % NR, &out[xi], sizeof(V));
+          __builtin_memcpy(gp + xi * gp_point(panels) + ((oc / NR - jb0) * TB + s) * NR + oc % NR, &out[xi], sizeof(V));
         }
       }
     }
@@ -2918,9 +2921,9 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
   // outer: a panel's Gy stays in L1 while every block of channels meets it.
   auto gemm = [&](int64_t xi, int64_t jb0, int64_t jb1, int64_t tb, const A* vp, const A* gp, A* dU, bool first) {
     for (int64_t jb = jb0; jb < jb1; ++jb) {
-      const A* b = gp + (xi * (jb1 - jb0) + jb - jb0) * TB * NR;
+      const A* b = gp + xi * gp_point(jb1 - jb0) + (jb - jb0) * TB * NR;
       for (int64_t cb = 0; cb < c_blocks; ++cb) {
-        const A* a = vp + (xi * c_blocks + cb) * TB * kMR;
+        const A* a = vp + xi * vp_point + cb * TB * kMR;
         A* c = dU + (cb * kMR * oc_panels + jb) * kPoints * NR + xi * NR;
         if (first) {
           microkernel<A>(tb, a, b, c, ld_sums);
@@ -2937,8 +2940,8 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
         ceil_div(oc_panels, chunks >= 2 * threads ? 1 : min64(oc_panels, ceil_div(2 * threads, chunks)));
     const int64_t oc_items = ceil_div(oc_panels, item_panels);
     at::parallel_for(0, chunks * oc_items, 1, [&](int64_t begin, int64_t end) {
-      Scratch<A> vp(kPoints * c_blocks * TB * kMR), gp(kPoints * item_panels * TB * NR);
-      fill_zero(vp.get(), kPoints * c_blocks * TB * kMR);
+      Scratch<A> vp(kPoints * vp_point), gp(kPoints * gp_point(item_panels));
+      fill_zero(vp.get(), kPoints * vp_point);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t chunk = item / oc_items, jb0 = item % oc_items * item_panels;
         const int64_t jb1 = min64(oc_panels, jb0 + item_panels);
@@ -2955,8 +2958,8 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
     // A chunk is one long block: its V and Gy are transformed once, shared by the threads, and
     // the GEMMs split by point (each point's V and Gy stay in L2). Split by panels instead, each
     // thread transformed V again (3x3 256 @14: 4 x 4.7 MB of it through L3).
-    Scratch<A> vp(kPoints * c_blocks * TB * kMR), gp(kPoints * oc_panels * TB * NR);
-    fill_zero(vp.get(), kPoints * c_blocks * TB * kMR);
+    Scratch<A> vp(kPoints * vp_point), gp(kPoints * gp_point(oc_panels));
+    fill_zero(vp.get(), kPoints * vp_point);
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t t0 = chunk * TB, tb = min64(TB, grid.tiles - t0);
       at::parallel_for(0, tb, 1, [&](int64_t begin, int64_t end) {
