@@ -387,6 +387,31 @@ def test_winograd(k, cin, cout, size, padding, dilation, layout, w_layout):
         assert_close_to_reference(g, r)
 
 
+# Even kernels at stride 2 (4x4: DCGAN's input grad; 6x6) run Winograd on their 4 phases'
+# inputs and taps at once (F(4x4, 2x2) and F(4x4, 3x3) over 4 C channels), with the weights in
+# each order their transform gathers them (per phase: every other tap).
+@pytest.mark.parametrize("w_layout", ["contiguous", "channels_last", "transposed", "strided"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("k,cin,cout,size,padding", [
+    (4, 20, 40, 16, 1), (4, 32, 24, 15, (2, 0)), (6, 24, 16, 20, 2), (4, 136, 136, 16, 1)])
+def test_winograd_stride2(k, cin, cout, size, padding, layout, w_layout):
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(2, cin, size, size + 1, generator=gen), layout).requires_grad_()
+    w = torch.randn(cout, cin, k, k, generator=gen)
+    w = {"contiguous": w, "channels_last": w.contiguous(memory_format=torch.channels_last),
+         "transposed": w.transpose(0, 1).contiguous().transpose(0, 1),
+         "strided": torch.zeros(cout, cin, k, 2 * k).index_copy_(3, torch.arange(0, 2 * k, 2), w)[..., ::2]}[w_layout]
+    w.requires_grad_()
+    b = torch.randn(cout, generator=gen, requires_grad=True)
+    out = CF.conv2d(x, w, b, 2, padding)
+    ref_in = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    ref = F.conv2d(*ref_in, 2, padding)
+    assert_close_to_reference(out, ref)
+    gy = torch.randn(out.shape, generator=gen)
+    for g, r in zip(torch.autograd.grad(out, (x, w, b), gy), torch.autograd.grad(ref, ref_in, gy.double())):
+        assert_close_to_reference(g, r)
+
+
 # 4x4 stride-2 transposed convs (DCGAN's) run F(4x4, 2x2) on each of their 4 phases; NCHW
 # outputs go through a channels_last copy. Weights whose phase taps lie in runs of 11
 # (contiguous: two 8 x 8 transposes), in runs of output channels (channels_last), or in runs of

@@ -2349,14 +2349,25 @@ int64_t winograd_tiles(int64_t out, int64_t d, int64_t* origins) {
 // results within float32 rounding of the direct sums).
 constexpr int64_t kWinogradMaxWeightBytes = 64 * 1024 * 1024;
 
+// Stride-2 convs (undilated) run as the sum of their 2 x 2 phases' stride-1 convs: phase (a, b)
+// reads x's rows 2 i + a and columns 2 j + b with taps (u, v) = w's (2 u + a, 2 v + b), zero
+// past the kernel; all phases' transformed inputs make one reduction of 4 C channels. A 4x4
+// stride-2 conv (DCGAN's input grad) then does 4 x 25 multiply-adds per 4 x 4 outputs and channel
+// pair where the direct one does 256 (DCGAN forward+backward 31.2 -> 27.3 ms NCHW, 28.7 -> 23.8
+// ms channels_last). Odd kernels are not taken: a 3x3 one's phases padded to 2 x 2 do 100 where
+// the direct one does 144, and the transformed inputs, 100 C values per tile, 1.6 times x, go
+// through memory twice (ResNet-50's 3x3 s2 128 @56 forward 9.0 -> 11 ms).
+int64_t winograd_r(const ConvGeometry& g) { return ceil_div(g.KH, g.sH); }
+
 bool winograd_applies(const ConvGeometry& g) {
   static const bool enabled = [] {
     const char* v = std::getenv("CONVEXT_WINOGRAD");
     return v == nullptr || v[0] != '0';
   }();
-  const int64_t points = (g.KH + 3) * (g.KH + 3);
-  if (!enabled || kVL<float> < 8 || g.groups != 1 || (g.KH != 3 && g.KH != 2) || g.KW != g.KH || g.sH != 1 ||
-      g.sW != 1 || g.C_in < 16 || g.C_out < 16 || points * g.C_in * g.C_out * 4 > kWinogradMaxWeightBytes) {
+  const int64_t R = winograd_r(g), points = (R + 3) * (R + 3), phases = g.sH * g.sW;
+  const bool strides = g.sH == 1 || (g.sH == 2 && g.dH == 1 && g.dW == 1 && g.KH % 2 == 0);
+  if (!enabled || kVL<float> < 8 || g.groups != 1 || (R != 3 && R != 2) || g.KW != g.KH || g.sW != g.sH ||
+      !strides || g.C_in < 16 || g.C_out < 16 || phases * points * g.C_in * g.C_out * 4 > kWinogradMaxWeightBytes) {
     return false;
   }
   const int64_t computed = 16 * winograd_tiles(g.OH, g.dH, nullptr) * winograd_tiles(g.OW, g.dW, nullptr);
@@ -2393,14 +2404,15 @@ inline View4<const float> channels_inner(const View4<const float>& t, int64_t N,
   return t.sC == 1 ? t : channels_last_view(t, N, C, H, W, copy);
 }
 
-// src[r * T + c]: the T x T inputs of the tile at output (oh0, ow0) of image n (zeros outside x).
+// src[r * T + c]: the T x T inputs of phase (a, b) of the tile at output (oh0, ow0) of image n
+// (zeros outside x).
 template <int R, typename A>
 void winograd_sources(const ConvGeometry& g, const View4<const A>& x, int64_t n, int64_t oh0, int64_t ow0,
-                      const A* zeros, const A* src[(R + 3) * (R + 3)]) {
+                      int64_t a, int64_t b, const A* zeros, const A* src[(R + 3) * (R + 3)]) {
   constexpr int T = R + 3;
   for (int64_t r = 0; r < T; ++r) {
     for (int64_t j = 0; j < T; ++j) {
-      const int64_t ih = oh0 - g.pH + r * g.dH, iw = ow0 - g.pW + j * g.dW;
+      const int64_t ih = oh0 * g.sH - g.pH + (a + r * g.sH) * g.dH, iw = ow0 * g.sW - g.pW + (b + j * g.sW) * g.dW;
       src[r * T + j] = inside(ih, g.H) && inside(iw, g.W) ? x.data + n * x.sN + ih * x.sH + iw * x.sW : zeros;
     }
   }
@@ -2517,20 +2529,24 @@ inline void winograd_input_transform(const A* const src[(R + 3) * (R + 3)], int6
   for (int i = 0; i < T; ++i) Winograd<R>::bt(bt + i * T, 1, out + i * T, 1);
 }
 
-// V = B^T d B for tiles [t0, t0 + count) of grid and every vector of x's C channels: store(s,
-// c, out) takes tile t0 + s's transforms of channels [c, c + a vector).
+// V = B^T d B for tiles [t0, t0 + count) of grid, each phase and every vector of x's C
+// channels: store(s, k, out) takes tile t0 + s's transforms of reduction channels [k, k + a
+// vector), k = phase * Cp + c (Cp: C in whole vectors).
 template <int R, typename V, typename A, typename Store>
 void winograd_input_tiles(const ConvGeometry& g, const View4<const A>& x, int64_t C, const WinogradGrid& grid,
                           int64_t t0, int64_t count, const A* zeros, Store store) {
   const A* src[(R + 3) * (R + 3)];
+  const int64_t Cp = round_up(C, kVL<A>);
   for (int64_t s = 0; s < count; ++s) {
     int64_t n, oh0, ow0;
     grid.at(t0 + s, n, oh0, ow0);
-    winograd_sources<R>(g, x, n, oh0, ow0, zeros, src);
-    for (int64_t c = 0; c < C; c += kVL<A>) {
-      V out[(R + 3) * (R + 3)];
-      winograd_input_transform<R>(src, c, min64(kVL<A>, C - c), out);
-      store(s, c, out);
+    for (int64_t phase = 0; phase < g.sH * g.sW; ++phase) {
+      winograd_sources<R>(g, x, n, oh0, ow0, phase / g.sW, phase % g.sW, zeros, src);
+      for (int64_t c = 0; c < C; c += kVL<A>) {
+        V out[(R + 3) * (R + 3)];
+        winograd_input_transform<R>(src, c, min64(kVL<A>, C - c), out);
+        store(s, phase * Cp + c, out);
+      }
     }
   }
 }
@@ -2547,7 +2563,8 @@ constexpr int64_t kWinogradLongBlockBytes = 8 * 1024 * 1024;
 // 18 KB apart in a dense 512-channel w, they took as long as the GEMMs), through 8 x 8
 // transposes where each output channel's (c, tap) run is contiguous, or where its taps lie in
 // a short run (the input grad's view of NCHW w: reversed, and at stride 2 every other value):
-// then that whole run is gathered, and the taps' rows read back from it.
+// then that whole run is gathered, and the taps' rows read back from it. Taps past valid_rows
+// and valid_cols (a stride-2 phase's past the kernel) are zeros.
 constexpr int64_t kWinogradCChunk = 128;
 constexpr int64_t kWinogradMaxTapSpan = 16;
 // Floats between the blocks of consecutive points, past their own size: blocks a multiple of
@@ -2557,19 +2574,23 @@ constexpr int64_t kWinogradPointPad = 16;
 
 template <int R, typename T>
 void winograd_weights(const View4<const T>& w, int64_t M, int64_t jb, int64_t c0, int64_t nc,
-                      float* gathered, float* dst, int64_t xi_stride) {
+                      float* gathered, float* dst, int64_t xi_stride, int64_t valid_rows = R,
+                      int64_t valid_cols = R) {
   using A = float;
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>, NR = kNR<A>, Tn = R + 3, kTaps = R * R;
   const int64_t cols = min64(NR, M - jb * NR);
   const T* base = w.data + jb * NR * w.sN + c0 * w.sC;
   int64_t tap_offset[kTaps], lo = 0, hi = 0;
+  bool valid[kTaps];
   for (int tap = 0; tap < kTaps; ++tap) {
     tap_offset[tap] = (tap / R) * w.sH + (tap % R) * w.sW;
+    valid[tap] = tap / R < valid_rows && tap % R < valid_cols;
+    if (!valid[tap]) continue;
     lo = min64(lo, tap_offset[tap]);
     hi = max64(hi, tap_offset[tap]);
   }
-  const bool nchw = w.sW == 1 && w.sH == R && w.sC == kTaps;
+  const bool nchw = w.sW == 1 && w.sH == R && w.sC == kTaps && valid_rows == R && valid_cols == R;
   const bool run = !nchw && w.sC != 1 && w.sN != 1 && hi - lo < kWinogradMaxTapSpan;
   // gathered[(c * rows + tap_row[tap]) * NR + lane]
   const int64_t rows = run ? hi - lo + 1 : kTaps;
@@ -2579,6 +2600,7 @@ void winograd_weights(const View4<const T>& w, int64_t M, int64_t jb, int64_t c0
   if (nchw || w.sC == 1) {  // (c, tap) or (tap, c) runs per output channel
     for (int64_t l0 = 0; l0 < NR; l0 += 8) {
       for (int64_t tap = 0; tap < (nchw ? 1 : kTaps); ++tap) {
+        if (!valid[tap]) continue;
         for (int64_t l = 0; l < 8; ++l) lanes[l] = base + tap_offset[tap] + min64(l0 + l, cols - 1) * w.sN;
         if (nchw) {
           interleave8(lanes, kTaps * nc, gathered + l0, NR);
@@ -2606,6 +2628,7 @@ void winograd_weights(const View4<const T>& w, int64_t M, int64_t jb, int64_t c0
   } else {  // runs of output channels, or one value at a time
     for (int64_t c = 0; c < nc; ++c) {
       for (int64_t tap = 0; tap < kTaps; ++tap) {
+        if (!valid[tap]) continue;
         const T* src = base + c * w.sC + tap_offset[tap];
         A* out = gathered + (c * kTaps + tap) * NR;
         if (w.sN == 1 && cols == NR) {
@@ -2622,7 +2645,7 @@ void winograd_weights(const View4<const T>& w, int64_t M, int64_t jb, int64_t c0
   for (int64_t c = 0; c < nc; ++c) {
     for (int half = 0; half < NR / VL; ++half) {
       V t[kTaps], gw[Tn * R], out[Tn * Tn];
-      for (int i = 0; i < kTaps; ++i) t[i] = loadu<V>(gathered + (c * rows + tap_row[i]) * NR + half * VL);
+      for (int i = 0; i < kTaps; ++i) t[i] = valid[i] ? loadu<V>(gathered + (c * rows + tap_row[i]) * NR + half * VL) : V{};
       for (int kw = 0; kw < R; ++kw) Winograd<R>::g(t + kw, R, gw + kw, R);
       for (int i = 0; i < Tn; ++i) Winograd<R>::g(gw + i * R, 1, out + i * Tn, 1);
       for (int64_t xi = 0; xi < Tn * Tn; ++xi) __builtin_memcpy(dst + xi * xi_stride + c * NR + half * VL, &out[xi], sizeof(V));
@@ -2641,6 +2664,8 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
   const int64_t C = g.C_in, M = g.C_out;
   const int64_t Cp = round_up(C, VL), oc_panels = ceil_div(M, NR), Mp = oc_panels * NR;
   const int64_t threads = at::get_num_threads();
+  // The reduction runs over every phase's channels: Ck values a row of V, Cw rows of U.
+  const int64_t S = g.sH, phases = S * S, Ck = phases * Cp, Cw = phases * C;
 
   // The transforms read and write vectors of channels: x and y as channels_last (copied there
   // when they are not).
@@ -2677,11 +2702,11 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
   // bytes is taken (3x3 256 @14, N = 8, 2 threads, fused 3.2-3.4 -> 2.5-2.6 ms unfused; N = 1
   // 128 @28 0.37 fused, 0.43 unfused).
   const int64_t item_oc_items = min64(oc_panels, threads);
-  const int64_t fused_bytes = kPoints * (Cp + ceil_div(oc_panels, item_oc_items) * NR) * static_cast<int64_t>(sizeof(A));
-  const int64_t v_bytes = kPoints * tiles * Cp * static_cast<int64_t>(sizeof(A));
-  const int64_t u_bytes = kPoints * C * Mp * static_cast<int64_t>(sizeof(A));
+  const int64_t fused_bytes = kPoints * (Ck + ceil_div(oc_panels, item_oc_items) * NR) * static_cast<int64_t>(sizeof(A));
+  const int64_t v_bytes = kPoints * tiles * Ck * static_cast<int64_t>(sizeof(A));
+  const int64_t u_bytes = kPoints * Cw * Mp * static_cast<int64_t>(sizeof(A));
   const bool u_fits = u_bytes <= kWinogradBlockBytes;
-  const int64_t tile_bytes = kPoints * (Cp + Mp) * static_cast<int64_t>(sizeof(A));
+  const int64_t tile_bytes = kPoints * (Ck + Mp) * static_cast<int64_t>(sizeof(A));
   const int64_t longest = max64(kMR, (u_fits ? kWinogradBlockBytes : kWinogradLongBlockBytes) / tile_bytes / kMR * kMR);
   int64_t blocks = ceil_div(tiles, longest);
   if (blocks < 4 * threads) blocks = round_up(blocks, threads);
@@ -2696,25 +2721,31 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
   const int64_t Mi = item_panels * NR;
 
   const int64_t chunk = ceil_div(C, ceil_div(C, kWinogradCChunk));
-  const int64_t u_point = oc_panels * C * NR + kWinogradPointPad, uc_point = chunk * NR + kWinogradPointPad;
-  const int64_t v_point = TB * Cp + kWinogradPointPad, m_point = TB * Mi + kWinogradPointPad;
-  Scratch<A> u(fused ? 0 : kPoints * u_point);  // [xi][oc panel][c][NR]
+  const int64_t u_point = oc_panels * Cw * NR + kWinogradPointPad, uc_point = chunk * NR + kWinogradPointPad;
+  const int64_t v_point = TB * Ck + kWinogradPointPad, m_point = TB * Mi + kWinogradPointPad;
+  // U of panel jb, phase and channels [c0, c0 + nc) into dst, points xi_stride apart.
+  auto phase_weights = [&](int64_t jb, int64_t phase, int64_t c0, int64_t nc, A* gathered, A* dst, int64_t xi_stride) {
+    const int64_t a = phase / S, b = phase % S;
+    const View4<const T> wp{w.data + a * w.sH + b * w.sW, w.sN, w.sC, w.sH * S, w.sW * S};
+    winograd_weights<R>(wp, M, jb, c0, nc, gathered, dst, xi_stride, ceil_div(g.KH - a, S), ceil_div(g.KW - b, S));
+  };
+  Scratch<A> u(fused ? 0 : kPoints * u_point);  // [xi][oc panel][phase][c][NR]
+  const int64_t c_chunks = ceil_div(C, chunk);
   if (!fused) {
-    const int64_t c_chunks = ceil_div(C, chunk);
-    at::parallel_for(0, oc_panels * c_chunks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, oc_panels * phases * c_chunks, 1, [&](int64_t begin, int64_t end) {
       Scratch<A> gathered(chunk * kGathered * NR);
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t jb = item / c_chunks, c0 = item % c_chunks * chunk;
-        winograd_weights<R>(w, M, jb, c0, min64(chunk, C - c0), gathered.get(),
-                         u.get() + (jb * C + c0) * NR, u_point);
+        const int64_t jb = item / c_chunks / phases, phase = item / c_chunks % phases, c0 = item % c_chunks * chunk;
+        phase_weights(jb, phase, c0, min64(chunk, C - c0), gathered.get(), u.get() + (jb * Cw + phase * C + c0) * NR,
+                      u_point);
       }
     });
   }
 
   at::parallel_for(0, blocks * oc_items, 1, [&](int64_t begin, int64_t end) {
-    Scratch<A> v(kPoints * v_point), m(kPoints * m_point), zeros(Cp);
+    Scratch<A> v(kPoints * v_point), m(kPoints * m_point), zeros(Ck);
     Scratch<A> gathered(fused ? chunk * kGathered * NR : 0), u_chunk(fused ? kPoints * uc_point : 0);
-    fill_zero(zeros.get(), Cp);
+    fill_zero(zeros.get(), Ck);
     const A* rows[kMR];
     const bool no_padding = false;
     int64_t have_block = -1;  // the block whose V is in v
@@ -2724,22 +2755,22 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
       const int64_t t0 = blk * TB, tb = min64(TB, tiles - t0);
 
       if (blk != have_block) {
-        winograd_input_tiles<R, V>(g, x, C, grid, t0, tb, zeros.get(), [&](int64_t s, int64_t c, const V* out) {
-          for (int64_t xi = 0; xi < kPoints; ++xi) __builtin_memcpy(v.get() + xi * v_point + s * Cp + c, &out[xi], sizeof(V));
+        winograd_input_tiles<R, V>(g, x, C, grid, t0, tb, zeros.get(), [&](int64_t s, int64_t k, const V* out) {
+          for (int64_t xi = 0; xi < kPoints; ++xi) __builtin_memcpy(v.get() + xi * v_point + s * Ck + k, &out[xi], sizeof(V));
         });
         have_block = blk;
       }
 
-      // M_xi for the block's tiles, panel jb, channels [c0, c0 + channels), from U_xi's rows b.
+      // M_xi for the block's tiles, panel jb, V's channels [k0, k0 + channels), from U_xi's rows b.
       const int64_t mblocks = ceil_div(tb, kMR);
-      auto gemm = [&](int64_t xi, int64_t jb, int64_t c0, int64_t channels, const A* b) {
+      auto gemm = [&](int64_t xi, int64_t jb, int64_t k0, int64_t channels, const A* b) {
         for (int64_t mb = 0; mb < mblocks; ++mb) {
           for (int64_t r = 0; r < kMR; ++r) {
             const int64_t s = mb * kMR + r;
-            rows[r] = s < tb ? v.get() + xi * v_point + s * Cp : zeros.get();
+            rows[r] = s < tb ? v.get() + xi * v_point + s * Ck : zeros.get();
           }
           A* out = m.get() + xi * m_point + mb * kMR * Mi + (jb - jb0) * NR;
-          indirect_microkernel<A>(1, channels, rows, &no_padding, c0, b, c0 == 0 ? nullptr : out, Mi, nullptr,
+          indirect_microkernel<A>(1, channels, rows, &no_padding, k0, b, k0 == 0 ? nullptr : out, Mi, nullptr,
                                   out, Mi);
         }
       };
@@ -2747,14 +2778,15 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
       // chunks of U outer where it is transformed here.
       for (int64_t outer = 0; outer < (fused ? 1 : kPoints); ++outer) {
         for (int64_t jb = jb0; jb < jb1; ++jb) {
-          for (int64_t c0 = 0; c0 < C; c0 += chunk) {
+          for (int64_t pc = 0; pc < phases * c_chunks; ++pc) {
+            const int64_t phase = pc / c_chunks, c0 = pc % c_chunks * chunk, k0 = phase * Cp + c0;
             const int64_t channels = min64(chunk, C - c0);
             if (!fused) {
-              gemm(outer, jb, c0, channels, u.get() + outer * u_point + (jb * C + c0) * NR);
+              gemm(outer, jb, k0, channels, u.get() + outer * u_point + (jb * Cw + phase * C + c0) * NR);
               continue;
             }
-            winograd_weights<R>(w, M, jb, c0, channels, gathered.get(), u_chunk.get(), uc_point);
-            for (int64_t xi = 0; xi < kPoints; ++xi) gemm(xi, jb, c0, channels, u_chunk.get() + xi * uc_point);
+            phase_weights(jb, phase, c0, channels, gathered.get(), u_chunk.get(), uc_point);
+            for (int64_t xi = 0; xi < kPoints; ++xi) gemm(xi, jb, k0, channels, u_chunk.get() + xi * uc_point);
           }
         }
       }
@@ -2844,7 +2876,7 @@ struct WinogradWeightGradPlan {
 // dU from L3 pays where each of its values sums 128 or more tiles: 3x3 512 @7 (N = 8, 32 tiles)
 // lost to the direct weight grad (9.5-10 -> 10.5-13 ms, 2 threads), 3x3 256 @14 (128) won (8 -> 6 ms).
 bool use_weight_grad_winograd(const ConvGeometry& g) {
-  if (g.KH != 3 || !winograd_applies(g)) return false;
+  if (g.KH != 3 || g.sH != 1 || !winograd_applies(g)) return false;
   const WinogradWeightGradPlan plan(g, g.N * winograd_tiles(g.OH, g.dH, nullptr) * winograd_tiles(g.OW, g.dW, nullptr));
   return plan.sums_fit || plan.TB >= 128;
 }
@@ -3480,7 +3512,7 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
   }
   if constexpr (std::is_same_v<T, float>) {
     if (use_forward_winograd(g, y)) {
-      return g.KH == 3 ? conv_forward_winograd<3>(g, x, w, bias, y) : conv_forward_winograd<2>(g, x, w, bias, y);
+      return winograd_r(g) == 3 ? conv_forward_winograd<3>(g, x, w, bias, y) : conv_forward_winograd<2>(g, x, w, bias, y);
     }
   }
   if constexpr (kBf16DotBuilt && std::is_same_v<T, c10::BFloat16>) {
