@@ -354,60 +354,41 @@ def test_depthwise_rows(k, padding, dilation, multiplier, dtype, layout):
     _check_depthwise((2, 3, 10, 70), k, multiplier, dtype, layout, 1, padding, dilation)
 
 
+def _weight_in_layout(w, layout):
+    k = w.shape[-1]
+    return {"contiguous": w, "channels_last": w.contiguous(memory_format=torch.channels_last),
+            "transposed": w.transpose(0, 1).contiguous().transpose(0, 1),
+            "strided": torch.zeros(*w.shape[:3], 2 * k).index_copy_(3, torch.arange(0, 2 * k, 2), w)[..., ::2]}[layout]
+
+
 # Winograd F(4x4, 3x3) and F(4x4, 2x2): 3x3 and 2x2 stride-1 float32 convs with 16 or more
-# channels each way, forward and (as a forward conv of gy) input grad. Tiles past the outputs'
-# edges, tails of input and output channels (20 and 40), dilation 2 (tiles on interleaved grids;
-# along rows only, NCHW outputs still go out as runs of 4 per tile row), weights in each order
-# their transform gathers them (runs of (channel, tap) or of channels per output channel, the
-# taps of each output channel as a short run, forward or reversed, and output channels one value
-# at a time), and both schedules: U transformed once and shared by blocks of tiles (where it fits
-# L2, or 2 x 100 x 100 outputs make many tiles), or, with 136 channels each way on few tiles,
-# transformed by each thread for its output channels in two chunks of input channels, as the
-# GEMMs need them.
+# channels each way, forward and (as a forward conv of gy) input grad; even kernels at stride 2
+# (4x4: DCGAN's input grad; 6x6) on their 4 phases' inputs and taps at once (4 C channels; per
+# phase every other tap of w). Tiles past the outputs' edges, tails of input and output channels
+# (20 and 40), dilation 2 (tiles on interleaved grids; along rows only, NCHW outputs still go out
+# as runs of 4 per tile row), weights in each order their transform gathers them (runs of
+# (channel, tap) or of channels per output channel, the taps of each output channel as a short
+# run, forward or reversed, and output channels one value at a time), and both schedules: U
+# transformed once and shared by blocks of tiles (where it fits L2, or 2 x 100 x 100 outputs make
+# many tiles), or, with 136 channels each way on few tiles, transformed by each thread for its
+# output channels in two chunks of input channels, as the GEMMs need them.
 @pytest.mark.parametrize("w_layout", ["contiguous", "channels_last", "transposed", "strided"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-@pytest.mark.parametrize("k,cin,cout,size,padding,dilation", [
-    (3, 20, 40, 11, 0, 1), (3, 32, 48, 13, (2, 1), (2, 1)), (3, 24, 16, 15, 2, 2), (3, 16, 16, 100, 1, 1),
-    (3, 136, 136, 11, 1, (2, 1)), (2, 20, 40, 11, 0, 1), (2, 32, 24, 13, (1, 0), (2, 1)), (2, 136, 136, 11, 1, 1)])
-def test_winograd(k, cin, cout, size, padding, dilation, layout, w_layout):
+@pytest.mark.parametrize("k,stride,cin,cout,size,padding,dilation", [
+    (3, 1, 20, 40, 11, 0, 1), (3, 1, 32, 48, 13, (2, 1), (2, 1)), (3, 1, 24, 16, 15, 2, 2), (3, 1, 16, 16, 100, 1, 1),
+    (3, 1, 136, 136, 11, 1, (2, 1)), (2, 1, 20, 40, 11, 0, 1), (2, 1, 32, 24, 13, (1, 0), (2, 1)),
+    (2, 1, 136, 136, 11, 1, 1), (4, 2, 20, 40, 16, 1, 1), (4, 2, 32, 24, 15, (2, 0), 1), (6, 2, 24, 16, 20, 2, 1),
+    (4, 2, 136, 136, 16, 1, 1)])
+def test_winograd(k, stride, cin, cout, size, padding, dilation, layout, w_layout):
     gen = torch.Generator().manual_seed(0)
     x = make_layout(torch.randn(2, cin, size, size + 1, generator=gen), layout).requires_grad_()
-    w = torch.randn(cout, cin, k, k, generator=gen)
-    w = {"contiguous": w, "channels_last": w.contiguous(memory_format=torch.channels_last),
-         "transposed": w.transpose(0, 1).contiguous().transpose(0, 1),
-         "strided": torch.zeros(cout, cin, k, 2 * k).index_copy_(3, torch.arange(0, 2 * k, 2), w)[..., ::2]}[w_layout]
-    w.requires_grad_()
+    w = _weight_in_layout(torch.randn(cout, cin, k, k, generator=gen), w_layout).requires_grad_()
     b = torch.randn(cout, generator=gen, requires_grad=True)
-    out = CF.conv2d(x, w, b, 1, padding, dilation)
+    out = CF.conv2d(x, w, b, stride, padding, dilation)
     gy = torch.randn(out.shape, generator=gen)
     ref_in = [t.detach().double().requires_grad_() for t in (x, w, b)]
-    ref = F.conv2d(*ref_in, 1, padding, dilation)
+    ref = F.conv2d(*ref_in, stride, padding, dilation)
     assert_close_to_reference(out, ref)
-    for g, r in zip(torch.autograd.grad(out, (x, w, b), gy), torch.autograd.grad(ref, ref_in, gy.double())):
-        assert_close_to_reference(g, r)
-
-
-# Even kernels at stride 2 (4x4: DCGAN's input grad; 6x6) run Winograd on their 4 phases'
-# inputs and taps at once (F(4x4, 2x2) and F(4x4, 3x3) over 4 C channels), with the weights in
-# each order their transform gathers them (per phase: every other tap).
-@pytest.mark.parametrize("w_layout", ["contiguous", "channels_last", "transposed", "strided"])
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-@pytest.mark.parametrize("k,cin,cout,size,padding", [
-    (4, 20, 40, 16, 1), (4, 32, 24, 15, (2, 0)), (6, 24, 16, 20, 2), (4, 136, 136, 16, 1)])
-def test_winograd_stride2(k, cin, cout, size, padding, layout, w_layout):
-    gen = torch.Generator().manual_seed(0)
-    x = make_layout(torch.randn(2, cin, size, size + 1, generator=gen), layout).requires_grad_()
-    w = torch.randn(cout, cin, k, k, generator=gen)
-    w = {"contiguous": w, "channels_last": w.contiguous(memory_format=torch.channels_last),
-         "transposed": w.transpose(0, 1).contiguous().transpose(0, 1),
-         "strided": torch.zeros(cout, cin, k, 2 * k).index_copy_(3, torch.arange(0, 2 * k, 2), w)[..., ::2]}[w_layout]
-    w.requires_grad_()
-    b = torch.randn(cout, generator=gen, requires_grad=True)
-    out = CF.conv2d(x, w, b, 2, padding)
-    ref_in = [t.detach().double().requires_grad_() for t in (x, w, b)]
-    ref = F.conv2d(*ref_in, 2, padding)
-    assert_close_to_reference(out, ref)
-    gy = torch.randn(out.shape, generator=gen)
     for g, r in zip(torch.autograd.grad(out, (x, w, b), gy), torch.autograd.grad(ref, ref_in, gy.double())):
         assert_close_to_reference(g, r)
 
@@ -421,10 +402,7 @@ def test_winograd_stride2(k, cin, cout, size, padding, layout, w_layout):
 def test_winograd_strided_transposed(layout, w_layout):
     gen = torch.Generator().manual_seed(0)
     x = make_layout(torch.randn(2, 24, 8, 7, generator=gen), layout).requires_grad_()
-    w = torch.randn(24, 40, 4, 4, generator=gen)
-    w = {"contiguous": w, "channels_last": w.contiguous(memory_format=torch.channels_last),
-         "strided": torch.zeros(24, 40, 4, 8).index_copy_(3, torch.arange(0, 8, 2), w)[..., ::2]}[w_layout]
-    w.requires_grad_()
+    w = _weight_in_layout(torch.randn(24, 40, 4, 4, generator=gen), w_layout).requires_grad_()
     b = torch.randn(40, generator=gen, requires_grad=True)
     out = CF.conv_transpose2d(x, w, b, 2, 1)
     ref_in = [t.detach().double().requires_grad_() for t in (x, w, b)]
