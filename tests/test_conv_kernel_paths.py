@@ -492,3 +492,21 @@ def test_bf16_outputs_round_as_torch(depthwise):
         w[:, 1] = 0
     torch.testing.assert_close(CF.conv2d(x, w, None, 1, 0, 1, groups), F.conv2d(x, w, None, 1, 0, 1, groups),
                                rtol=0, atol=0, equal_nan=True)
+
+
+def test_bf16_rounding_keeps_denormals_and_one_nan():
+    # Where the CPU rounds with vcvtneps2bf16, vectors holding a denormal or a NaN take the
+    # formula (the instruction flushes the one and keeps the other's sign and payload), as on
+    # every other ISA: each output of a 1x1 depthwise conv (one exact product) is its product
+    # rounded to nearest even, denormals included, and every NaN is 0x7FC0.
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 64, 9, 10, generator=gen) * 3).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x[0, :, 1] *= 2.0 ** -128
+    x.view(torch.int16)[1, 5, 3, 3] = -63  # 0xFFC1: a negative NaN with a payload
+    w = torch.randn(64, 1, 1, 1, generator=gen).to(torch.bfloat16)
+    out = CF.conv2d(x, w, None, 1, 0, 1, 64).view(torch.int16).int() & 0xFFFF
+    # Each output sums its product onto a zero (so -0 comes out +0).
+    bits = (x.float() * w.float().view(1, 64, 1, 1) + 0.0).view(torch.int32).long() & 0xFFFFFFFF
+    expected = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).where(x.isfinite(), 0x7FC0)
+    assert (x[0, :, 1].float().abs() < 2.0 ** -126).any()
+    assert torch.equal(out.long(), expected)

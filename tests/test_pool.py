@@ -252,23 +252,28 @@ def test_wide_planes_bitwise(kernel, stride, padding, ceil_mode, dtype, rows_apa
                            torch.autograd.grad(theirs, finite, gy)[0])
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", WIDE_WINDOWS, ids=str)
 def test_channels_last_max_pool_bitwise(kernel, stride, padding, ceil_mode, dtype):
     """channels_last max pooling keeps each vector of channels' maxima and indices in registers
     across the window: 37 channels (whole vectors and a tail at any width) with NaN, -inf and
-    ties; values and indices equal torch's."""
+    ties; values and indices equal torch's, and each value is its input's bits (bf16 maxima,
+    summed in float, go back unrounded: a NaN keeps its sign and payload)."""
     x = torch.randn(2, 37, 9, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x[0, 3, 2, 5] = x[1, 20, 0, 0] = x[1, 20, 0, 1] = x[1, 36, 4, 4] = float("nan")
     x[0, 17:30, 3:6, :] = float("-inf")
     x[1, :, 5:8, 2:6] = 0.5
     x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}[dtype]
+    x.view(bits)[1, 20, 0, 1] = -63 if dtype == torch.bfloat16 else x.view(bits)[1, 20, 0, 1] | 5  # NaN payloads
     for dilation in (1, 2):
         args = (kernel, stride, padding, dilation, ceil_mode, True)
         ours, theirs = CF.max_pool2d(x, *args), F.max_pool2d(x, *args)
         assert ours[0].is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(ours[1], theirs[1])
         assert torch.equal(ours[0].nan_to_num(), theirs[0].nan_to_num())
+        picked = x.view(bits).flatten(2).gather(2, ours[1].flatten(2)).view_as(ours[1])
+        assert torch.equal(ours[0].view(bits), picked)
         values = CF.max_pool2d(x, *args[:-1])
         assert values.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(values.nan_to_num(), theirs[0].nan_to_num())

@@ -42,5 +42,6 @@ template <> inline const ConvKernels<c10::BFloat16>& conv_kernels_for<c10::BFloa
 namespace generic { ConvKernelSet conv_kernel_set(); }
 namespace avx2 { ConvKernelSet conv_kernel_set(); }
 namespace avx512 { ConvKernelSet conv_kernel_set(); }
+namespace avx512_bf16 { ConvKernelSet conv_kernel_set(); }
 
 }  // namespace convext::cpu

@@ -124,12 +124,29 @@ inline V load_widened(const S* p) {
 // The bf16 bits of a vector of float, rounded as store_narrowed stores them.
 template <typename V>
 inline typename Bits16<sizeof(V) / 2>::type bf16_bits(const V& v) {
+  using HalfBits = typename Bits16<sizeof(V) / 2>::type;
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
+  // vcvtneps2bf16 rounds to nearest even in one instruction where the formula below takes about
+  // nine, but flushes denormals to zero and keeps NaNs' payloads: vectors holding either (one
+  // vfpclassps finds them) take the formula.
+  if constexpr (sizeof(V) == 64) {
+    if (__builtin_expect(!_mm512_fpclass_ps_mask((__m512)v, 0xA1), 1)) {  // 0xA1: quiet NaN, signalling NaN, denormal
+      const __m256bh half = _mm512_cvtneps_pbh((__m512)v);
+      return (HalfBits)half;
+    }
+  } else if constexpr (sizeof(V) == 32) {
+    if (__builtin_expect(!_mm256_fpclass_ps_mask((__m256)v, 0xA1), 1)) {
+      const __m128bh half = _mm256_cvtneps_pbh((__m256)v);
+      return (HalfBits)half;
+    }
+  }
+#endif
   using FloatBits = typename Bits32<sizeof(V)>::type;
   FloatBits bits;
   __builtin_memcpy(&bits, &v, sizeof(V));
   const FloatBits nan = reinterpret_cast<FloatBits>(v != v);
   bits = (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & ~nan) | (nan & 0x7FC0);
-  return __builtin_convertvector(bits, typename Bits16<sizeof(V) / 2>::type);
+  return __builtin_convertvector(bits, HalfBits);
 }
 
 template <typename V, typename S>
@@ -171,6 +188,25 @@ inline void store_lanes(S* p, const V& v, int64_t count) {
     store_narrowed(p, v);
   } else {
     for (int64_t l = 0; l < count; ++l) p[l] = static_cast<S>(v[l]);
+  }
+}
+
+// store_lanes for values already exact in S (maxima of S inputs): bf16 keeps their top halves,
+// with no rounding to pay for (and NaNs their bits, as torch's max pooling copies them).
+template <typename V, typename S>
+inline void store_exact_lanes(S* p, const V& v, int64_t count) {
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    using FloatBits = typename Bits32<sizeof(V)>::type;
+    FloatBits bits;
+    __builtin_memcpy(&bits, &v, sizeof(V));
+    const auto half = __builtin_convertvector(bits >> 16, typename Bits16<sizeof(V) / 2>::type);
+    if (count >= kLanes<V>) {
+      __builtin_memcpy(p, &half, sizeof(half));
+    } else {
+      __builtin_memcpy(p, &half, count * sizeof(S));
+    }
+  } else {
+    store_lanes(p, v, count);
   }
 }
 
@@ -1813,16 +1849,13 @@ inline void indirect_microkernel(int64_t taps, int64_t channels, const A* const*
 // twice the multiply-adds of a float FMA at the same rate (measured on Zen 4: 232 against 117
 // GFLOP/s a core). Products of bf16 values are exact in float, so the sums differ from the
 // float kernels' only in order (and in flushing denormals, as oneDNN's bf16 kernels do).
-#if defined(CONVEXT_X86_DISPATCH) && CONVEXT_VEC_BYTES == 64
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
 constexpr bool kBf16DotBuilt = true;
-
-#define CONVEXT_BF16_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,avx512bf16")))
 
 // indirect_microkernel with bf16 rows and weights and float sums: weights packed in pairs of
 // channels, [channel pair][NR][2], and each row's pair of channels broadcast as one 32-bit value.
 // `channels` and c0 are even. With out_bf16, row m goes to out_bf16[m] as bf16 (store_narrowed;
 // c_out unused), with stream as one non-temporal store of its 64-byte line (see store_stream).
-CONVEXT_BF16_TARGET
 void indirect_microkernel_bf16(int64_t taps, int64_t channels, const c10::BFloat16* const* rows,
                                const bool* padding, int64_t c0, const c10::BFloat16* __restrict b,
                                const float* c_in, int64_t ld_in, const float* bias, float* c_out,
@@ -1884,9 +1917,6 @@ void indirect_microkernel_bf16(int64_t taps, int64_t channels, const c10::BFloat
 #else
 constexpr bool kBf16DotBuilt = false;
 #endif
-
-// Whether the bf16 kernels here may use vdpbf16ps (built for it, and the CPU has it).
-inline bool bf16_dot_usable() { return kBf16DotBuilt && active_isa() == Isa::avx512_bf16; }
 
 // A tile's row table ([block of MR positions][tap][MR]) regrouped so that positions reading the
 // same taps inside x share blocks: a block skips a tap only where all its MR positions read
@@ -3218,16 +3248,15 @@ bool use_grouped8_cl(const ConvGeometry& g, bool channels_last) {
 
 constexpr int kGrouped8Block = kVL<float> == 16 ? 14 : 12;  // accumulators: of 32 or 16 registers
 
-#if defined(CONVEXT_X86_DISPATCH) && CONVEXT_VEC_BYTES == 64
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
 // A block of grouped8_forward_cl's output columns from bf16 rows and weights that hold pairs of
 // input channels: each broadcast 32-bit word and weight vector sum two channels (vdpbf16ps), half
 // the instructions of the float kernel. rows: the KH packed rows (nullptr: padding), at the
 // row's start and offset the block's first value in them; w: the group's packed weights; bias: 8
 // floats.
 template <int S>
-CONVEXT_BF16_TARGET void grouped8_block_dot(const c10::BFloat16* const* rows, int64_t KH, int64_t offset,
-                                            const c10::BFloat16* w, const float* bias,
-                                            c10::BFloat16* out, int64_t out_stride, int cols) {
+void grouped8_block_dot(const c10::BFloat16* const* rows, int64_t KH, int64_t offset, const c10::BFloat16* w,
+                        const float* bias, c10::BFloat16* out, int64_t out_stride, int cols) {
   constexpr int PB = kGrouped8Block, kCols = (PB - 1) * S + 3;
   __m256 acc[PB];
   for (int q = 0; q < PB; ++q) acc[q] = _mm256_loadu_ps(bias);
@@ -3350,7 +3379,7 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
             T* out = y.data + n * y.sN + oh * y.sH + blk * PB * y.sW + grp * 8;
             const int qs = static_cast<int>(min64(PB, OW - blk * PB));
             if constexpr (kDot) {
-#if defined(CONVEXT_X86_DISPATCH) && CONVEXT_VEC_BYTES == 64
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
               float b8[8];
               __builtin_memcpy(b8, &b, sizeof(b8));
               grouped8_block_dot<S>(rows.get(), KH, offset, wg, b8, out, y.sW, qs);
@@ -3492,7 +3521,7 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
   if (use_depthwise(g)) return depthwise_forward(g, x, w, bias, y);
   if constexpr (kBf16DotBuilt && std::is_same_v<T, c10::BFloat16>) {
     // With vdpbf16ps the grouped-8 kernel also pays for channels_last copies of NCHW x and y.
-    if (bf16_dot_usable() && use_grouped8_cl<T>(g, true)) {
+    if (use_grouped8_cl<T>(g, true)) {
       const auto grouped8 = [&](View4<const T> xs, View4<T> ys) {
         return g.sW == 1 ? grouped8_forward_cl<T, 1, T>(g, xs, w, bias, ys) : grouped8_forward_cl<T, 2, T>(g, xs, w, bias, ys);
       };
@@ -3518,7 +3547,7 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
   if constexpr (kBf16DotBuilt && std::is_same_v<T, c10::BFloat16>) {
     // Every bf16 conv left, the NCHW 1x1 ones too: there the dot products' twice the rate pays
     // for the channels_last copy (1x1 1024->256 @14 NCHW: 5.4 -> 2.3 ms).
-    if (bf16_dot_usable()) return conv_forward_indirect<T, T>(g, x, w, bias, y);
+    return conv_forward_indirect<T, T>(g, x, w, bias, y);
   }
   if (use_forward_indirect(g, x, y)) return conv_forward_indirect(g, x, w, bias, y);
   using A = typename AccOf<T>::type;
@@ -4055,7 +4084,7 @@ inline bool use_weight_grad_row_taps(const ConvGeometry& g) {
 template <typename T>
 bool use_weight_grad_indirect(const ConvGeometry& g, const View4<const T>& x, const View4<const T>& gy) {
   using A = typename AccOf<T>::type;
-  const bool pairs = std::is_same_v<T, c10::BFloat16> && bf16_dot_usable();
+  constexpr bool pairs = std::is_same_v<T, c10::BFloat16> && kBf16DotBuilt;
   if (!(std::is_same_v<T, A> || pairs) || g.C_out_g() % kNR<A> != 0) return false;
   if (g.C_in_g() % kMR != 0) return use_weight_grad_row_taps(g);
   return (dense_channels_last(x, g.C_in) && dense_channels_last(gy, g.C_out)) || g.KH * g.KW > 1 || pairs;

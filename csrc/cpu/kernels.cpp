@@ -4,12 +4,13 @@
 
 namespace convext::cpu {
 
-// The set built for the ISA that active_isa() picked (avx512_bf16 is the AVX-512 set, whose bf16
-// kernels check for it).
+// The set built for the ISA that active_isa() picked.
 #if defined(CONVEXT_X86_DISPATCH)
-#define CONVEXT_KERNEL_SET(factory)                                  \
-  (active_isa() >= Isa::avx512 ? avx512::factory()                    \
-   : active_isa() == Isa::avx2 ? avx2::factory() : generic::factory())
+#define CONVEXT_KERNEL_SET(factory)                                                    \
+  (active_isa() == Isa::avx512_bf16 ? avx512_bf16::factory()                            \
+   : active_isa() == Isa::avx512    ? avx512::factory()                                 \
+   : active_isa() == Isa::avx2      ? avx2::factory()                                   \
+                                    : generic::factory())
 #else
 #define CONVEXT_KERNEL_SET(factory) generic::factory()
 #endif

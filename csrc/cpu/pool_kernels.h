@@ -64,5 +64,6 @@ CONVEXT_POOL_KERNELS_FOR(int64_t, i64)
 namespace generic { PoolKernelSet pool_kernel_set(); }
 namespace avx2 { PoolKernelSet pool_kernel_set(); }
 namespace avx512 { PoolKernelSet pool_kernel_set(); }
+namespace avx512_bf16 { PoolKernelSet pool_kernel_set(); }
 
 }  // namespace convext::cpu

@@ -276,7 +276,7 @@ void max_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
             if constexpr (Indices) store_stream(out_index, __builtin_convertvector(index, I64));
             continue;
           }
-          store_lanes(out + c, best, lanes);
+          store_exact_lanes(out + c, best, lanes);
           if constexpr (Indices) store_lanes(out_index, __builtin_convertvector(index, I64), lanes);
         }
       }
