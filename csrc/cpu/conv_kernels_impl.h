@@ -192,14 +192,17 @@ inline void store_lanes(S* p, const V& v, int64_t count) {
 }
 
 // store_lanes for values already exact in S (maxima of S inputs): bf16 keeps their top halves,
-// with no rounding to pay for (and NaNs their bits, as torch's max pooling copies them).
+// with no rounding to pay for, except that every NaN becomes 0x7FC0, as rounding makes it (torch's
+// bf16 max pooling converts its float maxima back, so a NaN's sign and payload are lost there).
 template <typename V, typename S>
 inline void store_exact_lanes(S* p, const V& v, int64_t count) {
   if constexpr (std::is_same_v<S, c10::BFloat16>) {
     using FloatBits = typename Bits32<sizeof(V)>::type;
     FloatBits bits;
     __builtin_memcpy(&bits, &v, sizeof(V));
-    const auto half = __builtin_convertvector(bits >> 16, typename Bits16<sizeof(V) / 2>::type);
+    const FloatBits nan = reinterpret_cast<FloatBits>(v != v);
+    bits = ((bits >> 16) & ~nan) | (nan & 0x7FC0);
+    const auto half = __builtin_convertvector(bits, typename Bits16<sizeof(V) / 2>::type);
     if (count >= kLanes<V>) {
       __builtin_memcpy(p, &half, sizeof(half));
     } else {
@@ -220,18 +223,27 @@ inline V load_lanes(const S* p, int64_t count) {
 }
 
 // dst[0..n) = src[0..n) converted to A, inline: the plain loop became a call to memmove, whose
-// cost swamps copies of a few dozen values (the NCHW GEMMs' panels are made of them).
+// cost swamps copies of a few dozen values (the NCHW GEMMs' panels are made of them). bf16 to
+// float and back go in vectors too (widened exactly, rounded as store_narrowed rounds): value by
+// value, the bf16 NCHW pooling passes ran at a quarter of their float speed.
 template <typename A, typename T>
 inline void copy_run(A* __restrict dst, const T* __restrict src, int64_t n) {
-  if constexpr (std::is_same_v<A, T>) {
-    using V = typename Vec<Lanes<A>>::type;
-    constexpr int VL = kVL<Lanes<A>>;
+  constexpr bool same = std::is_same_v<A, T>;
+  constexpr bool widen = std::is_same_v<T, c10::BFloat16> && std::is_same_v<A, float>;
+  constexpr bool narrow = std::is_same_v<T, float> && std::is_same_v<A, c10::BFloat16>;
+  if constexpr (same || widen || narrow) {
+    using V = typename Vec<Lanes<std::conditional_t<same, A, float>>>::type;
+    constexpr int64_t VL = kLanes<V>;
     if (n >= VL) {  // whole vectors, the last one overlapping its neighbour
       for (int64_t r = 0; r < n; r += VL) {
         const int64_t at = min64(r, n - VL);
-        V v;
-        __builtin_memcpy(&v, src + at, sizeof(V));
-        __builtin_memcpy(dst + at, &v, sizeof(V));
+        if constexpr (same) {
+          V v;
+          __builtin_memcpy(&v, src + at, sizeof(V));
+          __builtin_memcpy(dst + at, &v, sizeof(V));
+        } else {
+          store_narrowed(dst + at, load_widened<V>(src + at));
+        }
       }
       return;
     }
@@ -1373,7 +1385,7 @@ void depthwise_rows(const ConvGeometry& g, View4<const T> x, View4<const T> w, c
               for (int v = 0; v < VB && ow0 + v * VL < g.OW; ++v) {
                 T* dst = out + (oh0 + r) * y.sH + (ow0 + v * VL) * y.sW;
                 const int64_t count = g.OW - ow0 - v * VL;
-                if constexpr (std::is_same_v<T, A>) {
+                if constexpr (kWidenedVectors<T>) {
                   if (y.sW == 1) {
                     store_lanes(dst, acc[r][v], count);
                     continue;
@@ -1460,7 +1472,7 @@ void depthwise_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w
               for (int v = 0; v < kVecs; ++v) {
                 if (v > 0 && ow0[v] == ow0[v - 1]) break;
                 T* dst = out + oh * y.sH + ow0[v];
-                if constexpr (std::is_same_v<T, A>) {
+                if constexpr (kWidenedVectors<T>) {
                   store_lanes(dst, sum[v], g.OW - ow0[v]);
                 } else {
                   for (int64_t l = 0; l < min64(VL, g.OW - ow0[v]); ++l) dst[l] = static_cast<T>(sum[v][l]);
@@ -1494,10 +1506,11 @@ void depthwise_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w
 // phase's kernel columns on the gy rows that the gx row's kernel rows reach) in registers, and
 // the two phases' vectors interleave into 2 x VL columns of gx. gy's rows are first copied
 // between zero columns. (Scattered tap by tap into a padded plane of gx, dw3x3 s2 96 @112 NCHW
-// took 4.3 ms, torch 3.5 ms.)
-template <typename A>
-void depthwise_input_grad_stride2_cols(const ConvGeometry& g, View4<const A> gy, View4<const A> w,
-                                       const A* bias, View4<A> gx) {
+// took 4.3 ms, torch 3.5 ms.) bf16 sums in float, its rows copied as float.
+template <typename T>
+void depthwise_input_grad_stride2_cols(const ConvGeometry& g, View4<const T> gy, View4<const T> w,
+                                       const T* bias, View4<T> gx) {
+  using A = typename AccOf<T>::type;
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
   // Phase p (gx columns 2j + p) and kernel column kj meet where p + pW - kj dW is even: output j
@@ -1518,9 +1531,9 @@ void depthwise_input_grad_stride2_cols(const ConvGeometry& g, View4<const A> gy,
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         copy_run(rows + oh * row_len + left, gy.data + n * gy.sN + c * gy.sC + oh * gy.sH, g.OW);
       }
-      const A* wk = w.data + c * w.sN;
-      const V b = splat<V>(bias ? bias[c] : A(0));
-      A* out = gx.data + n * gx.sN + c * gx.sC;
+      const T* wk = w.data + c * w.sN;
+      const V b = splat<V>(bias ? static_cast<A>(bias[c]) : A(0));
+      T* out = gx.data + n * gx.sN + c * gx.sC;
       for (int64_t h = 0; h < g.H; ++h) {
         int64_t count = 0;  // the gy rows this gx row's kernel rows reach
         for (int64_t ki = 0; ki < g.KH; ++ki) {
@@ -1528,12 +1541,12 @@ void depthwise_input_grad_stride2_cols(const ConvGeometry& g, View4<const A> gy,
           if (t < 0 || t % g.sH != 0 || t / g.sH >= g.OH) continue;
           reach[count] = rows + t / g.sH * row_len + left, reach_ki[count++] = ki;
         }
-        A* dst = out + h * gx.sH;
+        T* dst = out + h * gx.sH;
         for (int64_t j0 = 0; 2 * j0 < g.W; j0 += VL) {
           V even = b, odd = b;
           for (int64_t r = 0; r < count; ++r) {
             for (int64_t kj = 0; kj < g.KW; ++kj) {
-              const A wv = wk[reach_ki[r] * w.sH + kj * w.sW];
+              const A wv = static_cast<A>(wk[reach_ki[r] * w.sH + kj * w.sW]);
               const int64_t shift = g.pW - kj * g.dW;  // phase 0 reads shift / 2, phase 1 (shift + 1) / 2
               if (shift % 2 == 0) {
                 even += splat<V>(wv) * loadu<V>(reach[r] + j0 + shift / 2);
@@ -1575,7 +1588,7 @@ void depthwise_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const 
     return forward_flat<T, 1, 4>(t, gy, flipped, bias, gx);
   }
   using A = typename AccOf<T>::type;
-  if constexpr (std::is_same_v<T, A>) {
+  if constexpr (kWidenedVectors<T>) {
     if (g.C_out_g() == 1 && g.sW == 2 && gy.sW == 1 && gx.sW == 1) {
       return depthwise_input_grad_stride2_cols(g, gy, w, bias, gx);
     }

@@ -34,7 +34,8 @@ inline A window_divisor(const PoolWindows& win, int64_t oh, int64_t ow, int64_t 
 // where the last vector's taps reach, so lane l of tap kj reads padded[(ow0 + l) * S + kj * dW]
 // with no bounds checks. Each output still meets its taps in torch's order (rows outer; a padded
 // tap adds zero or never wins), so results are the scalar loops' bit for bit. A scalar loop per
-// output left these passes at a sixth of the copy bandwidth.
+// output left these passes at a sixth of the copy bandwidth. bf16 planes are copied as float
+// rows, summed or compared in float, and stored as bf16 (maxima exact, means rounded).
 
 template <typename A> struct Index64 {  // int64 lanes, as many as a vector of A has
   typedef int64_t type __attribute__((vector_size(kVL<A> * sizeof(int64_t))));
@@ -65,8 +66,8 @@ bool fixed_window_rows(const PoolGeometry& g, const View4<const A>& x) {
 // Calls out_row(plane, oh, rows, ihs, count) for each output row, with rows[r] the padded copy of
 // the window's input row ihs[r], r < count, in window order; each padded row starts at input
 // column -pW and is `len` long. A copy is kept while later output rows' windows still read it.
-template <typename A, typename OutRow>
-void for_each_window_rows(const PoolGeometry& g, const PoolAxis& wh, const View4<const A>& x,
+template <typename A, typename T, typename OutRow>
+void for_each_window_rows(const PoolGeometry& g, const PoolAxis& wh, const View4<const T>& x,
                           int64_t len, A fill, const OutRow& out_row) {
   const int64_t slots = g.kH * g.dH;  // the rows of a window are distinct modulo this
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
@@ -75,7 +76,7 @@ void for_each_window_rows(const PoolGeometry& g, const PoolAxis& wh, const View4
     std::vector<const A*> rows(g.kH);
     std::vector<int64_t> ihs(g.kH);
     for (int64_t plane = begin; plane < end; ++plane) {
-      const A* in = x.data + plane / g.C * x.sN + plane % g.C * x.sC;
+      const T* in = x.data + plane / g.C * x.sN + plane % g.C * x.sC;
       std::fill(held.begin(), held.end(), -1);
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         int64_t count = 0;
@@ -84,7 +85,7 @@ void for_each_window_rows(const PoolGeometry& g, const PoolAxis& wh, const View4
           if (held[ih % slots] != ih) {
             held[ih % slots] = ih;
             std::fill(copy, copy + g.pW, fill);
-            std::copy(in + ih * x.sH, in + ih * x.sH + g.W, copy + g.pW);
+            copy_run(copy + g.pW, in + ih * x.sH, g.W);
             std::fill(copy + g.pW + g.W, copy + len, fill);
           }
           rows[count] = copy, ihs[count] = ih;
@@ -103,9 +104,10 @@ int64_t padded_row_length(const PoolGeometry& g) {
 }
 
 // Indices: whether to find and store each maximum's index (inference needs none).
-template <typename A, int S, bool Indices>
-void max_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<const A> x,
-                         View4<A> y, View4<int64_t> ind) {
+template <typename T, int S, bool Indices>
+void max_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<const T> x,
+                         View4<T> y, View4<int64_t> ind) {
+  using A = typename AccOf<T>::type;
   using V = typename Vec<A>::type;
   using I = LaneIndex<V>;
   using IE = std::conditional_t<sizeof(A) == 4, int32_t, int64_t>;
@@ -119,7 +121,7 @@ void max_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<co
   for_each_window_rows(g, win.h, x, padded_row_length<A>(g), lowest_value<A>(),
                        [&](int64_t plane, int64_t oh, const A* const* rows, const int64_t* ihs,
                            int64_t count) {
-    A* out = y.data + plane / g.C * y.sN + plane % g.C * y.sC + oh * y.sH;
+    T* out = y.data + plane / g.C * y.sN + plane % g.C * y.sC + oh * y.sH;
     for (int64_t i = 0; i < g.OW; i += VL) {
       const int64_t ow0 = whole_vector_start<A>(i, g.OW);
       V best = splat<V>(lowest_value<A>());
@@ -135,7 +137,7 @@ void max_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<co
           if constexpr (Indices) index = take ? at + static_cast<IE>(kj * g.dW) : index;
         }
       }
-      store_lanes(out + ow0, best, g.OW - ow0);
+      store_exact_lanes(out + ow0, best, g.OW - ow0);
       if constexpr (Indices) {
         int64_t* out_index = ind.data + plane / g.C * ind.sN + plane % g.C * ind.sC + oh * ind.sH;
         store_lanes(out_index + ow0, __builtin_convertvector(index, I64), g.OW - ow0);
@@ -155,9 +157,10 @@ std::vector<A> window_divisors(const PoolGeometry& g, const PoolWindows& win, in
   return divisors;
 }
 
-template <typename A, int S>
-void avg_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<const A> x,
-                         View4<A> y, int64_t divisor) {
+template <typename T, int S>
+void avg_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<const T> x,
+                         View4<T> y, int64_t divisor) {
+  using A = typename AccOf<T>::type;
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
   const int64_t OWv = round_up(g.OW, VL);
@@ -165,7 +168,7 @@ void avg_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<co
   for_each_window_rows(g, win.h, x, padded_row_length<A>(g), A(0),
                        [&](int64_t plane, int64_t oh, const A* const* rows, const int64_t*,
                            int64_t count) {
-    A* out = y.data + plane / g.C * y.sN + plane % g.C * y.sC + oh * y.sH;
+    T* out = y.data + plane / g.C * y.sN + plane % g.C * y.sC + oh * y.sH;
     for (int64_t i = 0; i < g.OW; i += VL) {
       const int64_t ow0 = whole_vector_start<A>(i, g.OW);
       V sum{};
@@ -299,7 +302,7 @@ void max_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
                      : max_pool_channels_last<T, false>(g, win, x, y, ind);
     }
   }
-  if constexpr (std::is_floating_point_v<T>) {
+  if constexpr (kWidenedVectors<T>) {
     if (!channels_last && fixed_window_rows(g, x) && y.sW == 1 && (!indices || ind.sW == 1) &&
         g.H * g.W <= INT32_MAX) {
       if (g.sW == 1) {
@@ -438,7 +441,7 @@ void avg_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
     });
     return;
   }
-  if constexpr (std::is_floating_point_v<T>) {
+  if constexpr (kWidenedVectors<T>) {
     if (fixed_window_rows(g, x) && y.sW == 1) {
       return g.sW == 1 ? avg_pool_fixed_rows<T, 1>(g, win, x, y, divisor)
                        : avg_pool_fixed_rows<T, 2>(g, win, x, y, divisor);
@@ -546,9 +549,10 @@ void global_avg_pool(const PoolGeometry& g, View4<const T> x, View4<T> y, bool c
 // columns are then copied out. Every tap gets its outputs' grads in the scalar loop's order (by
 // output row, then column: taps in descending kj meet a vector's outputs in ascending columns),
 // so the sums are the same bit for bit.
-template <typename A, int S>
+template <typename T, int S>
 void avg_pool_backward_fixed_rows(const PoolGeometry& g, const PoolWindows& win,
-                                  View4<const A> gy, View4<A> gx, int64_t divisor) {
+                                  View4<const T> gy, View4<T> gx, int64_t divisor) {
+  using A = typename AccOf<T>::type;
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
   const int64_t OWv = round_up(g.OW, VL), len = padded_row_length<A>(g);
@@ -559,7 +563,7 @@ void avg_pool_backward_fixed_rows(const PoolGeometry& g, const PoolWindows& win,
       const int64_t n = plane / g.C, c = plane % g.C;
       fill_zero(padded.get(), g.H * len);
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const A* src = gy.data + n * gy.sN + c * gy.sC + oh * gy.sH;
+        const T* src = gy.data + n * gy.sN + c * gy.sC + oh * gy.sH;
         for (int64_t ow0 = 0; ow0 < g.OW; ow0 += VL) {
           const V div = loadu<V>(divisors.data() + oh * OWv + ow0);
           const V grad = load_lanes<V>(src + ow0, g.OW - ow0) / div;
@@ -571,8 +575,7 @@ void avg_pool_backward_fixed_rows(const PoolGeometry& g, const PoolWindows& win,
         }
       }
       for (int64_t h = 0; h < g.H; ++h) {
-        std::copy(padded.get() + h * len + g.pW, padded.get() + h * len + g.pW + g.W,
-                  gx.data + n * gx.sN + c * gx.sC + h * gx.sH);
+        copy_run(gx.data + n * gx.sN + c * gx.sC + h * gx.sH, padded.get() + h * len + g.pW, g.W);
       }
     }
   });
@@ -682,7 +685,7 @@ void avg_pool_backward(const PoolGeometry& g, const PoolWindows& win, View4<cons
                        int64_t divisor, bool channels_last) {
   using A = at::opmath_type<T>;
   if (channels_last) return avg_pool_backward_channels_last(g, win, gy, gx, divisor);
-  if constexpr (std::is_floating_point_v<T>) {
+  if constexpr (kWidenedVectors<T>) {
     if (g.kW > 0 && (g.sW == 1 || g.sW == 2) && gy.sW == 1 && gx.sW == 1) {
       return g.sW == 1 ? avg_pool_backward_fixed_rows<T, 1>(g, win, gy, gx, divisor)
                        : avg_pool_backward_fixed_rows<T, 2>(g, win, gy, gx, divisor);
