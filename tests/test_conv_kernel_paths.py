@@ -302,6 +302,29 @@ def test_indirect_weight_grad(dtype, cin, groups, k, stride, padding, dilation, 
     assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
+# bf16 1x1 weight grads on dense NCHW tensors (with vdpbf16ps): per image, gy's rows against x
+# packed in panels of 32 channels, pairs of positions at a time. 40 input channels: a second,
+# partial panel; 20 output channels: a partial last block of 8; 3 images added in order.
+@pytest.mark.parametrize("w_channels_last", [False, True])
+@pytest.mark.parametrize("cin,cout,size", [(40, 20, (6, 10)), (8, 64, (14, 14))])
+def test_weight_grad_1x1_planes(cin, cout, size, w_channels_last):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, cin, *size, generator=gen).to(torch.bfloat16)
+    gy = torch.randn(3, cout, *size, generator=gen).to(torch.bfloat16)
+    args = ([1, 1], [0, 0], [1, 1], 1, w_channels_last)
+    grads = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            grads.append(torch.ops.convext.conv2d_weight_grad(x, gy, [1, 1], *args))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0], grads[1])
+    ref = torch.einsum("nop,nip->oi", gy.double().flatten(2), x.double().flatten(2)).view(cout, cin, 1, 1)
+    assert_close_to_reference(grads[0], ref)
+
+
 def _check_depthwise(x_shape, k, multiplier, dtype, layout, stride, padding, dilation):
     """Forward and grads of a depthwise conv (x in `layout`, in dtype) against float64."""
     gen = torch.Generator().manual_seed(0)

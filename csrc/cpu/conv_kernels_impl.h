@@ -4355,6 +4355,59 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   });
 }
 
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
+// bf16 1x1 weight grads on dense NCHW planes (stride 1, no padding): per image, gw += gy_n x_n^T,
+// a GEMM whose reduction runs along positions, contiguous in both planes. MR rows of gy go to
+// indirect_microkernel_bf16 as they are (a pair of positions is one 32-bit broadcast), and x_n is
+// packed per image into panels of NR channels, [position pair][NR][2] (a transpose of 32-bit
+// words). Through channels_last copies of both (conv_weight_grad_indirect), 1x1 64->256 @56's
+// took 5.6 ms, torch 3.4 ms. Each thread owns MR-row blocks of gw and adds the images in order.
+bool use_weight_grad_1x1_planes(const ConvGeometry& g, const View4<const c10::BFloat16>& x,
+                                const View4<const c10::BFloat16>& gy) {
+  return g.KH == 1 && g.KW == 1 && g.sH == 1 && g.sW == 1 && g.pH == 0 && g.pW == 0 && g.groups == 1 &&
+         g.OH == g.H && g.OW == g.W && g.H * g.W % 2 == 0 && dense_nchw(x, g.C_in, g.H, g.W) &&
+         dense_nchw(gy, g.C_out, g.OH, g.OW);
+}
+
+void weight_grad_1x1_planes(const ConvGeometry& g, View4<const c10::BFloat16> x, View4<const c10::BFloat16> gy,
+                            View4<c10::BFloat16> gw) {
+  using B = c10::BFloat16;
+  constexpr int64_t NR = kNR<float>;
+  const int64_t P = g.H * g.W, pairs = P / 2, panels = ceil_div(g.C_in, NR), blocks = ceil_div(g.C_out, kMR);
+  const int64_t ld = panels * NR;
+  Scratch<B> zero_row(P), packed(panels * pairs * NR * 2);
+  fill_zero(zero_row.get(), P);
+  Scratch<float> acc(blocks * kMR * ld);  // [oc][ic], both rounded up
+  const bool no_padding = false;
+  for (int64_t n = 0; n < g.N; ++n) {
+    at::parallel_for(0, pairs, 256, [&](int64_t j0, int64_t j1) {
+      for (int64_t ic = 0; ic < ld; ++ic) {
+        B* out = packed.get() + (ic / NR * pairs * NR + ic % NR) * 2;
+        const B* row = ic < g.C_in ? x.data + n * x.sN + ic * x.sC : zero_row.get();
+        for (int64_t j = j0; j < j1; ++j) __builtin_memcpy(out + j * NR * 2, row + 2 * j, 2 * sizeof(B));
+      }
+    });
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t mb = b0; mb < b1; ++mb) {
+        const B* rows[kMR];
+        for (int m = 0; m < kMR; ++m) {
+          const int64_t oc = mb * kMR + m;
+          rows[m] = oc < g.C_out ? gy.data + n * gy.sN + oc * gy.sC : zero_row.get();
+        }
+        for (int64_t p = 0; p < panels; ++p) {
+          float* c = acc.get() + mb * kMR * ld + p * NR;
+          indirect_microkernel_bf16(1, P, rows, &no_padding, 0, packed.get() + p * pairs * NR * 2,
+                                    n == 0 ? nullptr : c, ld, nullptr, c, ld);
+        }
+      }
+    });
+  }
+  for (int64_t oc = 0; oc < g.C_out; ++oc) {
+    for (int64_t ic = 0; ic < g.C_in; ++ic) gw.data[oc * gw.sN + ic * gw.sC] = static_cast<B>(acc.get()[oc * ld + ic]);
+  }
+}
+#endif
+
 template <typename T>
 void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy, View4<T> gw) {
   if (use_depthwise(g)) return depthwise_weight_grad(g, x, gy, gw);
@@ -4367,6 +4420,11 @@ void conv_weight_grad(const ConvGeometry& g, View4<const T> x, View4<const T> gy
   if constexpr (std::is_same_v<T, float>) {
     if (use_weight_grad_winograd(g)) return conv_weight_grad_winograd(g, x, gy, gw);
   }
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (use_weight_grad_1x1_planes(g, x, gy)) return weight_grad_1x1_planes(g, x, gy, gw);
+  }
+#endif
   if constexpr (std::is_same_v<T, typename AccOf<T>::type> || (kBf16DotBuilt && std::is_same_v<T, c10::BFloat16>)) {
     if (use_weight_grad_indirect(g, x, gy)) return conv_weight_grad_indirect(g, x, gy, gw);
   }
