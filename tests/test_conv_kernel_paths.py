@@ -325,6 +325,28 @@ def test_weight_grad_1x1_planes(cin, cout, size, w_channels_last):
     assert_close_to_reference(grads[0], ref)
 
 
+# bf16 1x1 convs on dense NCHW tensors (with vdpbf16ps) with planes of 512 positions or more,
+# forward and input grad (the forward of gy with transposed weights): blocks of 8 output channels
+# x 32 positions of a plane, each item packing its 32 positions of x in pairs of channels. 20
+# output channels: a partial last block; 540 positions: a partial last run; 33 input channels: a
+# pair with a zero channel.
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("cin,cout,size", [(33, 20, (18, 30)), (64, 48, (32, 16))])
+def test_1x1_planes_forward_and_input_grad(cin, cout, size, bias):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, cin, *size, generator=gen, dtype=torch.float64)
+    w = torch.randn(cout, cin, 1, 1, generator=gen, dtype=torch.float64)
+    b = torch.randn(cout, generator=gen, dtype=torch.float64) if bias else None
+    ours = [t.to(torch.bfloat16).requires_grad_() for t in (x, w)]
+    y = CF.conv2d(*ours, b.to(torch.bfloat16) if bias else None)
+    ref = [t.clone().requires_grad_() for t in (x, w)]
+    expected = F.conv2d(*ref, b)
+    assert_close_to_reference(y, expected)
+    gy = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    assert_close_to_reference(torch.autograd.grad(y, ours[0], gy.to(torch.bfloat16))[0],
+                              torch.autograd.grad(expected, ref[0], gy)[0])
+
+
 def _check_depthwise(x_shape, k, multiplier, dtype, layout, stride, padding, dilation):
     """Forward and grads of a depthwise conv (x in `layout`, in dtype) against float64."""
     gen = torch.Generator().manual_seed(0)
