@@ -676,6 +676,15 @@ _ISA_SCRIPT = textwrap.dedent("""
     # The pooling kernels are built per ISA too: both loop orders (planes' rows of several
     # vectors at strides 1 and 2), with indices, and the planar average's backward; bf16
     # (widened to float) where channels_last and global average pooling run in vectors.
+    # The planar average's backward at stride 2 adds each vector into memory half of which the
+    # tap before wrote: GCC 12 once lost stores there in the generic build's double (a window's
+    # share missing in every fourth column of 3 x 9 planes), so its grads must match bit for bit.
+    # (The grad of a sum is an expanded tensor, which takes the scalar loops: gy is dense here.)
+    for W in (9, 45):
+        x = torch.randn(2, 3, 3, W, generator=g, dtype=torch.float64, requires_grad=True)
+        gy = torch.randn(2, 3, 1, (W - 1) // 2, generator=g, dtype=torch.float64)
+        grads = [torch.autograd.grad(m.avg_pool2d(x, 3, 2), x, gy)[0] for m in (CF, F)]
+        assert torch.equal(*grads), W
     for fmt in (torch.contiguous_format, torch.channels_last):
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
             x = torch.randn(2, 19, 13, 37, generator=g, dtype=dtype).contiguous(memory_format=fmt)

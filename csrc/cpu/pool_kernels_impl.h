@@ -55,6 +55,11 @@ inline void add_every(A* p, const V& v) {
     const V hi = loadu<V>(p + VL) + __builtin_shuffle(v, V{}, high);
     __builtin_memcpy(p, &lo, sizeof(V));
     __builtin_memcpy(p + VL, &hi, sizeof(V));
+    // The next call reads back half of what this one wrote, one element further on: GCC 12 at
+    // -O2 and above, with 2-lane vectors (the generic build's double), lost some of these
+    // stores to those loads (reproduced alone: grads of stride-2 3x3 average pooling missing
+    // a window's share in every fourth column). The barrier keeps each call's stores first.
+    asm("" ::: "memory");
   }
 }
 
