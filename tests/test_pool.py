@@ -464,8 +464,14 @@ ERROR_CASES = {
 }
 
 
+# Cases whose message torch changed before 2.13 (the spec): there, torch's message is not convext's.
+_MESSAGES_SINCE_2_13 = {"avg_kernel0"}  # torch 2.11: "integer out of range"
+
+
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
 def test_errors_match_torch(case):
+    if case in _MESSAGES_SINCE_2_13 and torch.__version__ < (2, 13):
+        pytest.skip("torch before 2.13 words this error differently; convext follows 2.13")
     with pytest.raises(Exception) as expected:
         ERROR_CASES[case](F)
     with pytest.raises(expected.type) as got:
