@@ -543,9 +543,11 @@ def test_bf16_rounding_keeps_denormals_and_one_nan():
     # Where the CPU rounds with vcvtneps2bf16, vectors holding a denormal or a NaN take the
     # formula (the instruction flushes the one and keeps the other's sign and payload), as on
     # every other ISA: each output of a 1x1 depthwise conv (one exact product) is its product
-    # rounded to nearest even, denormals included, and every NaN is 0x7FC0.
+    # rounded to nearest even, denormals included, and every NaN is 0x7FC0. On NCHW planes: the
+    # channels_last bf16 depthwise sums with vdpbf16ps where the CPU has it, which flushes
+    # denormal inputs, as torch's bf16 convolutions do.
     gen = torch.Generator().manual_seed(0)
-    x = (torch.randn(2, 64, 9, 10, generator=gen) * 3).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x = (torch.randn(2, 64, 9, 10, generator=gen) * 3).to(torch.bfloat16)
     x[0, :, 1] *= 2.0 ** -128
     x.view(torch.int16)[1, 5, 3, 3] = -63  # 0xFFC1: a negative NaN with a payload
     w = torch.randn(64, 1, 1, 1, generator=gen).to(torch.bfloat16)
@@ -555,3 +557,43 @@ def test_bf16_rounding_keeps_denormals_and_one_nan():
     expected = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).where(x.isfinite(), 0x7FC0)
     assert (x[0, :, 1].float().abs() < 2.0 ** -126).any()
     assert torch.equal(out.long(), expected)
+
+
+# Channels_last depthwise convs: sliding blocks at stride 1 and 2 and the transposed pass (input
+# grad) at stride 1, other blocks at other geometries, odd and even kernel heights, padding rows
+# at both borders. In bf16, whole blocks of 32 channels sum pairs of kernel rows with vdpbf16ps
+# where the CPU has it, and a tail of 16 channels (144) or of single channels (40) the floats.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("channels,kernel,stride,padding,dilation", [
+    (32, 3, 1, 1, 1), (144, 3, 1, 1, 1), (96, 7, 1, 3, 1), (64, 5, 2, 2, 1), (96, 3, 2, 1, 1),
+    (40, 3, 2, 0, 1), (64, 1, 1, 0, 1), (64, (4, 3), 1, (2, 1), 1), (32, 3, 1, 2, 2), (64, 3, 3, 1, 1)])
+def test_channels_last_depthwise_paths(channels, kernel, stride, padding, dilation, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, 13, 35, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(channels, 1, *_pair_of(kernel), generator=gen).to(dtype)
+    b = torch.randn(channels, generator=gen).to(dtype)
+    args = (stride, padding, dilation, channels)
+    xg = x.clone().requires_grad_()
+    y = CF.conv2d(xg, w, b, *args)
+    ref = F.conv2d(x.double(), w.double(), b.double(), *args)
+    assert_close_to_reference(y, ref)
+    gy = torch.randn(ref.shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    (gx,) = torch.autograd.grad(y, xg, gy)
+    xr = x.double().requires_grad_()
+    (ref_gx,) = torch.autograd.grad(F.conv2d(xr, w.double(), None, *args), xr, gy.double())
+    assert_close_to_reference(gx, ref_gx)
+
+
+def _pair_of(k):
+    return k if isinstance(k, tuple) else (k, k)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_bf16_depthwise_skips_padding_rows(stride):
+    # A kernel row that reads a padding row is skipped, not multiplied by zeros: an infinite weight
+    # there leaves the border row finite (as torch's bf16 convs do), and makes the others infinite.
+    x = (torch.rand(1, 64, 9, 20, generator=torch.Generator().manual_seed(0)) + 0.5).to(torch.bfloat16)
+    w = torch.ones(64, 1, 3, 3, dtype=torch.bfloat16)
+    w[:, 0, 0, 1] = float("inf")
+    y = CF.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, stride, 1, 1, 64)
+    assert y[:, :, 0].isfinite().all() and y[:, :, 1:].isposinf().all()

@@ -538,13 +538,13 @@ inline void depthwise_cl_block(int64_t taps, const S* const* src, const A* const
 }
 
 // kSlideCols destination columns x one vector of channels of a depthwise pass whose taps along
-// a row read consecutive source columns (stride 1, dilation 1): a sliding window. Each source
-// vector is loaded once and meets every tap that reads it, the weights of a kernel row stay in
-// registers, so loads are a few per KW FMAs instead of over one per FMA. Source vector e is
-// column first + e of the row rows[ki] starts (null where the kernel row reads padding); only
-// e in [e_lo, e_hi) are inside the source. DIR = 1: column q's tap kj reads vector q + kj (the
-// forward); DIR = -1: q + KW - 1 - kj (the transposed pass). (Two vectors of channels a block
-// spilled registers at KW = 7.)
+// a row read consecutive source columns (dilation 1, stride 1 or 2): a sliding window. Each
+// source vector is loaded once and meets every tap that reads it, the weights of a kernel row
+// stay in registers, so loads are a few per KW FMAs instead of over one per FMA. Source vector e
+// is column first + e of the row rows[ki] starts (null where the kernel row reads padding); only
+// e in [e_lo, e_hi) are inside the source. DIR = 1 or 2: column q's tap kj reads vector
+// q * DIR + kj (the forward at stride DIR); DIR = -1: q + KW - 1 - kj (the transposed pass at
+// stride 1). (Two vectors of channels a block spilled registers at KW = 7.)
 constexpr int kSlideCols = CONVEXT_VEC_BYTES == 64 ? 8 : 4;
 
 struct SlideBlock {
@@ -552,12 +552,20 @@ struct SlideBlock {
   int64_t first, e_lo, e_hi;
 };
 
+// The source vectors a sliding block reads (e < slide_vectors), which one column q's tap kk
+// reads, and which tap of column q reads vector e (outside [0, KW) for none).
+constexpr int slide_vectors(int dir, int KW) { return (kSlideCols - 1) * (dir < 0 ? -dir : dir) + KW; }
+constexpr int slide_vector(int dir, int KW, int q, int kk) { return dir > 0 ? q * dir + kk : q + KW - 1 - kk; }
+constexpr int slide_tap(int dir, int KW, int q, int e) { return dir > 0 ? e - q * dir : KW - 1 - (e - q); }
+
 template <typename A, typename S, int KW, int DIR, bool Clipped>
 void depthwise_cl_slide(int64_t KH, const S* const* rows, const SlideBlock& blk, int64_t src_sW,
-                        const A* wt, int64_t C, int64_t c_end, const A* bias, S* out, bool stream) {
+                        const A* wt, int64_t C, int64_t c_begin, int64_t c_end, const A* bias, S* out,
+                        bool stream) {
   using V = typename Vec<A>::type;
+  constexpr int kVectors = slide_vectors(DIR, KW);
   const int e_lo = static_cast<int>(blk.e_lo), e_hi = static_cast<int>(blk.e_hi);
-  for (int64_t c0 = 0; c0 < c_end; c0 += kVL<A>) {
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += kVL<A>) {
     V acc[kSlideCols];
     const V b = loadu<V>(bias + c0);
 #pragma GCC unroll 16
@@ -569,13 +577,13 @@ void depthwise_cl_slide(int64_t KH, const S* const* rows, const SlideBlock& blk,
 #pragma GCC unroll 16
       for (int kj = 0; kj < KW; ++kj) wv[kj] = loadu<V>(wt + (ki * KW + kj) * C + c0);
 #pragma GCC unroll 32
-      for (int e = 0; e < kSlideCols + KW - 1; ++e) {
+      for (int e = 0; e < kVectors; ++e) {
         if (Clipped && (e < e_lo || e >= e_hi)) continue;
         const V xv = load_widened<V>(src + e * src_sW);
 #pragma GCC unroll 16
         for (int q = 0; q < kSlideCols; ++q) {
-          const int kk = e - q;
-          if (kk >= 0 && kk < KW) acc[q] += wv[DIR > 0 ? kk : KW - 1 - kk] * xv;
+          const int kk = slide_tap(DIR, KW, q, e);
+          if (kk >= 0 && kk < KW) acc[q] += wv[kk] * xv;
         }
       }
     }
@@ -593,26 +601,172 @@ void depthwise_cl_slide(int64_t KH, const S* const* rows, const SlideBlock& blk,
 // Whether the kSlideCols columns whose source columns (per column and tap, -1 outside) start at
 // cols_of slide, and how: some first and dir make every tap inside read column first + e, and
 // every tap outside have e beyond the inside ones.
-inline SlideBlock slide_block(const int64_t* cols_of, int64_t KW) {
-  for (const int dir : {1, -1}) {
-    SlideBlock b{dir, 0, kSlideCols + KW, -1};
+inline SlideBlock slide_block(const int64_t* cols_of, int KW) {
+  for (const int dir : {1, -1, 2}) {
+    SlideBlock b{dir, 0, slide_vectors(dir, KW), -1};
     bool ok = true;
-    for (int64_t i = 0; ok && i < kSlideCols * KW; ++i) {
-      const int64_t q = i / KW, k = i % KW, e = dir > 0 ? q + k : q + KW - 1 - k;
+    for (int i = 0; ok && i < kSlideCols * KW; ++i) {
+      const int q = i / KW, k = i % KW, e = slide_vector(dir, KW, q, k);
       if (cols_of[i] < 0) continue;
       if (b.e_hi < 0) b.first = cols_of[i] - e;
       ok = cols_of[i] - e == b.first;
       b.e_lo = min64(b.e_lo, e);
       b.e_hi = max64(b.e_hi, e + 1);
     }
-    for (int64_t i = 0; ok && b.e_hi > 0 && i < kSlideCols * KW; ++i) {
-      const int64_t q = i / KW, k = i % KW, e = dir > 0 ? q + k : q + KW - 1 - k;
+    for (int i = 0; ok && b.e_hi > 0 && i < kSlideCols * KW; ++i) {
+      const int q = i / KW, k = i % KW, e = slide_vector(dir, KW, q, k);
       ok = (cols_of[i] >= 0) == (e >= b.e_lo && e < b.e_hi);
     }
     if (ok && b.e_hi > 0) return b;
   }
   return {0, 0, 0, 0};
 }
+
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
+// bf16 channels_last depthwise passes with vdpbf16ps, which sums the products of two taps for
+// each of 16 channels: kernel rows go in pairs (an odd KH's last row with zeros). vpunpck{l,h}wd
+// interleave two rows' vectors of 32 channels within 128-bit lanes, so the "lo" sums hold
+// channels 8j..8j+3 of each group j of 8 and the "hi" sums 8j+4..8j+7 (dot_channel); weights and
+// bias are packed in that order and store_dot puts the channels back. Per 32 channels, a pair of
+// taps takes 2 unpacks and 2 vdpbf16ps where the float sums took 4 widening loads (2 ops each)
+// and 4 FMAs. Products of bf16 values are exact in float; vdpbf16ps flushes denormals, as
+// oneDNN's bf16 kernels do.
+constexpr int64_t kDotChannels = 32;
+
+inline int64_t dot_channel(int64_t lane, int64_t hi) { return 8 * (lane / 4) + 4 * hi + lane % 4; }
+
+// [row pair][kernel column][channel block of 32][lo, hi][lane]: the weights of rows 2p and
+// 2p + 1 (zero past KH) as the low and high halves of 32 bits; bias as float in the same order.
+template <typename T>
+void pack_depthwise_dot(const ConvGeometry& g, View4<const T> w, const T* bias, int64_t c_dot,
+                        uint32_t* wt, float* bias_dot) {
+  const auto bits = [&](int64_t c, int64_t ki, int64_t kj) -> uint32_t {
+    return ki < g.KH ? w.data[c * w.sN + ki * w.sH + kj * w.sW].x : 0;
+  };
+  for (int64_t p = 0; 2 * p < g.KH; ++p) {
+    for (int64_t kj = 0; kj < g.KW; ++kj) {
+      uint32_t* dst = wt + (p * g.KW + kj) * c_dot;
+      for (int64_t i = 0; i < c_dot; ++i) {
+        const int64_t c = i / kDotChannels * kDotChannels + dot_channel(i % 16, i % kDotChannels / 16);
+        dst[i] = bits(c, 2 * p, kj) | bits(c, 2 * p + 1, kj) << 16;
+      }
+    }
+  }
+  for (int64_t i = 0; i < c_dot; ++i) {
+    const int64_t c = i / kDotChannels * kDotChannels + dot_channel(i % 16, i % kDotChannels / 16);
+    bias_dot[i] = bias ? static_cast<float>(bias[c]) : 0.0f;
+  }
+}
+
+// The weights of a pair of rows, with the halves of missing rows (padding) zeroed: their zero
+// inputs then meet zero weights, as if skipped (an infinite weight would make a NaN).
+inline __m512bh dot_weights(const uint32_t* p, __m512i keep) {
+  return (__m512bh)_mm512_and_si512(_mm512_loadu_si512(p), keep);
+}
+
+inline __m512i dot_keep(bool row0, bool row1) {
+  return _mm512_set1_epi32((row0 ? 0xFFFF : 0) | (row1 ? static_cast<int>(0xFFFF0000u) : 0));
+}
+
+// What a missing row (padding) reads, at every column: zeros.
+alignas(64) inline constexpr uint16_t kZeroChannels[kDotChannels] = {};
+
+inline void store_dot(c10::BFloat16* out, __m512 lo, __m512 hi) {
+  const __m512i l = _mm512_castsi256_si512((__m256i)bf16_bits(static_cast<Vec<float>::type>(lo)));
+  const __m512i h = _mm512_castsi256_si512((__m256i)bf16_bits(static_cast<Vec<float>::type>(hi)));
+  _mm512_storeu_si512(out, _mm512_permutex2var_epi64(l, _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), h));
+}
+
+// depthwise_cl_slide's channels [0, c_dot) by pairs of rows.
+template <int KW, int DIR, bool Clipped>
+void depthwise_cl_slide_dot(int64_t KH, const c10::BFloat16* const* rows, const SlideBlock& blk,
+                            int64_t src_sW, const uint32_t* wt, int64_t c_dot, const float* bias,
+                            int64_t C, c10::BFloat16* out) {
+  constexpr int kVectors = slide_vectors(DIR, KW);
+  const int e_lo = static_cast<int>(blk.e_lo), e_hi = static_cast<int>(blk.e_hi);
+  for (int64_t c0 = 0; c0 < c_dot; c0 += kDotChannels) {
+    __m512 lo[kSlideCols], hi[kSlideCols];
+    const __m512 blo = _mm512_loadu_ps(bias + c0), bhi = _mm512_loadu_ps(bias + c0 + 16);
+#pragma GCC unroll 16
+    for (int q = 0; q < kSlideCols; ++q) {
+      lo[q] = blo;
+      hi[q] = bhi;
+    }
+    for (int64_t p = 0; 2 * p < KH; ++p) {
+      const c10::BFloat16* r0 = rows[2 * p];
+      const c10::BFloat16* r1 = 2 * p + 1 < KH ? rows[2 * p + 1] : nullptr;
+      if (!r0 && !r1) continue;
+      const __m512i keep = dot_keep(r0, r1);
+      const int64_t at = blk.first * src_sW + c0;
+      const void* s0 = r0 ? static_cast<const void*>(r0 + at) : kZeroChannels;
+      const void* s1 = r1 ? static_cast<const void*>(r1 + at) : kZeroChannels;
+      const int64_t step0 = r0 ? src_sW * 2 : 0, step1 = r1 ? src_sW * 2 : 0;  // bytes
+      __m512bh wl[KW], wh[KW];
+#pragma GCC unroll 16
+      for (int kj = 0; kj < KW; ++kj) {
+        wl[kj] = dot_weights(wt + (p * KW + kj) * c_dot + c0, keep);
+        wh[kj] = dot_weights(wt + (p * KW + kj) * c_dot + c0 + 16, keep);
+      }
+#pragma GCC unroll 32
+      for (int e = 0; e < kVectors; ++e) {
+        if (Clipped && (e < e_lo || e >= e_hi)) continue;
+        const __m512i a = _mm512_loadu_si512(static_cast<const char*>(s0) + e * step0);
+        const __m512i b = _mm512_loadu_si512(static_cast<const char*>(s1) + e * step1);
+        const __m512bh xl = (__m512bh)_mm512_unpacklo_epi16(a, b), xh = (__m512bh)_mm512_unpackhi_epi16(a, b);
+#pragma GCC unroll 16
+        for (int q = 0; q < kSlideCols; ++q) {
+          const int kk = slide_tap(DIR, KW, q, e);
+          if (kk < 0 || kk >= KW) continue;
+          lo[q] = _mm512_dpbf16_ps(lo[q], xl, wl[kk]);
+          hi[q] = _mm512_dpbf16_ps(hi[q], xh, wh[kk]);
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int q = 0; q < kSlideCols; ++q) store_dot(out + q * C + c0, lo[q], hi[q]);
+  }
+}
+
+// depthwise_cl_block's channels by pairs of rows: src[(t * 2 + r) * kDepthwiseCols + q] is where
+// column q reads row r of pair t (zeros where it reads padding), wt[t] its weights and keep[t]
+// which of its rows exist; CB blocks of 32 channels from c0.
+template <int CB>
+inline void depthwise_cl_block_dot(int64_t pairs, const c10::BFloat16* const* src, const uint32_t* const* wt,
+                                   const __m512i* keep, int64_t c0, const float* bias, c10::BFloat16* out,
+                                   int64_t out_step, int64_t cols) {
+  __m512 lo[kDepthwiseCols][CB], hi[kDepthwiseCols][CB];
+  for (int b = 0; b < CB; ++b) {
+    const __m512 blo = _mm512_loadu_ps(bias + c0 + b * kDotChannels);
+    const __m512 bhi = _mm512_loadu_ps(bias + c0 + b * kDotChannels + 16);
+    for (int q = 0; q < kDepthwiseCols; ++q) {
+      lo[q][b] = blo;
+      hi[q][b] = bhi;
+    }
+  }
+  for (int64_t t = 0; t < pairs; ++t) {
+    __m512bh wl[CB], wh[CB];
+    for (int b = 0; b < CB; ++b) {
+      wl[b] = dot_weights(wt[t] + c0 + b * kDotChannels, keep[t]);
+      wh[b] = dot_weights(wt[t] + c0 + b * kDotChannels + 16, keep[t]);
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < kDepthwiseCols; ++q) {
+      const c10::BFloat16* p0 = src[(2 * t) * kDepthwiseCols + q] + c0;
+      const c10::BFloat16* p1 = src[(2 * t + 1) * kDepthwiseCols + q] + c0;
+      for (int b = 0; b < CB; ++b) {
+        const __m512i x0 = _mm512_loadu_si512(p0 + b * kDotChannels), x1 = _mm512_loadu_si512(p1 + b * kDotChannels);
+        lo[q][b] = _mm512_dpbf16_ps(lo[q][b], (__m512bh)_mm512_unpacklo_epi16(x0, x1), wl[b]);
+        hi[q][b] = _mm512_dpbf16_ps(hi[q][b], (__m512bh)_mm512_unpackhi_epi16(x0, x1), wh[b]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < kDepthwiseCols; ++q) {
+    if (q >= cols) break;
+    for (int b = 0; b < CB; ++b) store_dot(out + q * out_step + c0 + b * kDotChannels, lo[q][b], hi[q][b]);
+  }
+}
+#endif
 
 // One dense channels_last depthwise pass: each destination position (N x rows x cols) sums,
 // over the kernel taps, weight[tap][c] * src[tap's source position][c], plus bias[c].
@@ -639,15 +793,26 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
   pack_depthwise_weights(g, w, wt.get());
   for (int64_t c = 0; c < C; ++c) bias_a.get()[c] = bias ? static_cast<A>(bias[c]) : A(0);
   fill_zero(zeros.get(), C);
+  // bf16 channels [0, c_dot), whole blocks of 32, go by pairs of kernel rows (vdpbf16ps). Not
+  // in the transposed pass at stride 2, whose rows of a phase read 1 or 2 kernel rows of 3: half
+  // the pairs' products would be zeros (its input grad took 3.9 -> 4.1-4.5 ms with them).
+  int64_t c_dot = 0;
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
+  const int64_t row_pairs = (g.KH + 1) / 2;
+  if constexpr (std::is_same_v<T, c10::BFloat16>) c_dot = col_step == 1 ? C / kDotChannels * kDotChannels : 0;
+  Scratch<uint32_t> wt_dot(row_pairs * g.KW * c_dot);
+  Scratch<float> bias_dot(c_dot);
+  if constexpr (std::is_same_v<T, c10::BFloat16>) pack_depthwise_dot(g, w, bias, c_dot, wt_dot.get(), bias_dot.get());
+#endif
   Scratch<int64_t> src_rows(rows * g.KH), src_cols(cols * g.KW);
   for (int64_t r = 0; r < rows * g.KH; ++r) src_rows.get()[r] = src_index(r / g.KH, r % g.KH, true);
   for (int64_t c = 0; c < cols * g.KW; ++c) src_cols.get()[c] = src_index(c / g.KW, c % g.KW, false);
-  // Blocks of kSlideCols columns whose taps read the source one column further per column and
-  // per tap (or one back per tap) go through the sliding-window kernel.
+  // Blocks of kSlideCols columns whose taps read the source one column further per tap and one
+  // or two per column (or one back per tap) go through the sliding-window kernel.
   const bool slide_kernel = (g.KW == 3 || g.KW == 5 || g.KW == 7) && g.KH <= 64 && col_step == 1;
   std::vector<SlideBlock> slides(cols / kSlideCols, SlideBlock{0, 0, 0, 0});
   for (int64_t i = 0; slide_kernel && i < cols / kSlideCols; ++i) {
-    slides[i] = slide_block(src_cols.get() + i * kSlideCols * g.KW, g.KW);
+    slides[i] = slide_block(src_cols.get() + i * kSlideCols * g.KW, static_cast<int>(g.KW));
   }
   // The other columns go in blocks of kDepthwiseCols, col_step apart (phase by phase), each with
   // the kernel columns that some column of the block reads, and where each column reads them
@@ -691,6 +856,12 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
     A* __restrict acc = acc_mem.get();
     Scratch<const T*> ptr(c_blocked > 0 ? KHW * kDepthwiseCols : 0);  // [tap][column of the block]
     Scratch<const A*> tap_wt(c_blocked > 0 ? KHW : 0);  // the block's taps' weights
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
+    // The block's pairs of rows: [pair][row][column of the block], weights, rows present.
+    Scratch<const T*> pair_ptr(c_dot > 0 ? row_pairs * g.KW * 2 * kDepthwiseCols : 0);
+    Scratch<const uint32_t*> pair_wt(c_dot > 0 ? row_pairs * g.KW : 0);
+    Scratch<__m512i> pair_keep(c_dot > 0 ? row_pairs * g.KW : 0);
+#endif
     // Into L2: prefetched into L1, the next row's two new input rows at stride 2 (86 KB for
     // MobileNetV2's dw3x3 s2 96 @112) evicted this row's, and the forward took twice as long.
     NextRowsPrefetch next_rows(src.sH * static_cast<int64_t>(sizeof(T)), g.N * src.sN * static_cast<int64_t>(sizeof(T)),
@@ -720,20 +891,63 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
             slide_rows[ki] = sh < 0 ? nullptr : src.data + n * src.sN + sh * src.sH;
           }
           // Blocks reading all their source columns (most) go without the range checks.
-          const bool clipped = slide_blk.e_lo > 0 || slide_blk.e_hi < kSlideCols + g.KW - 1;
-          const auto slide = [&](auto kw) {
-            constexpr int KW = decltype(kw)::value;
-            const auto kernel = slide_blk.dir > 0 ? (clipped ? depthwise_cl_slide<A, T, KW, 1, true> : depthwise_cl_slide<A, T, KW, 1, false>)
-                                                  : (clipped ? depthwise_cl_slide<A, T, KW, -1, true> : depthwise_cl_slide<A, T, KW, -1, false>);
-            kernel(g.KH, slide_rows, slide_blk, src.sW, wt.get(), C, c_blocked, bias_a.get(), out, stream);
+          const bool clipped = slide_blk.e_lo > 0 || slide_blk.e_hi < slide_vectors(slide_blk.dir, static_cast<int>(g.KW));
+          const auto slide = [&](auto kw, auto dir) {
+            constexpr int KW = decltype(kw)::value, DIR = decltype(dir)::value;
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
+            if constexpr (std::is_same_v<T, c10::BFloat16>) {
+              const auto dot = clipped ? depthwise_cl_slide_dot<KW, DIR, true> : depthwise_cl_slide_dot<KW, DIR, false>;
+              dot(g.KH, slide_rows, slide_blk, src.sW, wt_dot.get(), c_dot, bias_dot.get(), C, out);
+            }
+#endif
+            const auto kernel = clipped ? depthwise_cl_slide<A, T, KW, DIR, true> : depthwise_cl_slide<A, T, KW, DIR, false>;
+            kernel(g.KH, slide_rows, slide_blk, src.sW, wt.get(), C, c_dot, c_blocked, bias_a.get(), out, stream);
+          };
+          const auto slide_kw = [&](auto kw) {
+            switch (slide_blk.dir) {
+              case 1: slide(kw, std::integral_constant<int, 1>{}); break;
+              case -1: slide(kw, std::integral_constant<int, -1>{}); break;
+              case 2: slide(kw, std::integral_constant<int, 2>{}); break;
+            }
           };
           switch (g.KW) {
-            case 3: slide(std::integral_constant<int, 3>{}); break;
-            case 5: slide(std::integral_constant<int, 5>{}); break;
-            case 7: slide(std::integral_constant<int, 7>{}); break;
+            case 3: slide_kw(std::integral_constant<int, 3>{}); break;
+            case 5: slide_kw(std::integral_constant<int, 5>{}); break;
+            case 7: slide_kw(std::integral_constant<int, 7>{}); break;
           }
           continue;
         }
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
+        if constexpr (std::is_same_v<T, c10::BFloat16>) {
+          int64_t pairs = 0;
+          for (int64_t p = 0; c_dot > 0 && p < row_pairs; ++p) {
+            const int64_t sh[2] = {src_rows.get()[row * g.KH + 2 * p],
+                                   2 * p + 1 < g.KH ? src_rows.get()[row * g.KH + 2 * p + 1] : -1};
+            if (sh[0] < 0 && sh[1] < 0) continue;
+            for (int64_t e = blk.first; e < blk.first + blk.count; ++e) {
+              for (int r = 0; r < 2; ++r) {
+                for (int q = 0; q < kDepthwiseCols; ++q) {
+                  const int64_t sw = block_sw[e * kDepthwiseCols + q];
+                  pair_ptr.get()[(2 * pairs + r) * kDepthwiseCols + q] =
+                      sh[r] < 0 || sw < 0 ? zeros.get() : src.data + n * src.sN + sh[r] * src.sH + sw * src.sW;
+                }
+              }
+              pair_wt.get()[pairs] = wt_dot.get() + (p * g.KW + block_kj[e]) * c_dot;
+              pair_keep.get()[pairs++] = dot_keep(sh[0] >= 0, sh[1] >= 0);
+            }
+          }
+          int64_t c0 = 0;
+          for (; c0 + 2 * kDotChannels <= c_dot; c0 += 2 * kDotChannels) {
+            depthwise_cl_block_dot<2>(pairs, pair_ptr.get(), pair_wt.get(), pair_keep.get(), c0, bias_dot.get(),
+                                      out, col_step * C, blk.cols);
+          }
+          if (c0 < c_dot) {
+            depthwise_cl_block_dot<1>(pairs, pair_ptr.get(), pair_wt.get(), pair_keep.get(), c0, bias_dot.get(),
+                                      out, col_step * C, blk.cols);
+          }
+        }
+#endif
+        if (c_dot == c_blocked) continue;
         int64_t taps = 0;
         for (int64_t ki = 0; ki < g.KH; ++ki) {
           const int64_t sh = src_rows.get()[row * g.KH + ki];
@@ -751,7 +965,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
           depthwise_cl_block<A, T, decltype(cv)::value>(taps, ptr.get(), tap_wt.get(), c0, bias_a.get(), out,
                                                      col_step * C, blk.cols, stream);
         };
-        int64_t c0 = 0;
+        int64_t c0 = c_dot;
         for (; c0 + 4 * VL <= c_blocked; c0 += 4 * VL) block(std::integral_constant<int, 4>{}, c0);
         switch ((c_blocked - c0) / VL) {  // the last 1-3 vectors in one block
           case 3: block(std::integral_constant<int, 3>{}, c0); break;
