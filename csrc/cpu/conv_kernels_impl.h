@@ -2399,12 +2399,12 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   const bool stream = (direct_store || (pairs && dense_y)) && steps == 1 && stream_aligned(y.data) &&
                       Mg * sizeof(T) % CONVEXT_VEC_BYTES == 0 && NR * sizeof(T) % 64 == 0 &&
                       M * g.C_out * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
-  // Positions are regrouped by the taps they read (regroup_tile) where blocks store through
-  // per-row pointers into channels_last y, or are bf16 pairs (3x3 512 @7 channels_last
-  // forward 4.5 -> 4.0 ms, ASPP's 68 -> 56-61 ms), and a quarter or more of the
+  // Positions are regrouped by the taps they read (regroup_tile) where a quarter or more of the
   // windows reach padding (elsewhere, as at the ResNet stem's 5%, checking each tile cost more
-  // than it could save).
-  const bool regroup = (direct_store || pairs) && padded_windows && taps > 1 && taps <= 64;
+  // than it could save). Blocks then store through per-row pointers, or on NCHW y channel by
+  // channel (bf16 3x3 512 @7 channels_last forward 4.5 -> 4.0 ms, ASPP's 68 -> 56-61 ms; float
+  // ASPP NCHW 144 -> 125 ms).
+  const bool regroup = padded_windows && taps > 1 && taps <= 64;
 
   at::parallel_for(0, g.groups * tiles * oc_items, 1, [&](int64_t begin, int64_t end) {
     Scratch<const D*> rows(PT * taps);  // [block of MR positions][tap][MR]
