@@ -665,6 +665,23 @@ _ISA_SCRIPT = textwrap.dedent("""
             for ref, ours in zip(*outs):
                 tol = 1e-4 if dtype != torch.bfloat16 else 3e-2
                 torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol * max(1, ref.abs().max().item()))
+    # Unpadded 1x1 convs on NCHW pack 8 channels' rows of x at a time for the weight grad, where 8
+    # fit one panel (generic double's panels are 4: 8 there once overran, half of gw wrong);
+    # channels_last depthwise slides along rows at strides 1 and 2 (4 or 8 columns a block).
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for make, stride, groups, layout in ((lambda: torch.randn(48, 32, 1, 1, generator=g), 1, 1, torch.contiguous_format),
+                                             (lambda: torch.randn(32, 1, 3, 3, generator=g), 2, 32, torch.channels_last),
+                                             (lambda: torch.randn(32, 1, 3, 3, generator=g), 1, 32, torch.channels_last)):
+            w = make().to(dtype).requires_grad_()
+            x = torch.randn(2, 32, 11, 37, generator=g).to(dtype).contiguous(memory_format=layout).requires_grad_()
+            pad = w.shape[-1] // 2
+            y = CF.conv2d(x, w, None, stride, pad, 1, groups)
+            gy = torch.randn(y.shape, generator=g).to(dtype)
+            xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+            yd = F.conv2d(xd, wd, None, stride, pad, 1, groups)
+            tol = 1e-4 if dtype != torch.bfloat16 else 3e-2
+            for ours, ref in zip((y, *torch.autograd.grad(y, (x, w), gy)), (yd, *torch.autograd.grad(yd, (xd, wd), gy.double()))):
+                torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol * max(1, ref.abs().max().item()))
     # channels_last float groups of 8 channels: 14 (AVX-512) or 12 columns a block, at column
     # strides 1 and 2.
     for stride in (1, (1, 2)):

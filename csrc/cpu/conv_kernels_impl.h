@@ -4314,8 +4314,9 @@ void conv_weight_grad_nchw_order(const ConvGeometry& g, View4<const T> x, View4<
     }
   };
   // Unpadded 1x1 convs at stride 1 read rows of x as they are: 8 channels' runs interleaved at
-  // a time; the rest (and every other conv) value by value.
-  const bool interleave_x = K == g.C_in_g() && g.sW == 1 && x.sW == 1 && g.pH == 0 && g.pW == 0;
+  // a time, where 8 channels lie in one panel of NR (not double's 4 in 16-byte vectors: there the
+  // 8 overran into the next position's); the rest (and every other conv) value by value.
+  const bool interleave_x = NR % 8 == 0 && K == g.C_in_g() && g.sW == 1 && x.sW == 1 && g.pH == 0 && g.pW == 0;
   auto pack_b = [&](int64_t n, int64_t grp, const TilePositions& pos, int64_t pt, int64_t k0,
                     int64_t cols, A* out) {
     const auto at = [&](int64_t k, int64_t t) { return (k / NR) * pt * NR + t * NR + k % NR; };
