@@ -561,8 +561,9 @@ def test_bf16_rounding_keeps_denormals_and_one_nan():
 
 # Channels_last depthwise convs: sliding blocks at stride 1 and 2 and the transposed pass (input
 # grad) at stride 1, other blocks at other geometries, odd and even kernel heights, padding rows
-# at both borders. In bf16, whole blocks of 32 channels sum pairs of kernel rows with vdpbf16ps
-# where the CPU has it, and a tail of 16 channels (144) or of single channels (40) the floats.
+# at both borders, weight grads over odd runs of columns. In bf16, whole blocks of 32 channels
+# sum pairs of kernel rows (pairs of columns in 3 x 3 weight grads) with vdpbf16ps where the CPU
+# has it, and a tail of 16 channels (144) or of single channels (40) the floats.
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("channels,kernel,stride,padding,dilation", [
     (32, 3, 1, 1, 1), (144, 3, 1, 1, 1), (96, 7, 1, 3, 1), (64, 5, 2, 2, 1), (96, 3, 2, 1, 1),
@@ -573,15 +574,15 @@ def test_channels_last_depthwise_paths(channels, kernel, stride, padding, dilati
     w = torch.randn(channels, 1, *_pair_of(kernel), generator=gen).to(dtype)
     b = torch.randn(channels, generator=gen).to(dtype)
     args = (stride, padding, dilation, channels)
-    xg = x.clone().requires_grad_()
-    y = CF.conv2d(xg, w, b, *args)
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y = CF.conv2d(xg, wg, b, *args)
     ref = F.conv2d(x.double(), w.double(), b.double(), *args)
     assert_close_to_reference(y, ref)
     gy = torch.randn(ref.shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
-    (gx,) = torch.autograd.grad(y, xg, gy)
-    xr = x.double().requires_grad_()
-    (ref_gx,) = torch.autograd.grad(F.conv2d(xr, w.double(), None, *args), xr, gy.double())
-    assert_close_to_reference(gx, ref_gx)
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    refs = torch.autograd.grad(F.conv2d(xr, wr, None, *args), (xr, wr), gy.double())
+    for grad, ref_grad in zip(torch.autograd.grad(y, (xg, wg), gy), refs):
+        assert_close_to_reference(grad, ref_grad)
 
 
 def _pair_of(k):

@@ -1088,6 +1088,50 @@ void depthwise_weight_grad_taps(int tw, int64_t channels, int64_t cols, const S*
   }
 }
 
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
+// depthwise_weight_grad_block's whole 3 x 3 kernel for blocks of 32 bf16 channels at stride and
+// dilation 1, with vdpbf16ps: pairs of columns (i, i + 1) sum x[i + t] gy[i] + x[i + 1 + t]
+// gy[i + 1] per channel and tap t, each pair's two vectors interleaved as in the depthwise
+// passes (dot_channel order, put back as the sums are added). cols is even; x and gy point at
+// the run's first column, step apart.
+inline void depthwise_weight_grad_3x3_dot(int64_t cols, const c10::BFloat16* x, int64_t row_step, int64_t step,
+                                          const c10::BFloat16* gy, int64_t gy_step, float* sums, int64_t row_ld,
+                                          int64_t C, int64_t c_dot) {
+  for (int64_t c0 = 0; c0 < c_dot; c0 += kDotChannels) {
+    __m512 lo[3][3], hi[3][3];
+    for (int r = 0; r < 3; ++r) {
+      for (int t = 0; t < 3; ++t) lo[r][t] = hi[r][t] = _mm512_setzero_ps();
+    }
+    for (int64_t i = 0; i < cols; i += 2) {
+      const __m512i g0 = _mm512_loadu_si512(gy + i * gy_step + c0), g1 = _mm512_loadu_si512(gy + (i + 1) * gy_step + c0);
+      const __m512bh gl = (__m512bh)_mm512_unpacklo_epi16(g0, g1), gh = (__m512bh)_mm512_unpackhi_epi16(g0, g1);
+#pragma GCC unroll 3
+      for (int r = 0; r < 3; ++r) {
+        const c10::BFloat16* xr = x + r * row_step + i * step + c0;
+        __m512i xv[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) xv[j] = _mm512_loadu_si512(xr + j * step);
+#pragma GCC unroll 3
+        for (int t = 0; t < 3; ++t) {
+          lo[r][t] = _mm512_dpbf16_ps(lo[r][t], (__m512bh)_mm512_unpacklo_epi16(xv[t], xv[t + 1]), gl);
+          hi[r][t] = _mm512_dpbf16_ps(hi[r][t], (__m512bh)_mm512_unpackhi_epi16(xv[t], xv[t + 1]), gh);
+        }
+      }
+    }
+    // Channels back in order: 4 of lo, 4 of hi, and so on.
+    const __m512i first = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0);
+    const __m512i second = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);
+    for (int r = 0; r < 3; ++r) {
+      for (int t = 0; t < 3; ++t) {
+        float* out = sums + r * row_ld + t * C + c0;
+        _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), _mm512_permutex2var_ps(lo[r][t], first, hi[r][t])));
+        _mm512_storeu_ps(out + 16, _mm512_add_ps(_mm512_loadu_ps(out + 16), _mm512_permutex2var_ps(lo[r][t], second, hi[r][t])));
+      }
+    }
+  }
+}
+#endif
+
 // Work items are chunks of output rows of one image (a size-fixed split), each with its own
 // partial sums [tap][channel]; the chunks' sums are then added in chunk order, so the result is
 // the same for any thread count. Along an output row, blocks of channel vectors sum the taps of
@@ -1136,8 +1180,26 @@ void depthwise_weight_grad_cl(const ConvGeometry& g, View4<const T> x, View4<con
           };
           if (whole_3x3) {
             if (ki == 0 && all_lo < all_hi) {
-              depthwise_weight_grad_taps<3, 3>(c_blocked, all_hi - all_lo, xp(0, all_lo), row_step, tap_step,
-                                               x_step, gp + all_lo * gy.sW, gy.sW, sums, g.KW * C, C);
+              // bf16 blocks of 32 channels by pairs of columns; the float sums take the rest.
+              int64_t c_dot = 0, pair_cols = 0;
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
+              if constexpr (std::is_same_v<T, c10::BFloat16>) {
+                if (tap_step == x_step) {
+                  c_dot = C / kDotChannels * kDotChannels;
+                  pair_cols = (all_hi - all_lo) / 2 * 2;
+                  depthwise_weight_grad_3x3_dot(pair_cols, xp(0, all_lo), row_step, x_step, gp + all_lo * gy.sW,
+                                                gy.sW, sums, g.KW * C, C, c_dot);
+                }
+              }
+#endif
+              const auto float_sums = [&](int64_t c_from, int64_t c_to, int64_t col_from) {
+                if (c_from >= c_to || col_from >= all_hi) return;
+                depthwise_weight_grad_taps<3, 3>(c_to - c_from, all_hi - col_from, xp(0, col_from) + c_from, row_step,
+                                                 tap_step, x_step, gp + col_from * gy.sW + c_from, gy.sW, sums + c_from,
+                                                 g.KW * C, C);
+              };
+              float_sums(0, c_dot, all_lo + pair_cols);  // an odd run's last column
+              float_sums(c_dot, c_blocked, all_lo);
             }
           } else {
             for (int64_t kj0 = 0; kj0 < g.KW && all_lo < all_hi; kj0 += kWeightGradTaps) {
