@@ -165,6 +165,39 @@ def test_stride1_transposed_with_output_padding(layout):
         torch.testing.assert_close(a, r)
 
 
+# bf16 weight grads summed by pairs of positions (vdpbf16ps), x in panels of 32 channels and gy in
+# rows of positions (x_panels: x has more values a position over the taps) or the other way round.
+# (n, cin, cout, k, stride, padding, dilation, H, W).
+BF16_WEIGHT_GRAD_CASES = {
+    # 2 x 13 x 11 positions: blocks of 128, 128 and 30; one chunk, so the input channels split.
+    "x_panels": (2, 64, 32, 3, 1, 1, 1, 13, 11),
+    # Two chunks of 863 positions: an odd last block in each.
+    "x_panels_chunks": (3, 32, 32, 3, 1, 1, 1, 25, 23),
+    # Most positions read padding at the taps off the centre: gy packed again for the others.
+    "x_panels_dilated": (1, 32, 32, 3, 1, 6, 6, 13, 13),
+    "x_panels_s2": (2, 32, 64, 3, 2, 1, 1, 15, 15),
+    "gy_panels_1x1": (2, 32, 64, 1, 1, 0, 1, 13, 11),
+    "gy_panels_3x3": (2, 8, 96, 3, 1, 2, 2, 13, 11),
+}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", list(BF16_WEIGHT_GRAD_CASES))
+def test_bf16_weight_grad_pairs(case, layout):
+    n, cin, cout, k, stride, padding, dilation, h, w = BF16_WEIGHT_GRAD_CASES[case]
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(n, cin, h, w, generator=gen).bfloat16(), layout)
+    oh, ow = ((s + 2 * padding - dilation * (k - 1) - 1) // stride + 1 for s in (h, w))
+    gy = make_layout(torch.randn(n, cout, oh, ow, generator=gen).bfloat16(), layout)
+    args = ([stride] * 2, [padding] * 2, [dilation] * 2)
+    gw = torch.ops.convext.conv2d_weight_grad(x, gy, [k, k], *args, 1, layout == "channels_last")
+    _, ref, _ = torch.ops.aten.convolution_backward(
+        gy.double(), x.double(), torch.zeros(cout, cin, k, k, dtype=torch.float64), None, *args, False, [0, 0], 1,
+        [False, True, False])
+    # Products of bf16 values are exact and summed in float: within a rounding of the exact sums.
+    torch.testing.assert_close(gw.double(), ref.bfloat16().double(), rtol=2 ** -7, atol=1e-6)
+
+
 @pytest.mark.parametrize("cin, groups, cout, dtype", [
     (24, 1, 20, torch.float64), (24, 3, 24, torch.float64), (24, 24, 24, torch.float64),
     (32, 4, 32, torch.float32)], ids=["dense", "grouped_8", "depthwise", "grouped_8_pairs"])

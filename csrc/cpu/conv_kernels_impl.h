@@ -4483,82 +4483,167 @@ template <typename T>
 void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View4<const T> gy_any,
                                View4<T> gw) {
   using A = typename AccOf<T>::type;  // T itself, or float for bf16 with vdpbf16ps (use_weight_grad_indirect)
-  // With pairs, positions are summed two at a time by indirect_microkernel_bf16: gy's panels hold
-  // pairs of positions ([pair][NR][2]), and x's channels come as rows of positions ([MR][position]).
+  // The sums are GEMMs of MR rows by NR columns a call: row channels come from an operand
+  // broadcast a value (float) or a pair of positions (bf16) at a time, column channels from
+  // panels of NR. Float: x's channels are the rows, gy's the columns, both packed per position.
+  // bf16 (pairs, indirect_microkernel_bf16): the row side is packed as rows of positions
+  // ([channel][position]) and the panels hold pairs of positions ([pair][NR][2], two positions'
+  // rows interleaved: a small part of a transpose's shuffles). x's values change with the tap and
+  // gy's do not, so the operand with more values a position over all taps goes in panels: x where
+  // x_panels (3x3 64 @56: 9 x 64 values of x against 64 of gy; transposing x at each tap took a
+  // fifth of its weight grad), else gy (1x1 64->256). Not where x has over twice gy's channels:
+  // where chunks are few, items split gy's channels, so each packs all of x (ASPP's 2048 against
+  // 256: 72 -> 84-101 ms; 1x1 1024->256 2.6-2.8 -> 2.9-3.2 ms).
   constexpr bool pairs = !std::is_same_v<T, A>;
-  Scratch<T> x_copy(channels_last_copy_size<T>(x_any, g.N, g.C_in, g.H, g.W));
-  Scratch<T> gy_copy(channels_last_copy_size<T>(gy_any, g.N, g.C_out, g.OH, g.OW));
-  const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
-  const View4<const T> gy = channels_last_view(gy_any, g.N, g.C_out, g.OH, g.OW, gy_copy);
   constexpr int NR = kNR<A>;
   const int64_t Cg = g.C_in_g(), Mg = g.C_out_g();
   const bool row_taps = Cg % kMR != 0;
   // A tap reads `run` consecutive values of x per position, summed as Cr channels.
   const int64_t taps = row_taps ? g.KH : g.KH * g.KW, run = row_taps ? g.KW * Cg : Cg;
   const int64_t Cr = round_up(run, kMR);
-  const int64_t M = g.N * g.OH * g.OW, slab = Cr * Mg;  // a (chunk, group, tap)'s partial sums
-  // Chunks of at least 1024 positions, fewer where the partial sums would pass 16 MB.
-  const int64_t max_chunks = max64(1, (16 << 20) / (g.groups * taps * slab * static_cast<int64_t>(sizeof(A))));
-  const int64_t chunks = min64(ceil_div(M, 1024), max_chunks), len = ceil_div(M, chunks);
-  Scratch<A> partial(chunks * g.groups * taps * slab);  // [chunk][group][tap][ic][oc]
-  // Input channels are split into parts only where chunks and groups give threads too few items
-  // (3x3 512 @7: one chunk); an item's sums do not depend on the split.
-  const int64_t ic_blocks = Cr / kMR, want = 4 * static_cast<int64_t>(at::get_num_threads());
-  int64_t ic_parts = 1;
-  while (chunks * g.groups * ic_parts < want && ic_parts * 2 <= ic_blocks) ic_parts *= 2;
-  const int64_t part_blocks = ceil_div(ic_blocks, ic_parts);
-  const bool fetch_sums = taps * part_blocks * kMR * Mg * static_cast<int64_t>(sizeof(A)) > (1 << 20);
-  constexpr int64_t strip = pairs ? 64 : kMR;  // input channels of x copied at once (see below)
-  at::parallel_for(0, chunks * g.groups * ic_parts, 1, [&](int64_t begin, int64_t end) {
+  const bool x_panels = pairs && run % NR == 0 && taps * run > Mg && Cr <= 2 * Mg;
+  const int64_t M = g.N * g.OH * g.OW, Mp = round_up(M, 2);
+  Scratch<T> x_copy(channels_last_copy_size<T>(x_any, g.N, g.C_in, g.H, g.W));
+  const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
+  // gy as channels_last rows, or with x_panels as rows of positions, once for all items (packed
+  // per item, 3x3 512 @7's 8 items each transposed all of gy): gy_t[oc][q] over all images'
+  // positions, an even number of them (a zero after an odd last); from NCHW gy, plain copies.
+  Scratch<T> gy_copy(x_panels ? 0 : channels_last_copy_size<T>(gy_any, g.N, g.C_out, g.OH, g.OW));
+  const View4<const T> gy = x_panels ? gy_any : channels_last_view(gy_any, g.N, g.C_out, g.OH, g.OW, gy_copy);
+  Scratch<T> gy_t(x_panels ? g.C_out * Mp : 0);
+  if (x_panels) {
+    constexpr int64_t kChannels = 64;
+    const int64_t blocks = ceil_div(g.C_out, kChannels), P = g.OH * g.OW;
+    at::parallel_for(0, g.N * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / blocks, c0 = item % blocks * kChannels;
+        gather_planes(gy, n, c0, min64(kChannels, g.C_out - c0), g.OH, g.OW, gy_t.get() + c0 * Mp + n * P, Mp, g.OW);
+      }
+    });
+    if (Mp > M) {
+      for (int64_t c = 0; c < g.C_out; ++c) gy_t.get()[c * Mp + M] = T(0);
+    }
+  }
+  const int64_t strip = x_panels ? 256 : pairs ? 64 : kMR;  // x's channels packed at once
+  // Chunks of at least 1024 positions, at most 16 (an even share for 2, 4, 8 or 16 threads; the
+  // chunks' sums are added at the end: bf16 3x3 64 @56 in 25 chunks spent 0.4 ms there), and
+  // fewer where the partial sums would pass 16 MB; with pairs, of an even number of positions.
+  const int64_t max_chunks = max64(1, (16 << 20) / (g.groups * taps * Cr * Mg * static_cast<int64_t>(sizeof(A))));
+  const int64_t chunks = min64(min64(ceil_div(M, 1024), 16), max_chunks);
+  const int64_t len = round_up(ceil_div(M, chunks), pairs ? 2 : 1);
+  // The sums: rows x's channels and columns gy's, or with x_panels rows gy's and columns x's.
+  // Rows are split into parts of pw only where chunks and groups give threads too few items
+  // (3x3 512 @7: one chunk); an item's sums do not depend on the split. An item's partial sums
+  // are together, a tap's [row][column] after another: [chunk][group][part][tap][row][column]
+  // (with a tap's whole rows, 3x3 512 @7's items had 256 bytes of each 2 KB row).
+  const int64_t rows = x_panels ? Mg : Cr, cols = x_panels ? Cr : Mg;
+  const int64_t row_blocks = rows / kMR, want = 4 * static_cast<int64_t>(at::get_num_threads());
+  int64_t parts = 1;
+  while (chunks * g.groups * parts < want && parts * 2 <= row_blocks) parts *= 2;
+  const int64_t pw = ceil_div(row_blocks, parts) * kMR;
+  const int64_t item_sums = taps * pw * cols;
+  const int64_t per_chunk = g.groups * parts * item_sums;
+  Scratch<A> partial(chunks * per_chunk);
+  const bool fetch_sums = item_sums * static_cast<int64_t>(sizeof(A)) > (1 << 20);
+  constexpr int64_t kStage = 64;  // values of a position staged at once
+  at::parallel_for(0, chunks * g.groups * parts, 1, [&](int64_t begin, int64_t end) {
     const T* gy_rows[kWeightGradBlock];
     // A position's values for the tap: x.data[first + v] for v in [lo, hi), zeros elsewhere.
     int64_t first[kWeightGradBlock], lo[kWeightGradBlock], hi[kWeightGradBlock];
     int64_t ih0[kWeightGradBlock], iw0[kWeightGradBlock], image[kWeightGradBlock];
-    Scratch<T> panels(kWeightGradBlock * Mg);  // [oc panel][position][NR]
-    Scratch<T> reading_panels(kWeightGradBlock * Mg);  // the same, of one tap's reading positions
-    int64_t reading_at[kWeightGradBlock];
-    alignas(64) T slice[kWeightGradBlock * strip];  // [position][MR] (pairs: [strip's channel][position])
-    alignas(64) T staged[pairs ? 8 : 1][strip];  // pairs: positions reading padding in the strip
-    alignas(64) T zero_strip[pairs ? strip : 1];
-    fill_zero(zero_strip, pairs ? strip : 1);
+    Scratch<T> gy_packed(kWeightGradBlock * Mg);  // gy, once per block for all taps
+    Scratch<T> reading_packed(kWeightGradBlock * Mg);  // gy of one tap's reading positions
+    int64_t reading_at[kWeightGradBlock], run_at[kWeightGradBlock + 1];
+    Scratch<T> x_packed_buffer(kWeightGradBlock * strip);
+    T* const x_packed = x_packed_buffer.get();
+    alignas(64) T staged[8][kStage];  // positions' values where they read padding
+    alignas(64) T zero_values[kStage];
+    fill_zero(zero_values, kStage);
+    // Operands packed from rows of values, one a position: value(j, from, count, stage) gives
+    // position j's values [from, from + count), count <= kStage, in place or staged.
+    // As panels: dst[(c / width) * kWeightGradBlock * width + j * width + c % width], pairs of
+    // positions interleaved with pairs (width NR).
+    const auto pack_panels = [&](const auto& value, int64_t k_len, int64_t from, int64_t count, int64_t width, T* dst) {
+      for (int64_t c = 0; c < count; c += width) {
+        T* panel = dst + c * kWeightGradBlock;
+        for (int64_t j = 0; j < k_len; j += pairs ? 2 : 1) {
+          if constexpr (pairs) {
+            interleave_pairs(value(j, from + c, width, staged[0]),
+                             j + 1 < k_len ? value(j + 1, from + c, width, staged[1]) : nullptr, panel + j * width);
+          } else {
+            __builtin_memcpy(panel + j * width, value(j, from + c, width, staged[0]), width * sizeof(T));
+          }
+        }
+      }
+    };
+    // As rows of positions (pairs): dst[c * kWeightGradBlock + j], zeros past k_len up to a
+    // multiple of 8. count a multiple of 8.
+    const auto pack_rows = [&](const auto& value, int64_t k_len, int64_t from, int64_t count, T* dst) {
+      if constexpr (!pairs) return;
+      using V = typename Vec8<uint16_t>::type;
+      for (int64_t s0 = 0; s0 < count; s0 += kStage) {
+        const int64_t s = min64(kStage, count - s0);
+        for (int64_t j0 = 0; j0 < k_len; j0 += 8) {
+          const T* src[8];
+          for (int l = 0; l < 8; ++l) src[l] = j0 + l < k_len ? value(j0 + l, from + s0, s, staged[l]) : zero_values;
+          for (int64_t c8 = 0; c8 < s; c8 += 8) {
+            V r[8];
+            for (int l = 0; l < 8; ++l) r[l] = loadu<V>(reinterpret_cast<const uint16_t*>(src[l] + c8));
+            transpose8(r);
+            for (int m = 0; m < 8; ++m) __builtin_memcpy(dst + (s0 + c8 + m) * kWeightGradBlock + j0, &r[m], sizeof(V));
+          }
+        }
+      }
+    };
+    const auto prefetch_l2 = [](const T* from, int64_t values) {
+      const char* p = reinterpret_cast<const char*>(from);
+      for (int64_t at = 0; at < values * static_cast<int64_t>(sizeof(T)); at += 64) __builtin_prefetch(p + at, 0, 2);
+    };
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t part = item % ic_parts, grp = item / ic_parts % g.groups;
-      const int64_t chunk = item / ic_parts / g.groups;
-      const int64_t ic_begin = part * part_blocks * kMR, ic_end = min64(Cr, ic_begin + part_blocks * kMR);
+      const int64_t part = item % parts, grp = item / parts % g.groups, chunk = item / parts / g.groups;
+      // The part's rows, and x's channels it packs: those rows, or with x_panels all.
+      const int64_t r_begin = part * pw, r_end = min64(rows, r_begin + pw);
+      const int64_t x_begin = x_panels ? 0 : r_begin, x_end = x_panels ? Cr : r_end;
       const int64_t q0 = chunk * len, count = min64(len, M - q0);
-      A* out = partial.get() + (chunk * g.groups + grp) * taps * slab;
+      A* out = partial.get() + item * item_sums;
+      const T* group_gy_t = gy_t.get() + grp * Mg * Mp;
       // Blocks of positions, both operands copied out contiguous (in place, their rows are far
       // apart: at 256 channels a block's lines share a few cache sets and every load missed L1):
-      // gy's NR-wide panels once per block for all taps, x's MR channels once per (block, tap,
-      // channels), which then meet every panel in L1.
+      // gy once per block for all taps, x once per (block, tap, strip of channels).
       for (int64_t b0 = 0; b0 < count; b0 += kWeightGradBlock) {
         const int64_t b = min64(kWeightGradBlock, count - b0);
         for (int64_t i = 0; i < b; ++i) {
           const int64_t q = q0 + b0 + i, n = q / (g.OH * g.OW), oh = q / g.OW % g.OH, ow = q % g.OW;
-          gy_rows[i] = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * Mg;
+          if (!x_panels) gy_rows[i] = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * Mg;
           image[i] = n * x.sN + grp * Cg;
           ih0[i] = oh * g.sH - g.pH;
           iw0[i] = ow * g.sW - g.pW;
         }
-        for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
-          for (int64_t i = 0; i < b; i += pairs ? 2 : 1) {
-            T* dst = panels.get() + (oc0 * kWeightGradBlock + i * NR);
-            if constexpr (pairs) {
-              interleave_pairs(gy_rows[i] + oc0, i + 1 < b ? gy_rows[i + 1] + oc0 : nullptr, dst);
-            } else {
-              __builtin_memcpy(dst, gy_rows[i] + oc0, NR * sizeof(T));
-            }
+        if (x_panels) {
+          // The part's rows of gy_t for the block, together: read in place, Mp apart, each call's
+          // broadcasts came from 8 far rows (bf16 3x3 64 @56: 5.6 -> 6.4 ms).
+          for (int64_t oc = r_begin; oc < r_end; ++oc) {
+            copy_run(gy_packed.get() + oc * kWeightGradBlock, group_gy_t + oc * Mp + q0 + b0, round_up(b, 2));
           }
+        } else {
+          pack_panels([&](int64_t j, int64_t from, int64_t, T*) { return gy_rows[j] + from; }, b, 0, Mg, NR, gy_packed.get());
         }
-        // The next block's gy rows come into L2 behind this block's taps, a share per tap: read
-        // when its panels are copied, they came from memory a line at a time (the ResNet stem's
-        // 26 MB of gy, 10% of its weight grad).
+        // The next block's gy comes into L2 behind this block's taps, a share per tap: read when
+        // its panels are copied, it came from memory a line at a time (the ResNet stem's 26 MB of
+        // gy, 10% of its weight grad). So do its positions' values of x at the last kernel row,
+        // at stride 1 the lines of x that block reads first (bf16 3x3 64 @56: its packing waited
+        // on those loads).
         const int64_t next_b = min64(kWeightGradBlock, count - b0 - b);
         for (int64_t tap = 0; tap < taps; ++tap) {
+          for (int64_t oc = r_begin + (r_end - r_begin) * tap / taps; x_panels && oc < r_begin + (r_end - r_begin) * (tap + 1) / taps; ++oc) {
+            prefetch_l2(group_gy_t + oc * Mp + q0 + b0 + b, next_b);
+          }
           for (int64_t i = next_b * tap / taps; i < next_b * (tap + 1) / taps; ++i) {
             const int64_t q = q0 + b0 + b + i, n = q / (g.OH * g.OW), oh = q / g.OW % g.OH, ow = q % g.OW;
-            const char* row = reinterpret_cast<const char*>(gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * Mg);
-            for (int64_t at = 0; at < Mg * static_cast<int64_t>(sizeof(T)); at += 64) __builtin_prefetch(row + at, 0, 2);
+            if (!x_panels) prefetch_l2(gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * Mg, Mg);
+            const int64_t ih = oh * g.sH - g.pH + (g.KH - 1) * g.dH;
+            const int64_t iw = row_taps ? max64(0, ow * g.sW - g.pW) : ow * g.sW - g.pW + (g.KW - 1) * g.dW;
+            if (inside(ih, g.H) && inside(iw, g.W)) prefetch_l2(x.data + n * x.sN + grp * Cg + ih * x.sH + iw * x.sW, run);
           }
           const int64_t di = (row_taps ? tap : tap / g.KW) * g.dH, dj = row_taps ? 0 : (tap % g.KW) * g.dW;
           int64_t reading = 0;  // positions whose tap reads x: reading_at[0, reading)
@@ -4570,94 +4655,84 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
             hi[i] = !inside(ih, g.H) ? 0 : row_taps ? min64(run, (g.W - iw) * Cg) : inside(iw, g.W) ? Cg : 0;
             if (hi[i] > lo[i]) reading_at[reading++] = i;
           }
-          if (reading == 0) {  // the whole block reads padding at this tap (ASPP's dilation 12: a fifth of the GEMMs)
-            if (b0 == 0) fill_zero(out + (tap * Cr + ic_begin) * Mg, (ic_end - ic_begin) * Mg);
-            continue;
-          }
-          // Where many of the block's positions read padding, the others' gy rows are gathered
-          // into panels of their own, and only they are summed: ASPP's dilation 12 reaches
-          // padding from 36% of the positions at each tap off the centre column.
-          const bool gather = 8 * reading <= 7 * b;
-          if (gather) {
-            for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
-              for (int64_t j = 0; j < reading; j += pairs ? 2 : 1) {
-                T* dst = reading_panels.get() + (oc0 * kWeightGradBlock + j * NR);
-                if constexpr (pairs) {  // from gy: panels hold pairs of the block's positions
-                  interleave_pairs(gy_rows[reading_at[j]] + oc0, j + 1 < reading ? gy_rows[reading_at[j + 1]] + oc0 : nullptr, dst);
-                } else {
-                  __builtin_memcpy(dst, panels.get() + (oc0 * kWeightGradBlock + reading_at[j] * NR), NR * sizeof(T));
-                }
-              }
+          // The whole block reads padding at this tap (ASPP's dilation 12: a fifth of the GEMMs):
+          // nothing to add, or for the first block, sums of no positions (zeros) to store.
+          if (reading == 0 && b0 > 0) continue;
+          A* sums = out + tap * pw * cols;
+          // Where many of the block's positions read padding, the others' gy is packed again by
+          // itself, and only they are summed: ASPP's dilation 12 reaches padding from 36% of the
+          // positions at each tap off the centre column.
+          // With x_panels, gy's rows are gathered a run of consecutive positions at a time, and
+          // only where a third of the positions read padding (value by value, from an eighth up,
+          // 3x3 256 @14 spent longer gathering than the sums it saved).
+          const bool gather = x_panels ? 3 * reading <= 2 * b : 8 * reading <= 7 * b;
+          T* const gathered = reading_packed.get();
+          if (gather && x_panels) {  // rows of the reading positions (and a zero after an odd last)
+            int64_t runs = 0;  // runs of reading positions: run_at[r] of them from the reading_at[r]th
+            for (int64_t j = 0; j < reading; ++j) {
+              if (j == 0 || reading_at[j] != reading_at[j - 1] + 1) run_at[runs++] = j;
             }
+            run_at[runs] = reading;
+            for (int64_t oc = r_begin; oc < r_end; ++oc) {
+              const T* row = group_gy_t + oc * Mp + q0 + b0;
+              T* dst = gathered + oc * kWeightGradBlock;
+              for (int64_t r = 0; r < runs; ++r) copy_run(dst + run_at[r], row + reading_at[run_at[r]], run_at[r + 1] - run_at[r]);
+              if (reading % 2) dst[reading] = T(0);
+            }
+          } else if (gather) {
+            pack_panels([&](int64_t j, int64_t from, int64_t, T*) { return gy_rows[reading_at[j]] + from; }, reading, 0, Mg, NR, gathered);
           }
-          const T* tap_panels = gather ? reading_panels.get() : panels.get();
+          const T* tap_gy = gather ? gathered : gy_packed.get();
           const int64_t k_len = gather ? reading : b;
-          // A position's `count` values of x from channel `from`, zeros outside [lo, hi).
-          const auto x_values = [&](int64_t i, int64_t from, int64_t count, T* dst) {
-            const int64_t v0 = max64(lo[i], from), v1 = min64(hi[i], from + count);
-            if (v0 == from && v1 == from + count) {
-              __builtin_memcpy(dst, x.data + first[i] + from, count * sizeof(T));
-              return;
-            }
-            fill_zero(dst, count);
-            for (int64_t v = v0; v < v1; ++v) dst[v - from] = x.data[first[i] + v];
+          // Position j's `count` values of x from channel `from`, zeros outside [lo, hi).
+          const auto x_values = [&](int64_t j, int64_t from, int64_t count, T* stage) -> const T* {
+            const int64_t i = gather ? reading_at[j] : j;
+            if (lo[i] <= from && hi[i] >= from + count) return x.data + first[i] + from;
+            fill_zero(stage, count);
+            for (int64_t v = max64(lo[i], from); v < min64(hi[i], from + count); ++v) stage[v - from] = x.data[first[i] + v];
+            return stage;
           };
-          // Input channels go in strips: MR at a time, each position's a row of the slice; with
-          // pairs kStrip at a time, transposed in 8 x 8 blocks into rows of positions (a strip of
-          // MR, one block a position, spent as long on the copies as on the sums).
-          for (int64_t s0 = ic_begin; s0 < ic_end; s0 += strip) {
-            const int64_t s1 = min64(ic_end, s0 + strip);
-            if constexpr (pairs) {
-              using V = typename Vec8<uint16_t>::type;
-              for (int64_t j0 = 0; j0 < k_len; j0 += 8) {
-                const T* src[8];
-                for (int l = 0; l < 8; ++l) {
-                  const int64_t i = gather ? reading_at[min64(j0 + l, k_len - 1)] : min64(j0 + l, k_len - 1);
-                  if (j0 + l >= k_len) {  // past the last position: zeros (paired with zeros in the panel)
-                    src[l] = zero_strip;
-                  } else if (lo[i] <= s0 && hi[i] >= s1) {
-                    src[l] = x.data + first[i] + s0;
-                  } else {
-                    x_values(i, s0, s1 - s0, staged[l]);
-                    src[l] = staged[l];
-                  }
-                }
-                for (int64_t c8 = 0; c8 < s1 - s0; c8 += 8) {
-                  V r[8];
-                  for (int l = 0; l < 8; ++l) r[l] = loadu<V>(reinterpret_cast<const uint16_t*>(src[l] + c8));
-                  transpose8(r);
-                  for (int m = 0; m < 8; ++m) __builtin_memcpy(slice + (c8 + m) * kWeightGradBlock + j0, &r[m], sizeof(V));
+          for (int64_t s0 = x_begin; s0 < x_end; s0 += strip) {
+            const int64_t s1 = min64(x_end, s0 + strip);
+            if (pairs && !x_panels) {
+              pack_rows(x_values, k_len, s0, s1 - s0, x_packed);
+            } else {
+              pack_panels(x_values, k_len, s0, s1 - s0, x_panels ? NR : kMR, x_packed);
+            }
+            // The strip's calls, along the rows of sums: MR rows at a time, then the columns. Rows
+            // and columns as channels, and from the item's first (in sums).
+            const int64_t row0 = x_panels ? r_begin : s0, col0 = x_panels ? s0 : 0;
+            const int64_t sum_row0 = row0 - r_begin, sum_col0 = col0;
+            const int64_t n_rows = ((x_panels ? r_end : s1) - row0) / kMR, n_cols = ((x_panels ? s1 : Mg) - col0) / NR;
+            const auto sums_of = [&](int64_t call) {
+              return sums + (sum_row0 + call / n_cols * kMR) * cols + sum_col0 + call % n_cols * NR;
+            };
+            for (int64_t call = 0; call < n_rows * n_cols; ++call) {
+              const int64_t r0 = row0 + call / n_cols * kMR, c0 = col0 + call % n_cols * NR;
+              A* c = sums_of(call);
+              if (fetch_sums && call + 1 < n_rows * n_cols) {
+                // The next call's sums, ahead of its loads: where an item's partial sums leave L2
+                // (ASPP: 9 taps x 256 x 256 channels), each call otherwise started with misses to
+                // L3 (ASPP weight grad 155-163 -> 146-149 ms; where they fit L2 the prefetches
+                // cost a little).
+                const A* next = sums_of(call + 1);
+                for (int m = 0; m < kMR; ++m) {
+                  __builtin_prefetch(next + m * cols);
+                  __builtin_prefetch(next + m * cols + NR / 2);
                 }
               }
-            } else {
-              for (int64_t j = 0; j < k_len; ++j) x_values(gather ? reading_at[j] : j, s0, kMR, slice + j * kMR);
-            }
-            for (int64_t ic0 = s0; ic0 < s1; ic0 += kMR) {
-              for (int64_t oc0 = 0; oc0 < Mg; oc0 += NR) {
-                const T* panel = tap_panels + oc0 * kWeightGradBlock;
-                A* c = out + (tap * Cr + ic0) * Mg + oc0;
-                if (fetch_sums) {
-                  // The next call's sums, ahead of its loads: where an item's partial sums leave L2
-                  // (ASPP: 9 taps x 256 x 256 channels), each call otherwise started with misses to
-                  // L3 (ASPP weight grad 155-163 -> 146-149 ms; where they fit L2 the prefetches
-                  // cost a little).
-                  const A* next = oc0 + NR < Mg ? c + NR : out + (tap * Cr + ic0 + kMR) * Mg;
-                  for (int m = 0; m < kMR; ++m) {
-                    __builtin_prefetch(next + m * Mg);
-                    __builtin_prefetch(next + m * Mg + NR / 2);
-                  }
-                }
-                if constexpr (pairs) {
-                  const T* rows[kMR];
-                  for (int m = 0; m < kMR; ++m) rows[m] = slice + (ic0 - s0 + m) * kWeightGradBlock;
-                  const bool no_padding = false;
-                  indirect_microkernel_bf16(1, round_up(k_len, 2), rows, &no_padding, 0, panel, b0 == 0 ? nullptr : c,
-                                            Mg, nullptr, c, Mg);
-                } else if (b0 == 0) {
-                  microkernel<A>(k_len, slice, panel, c, Mg);
-                } else {
-                  microkernel<A, true>(k_len, slice, panel, c, Mg);
-                }
+              const T* row_side = x_panels ? tap_gy + r0 * kWeightGradBlock : x_packed + (r0 - s0) * kWeightGradBlock;
+              const T* panel = x_panels ? x_packed + (c0 - s0) * kWeightGradBlock : tap_gy + c0 * kWeightGradBlock;
+              if constexpr (pairs) {
+                const T* row_ptrs[kMR];
+                for (int m = 0; m < kMR; ++m) row_ptrs[m] = row_side + m * kWeightGradBlock;
+                const bool no_padding = false;
+                indirect_microkernel_bf16(1, round_up(k_len, 2), row_ptrs, &no_padding, 0, panel, b0 == 0 ? nullptr : c,
+                                          cols, nullptr, c, cols);
+              } else if (b0 == 0) {
+                microkernel<A>(k_len, row_side, panel, c, cols);
+              } else {
+                microkernel<A, true>(k_len, row_side, panel, c, cols);
               }
             }
           }
@@ -4665,54 +4740,70 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
       }
     }
   });
-  // The chunks' sums into gw, in tiles of 16 input x 16 output channels: the partial sums run
-  // along output channels, gw along input channels or taps, and either order alone strides
-  // through one of them (3x3 512: a quarter of the weight grad's time went there). A tile's taps
-  // are consecutive items, so the lines of gw they share (NCHW: taps innermost) are filled
-  // while in cache (3x3 512 NCHW: the sum took as long as the GEMMs with taps outermost).
+  // The chunks' sums into gw, in tiles of 16 x 16 channels: the partial sums run along one kind
+  // of channel, gw along input channels or taps, and either order alone strides through one of
+  // them (3x3 512: a quarter of the weight grad's time went there). A tile's taps are
+  // consecutive items, so the lines of gw they share (NCHW: taps innermost) are filled while in
+  // cache (3x3 512 NCHW: the sum took as long as the GEMMs with taps outermost).
   constexpr int64_t kTile = 16;
-  const int64_t per_chunk = g.groups * taps * slab;
-  const int64_t ic_tiles = ceil_div(run, kTile), oc_tiles = ceil_div(Mg, kTile);
+  // The rows and columns that hold sums (not Cr's padding).
+  const int64_t sum_rows = x_panels ? Mg : run, sum_cols = x_panels ? run : Mg;
+  const int64_t row_tiles = ceil_div(sum_rows, kTile), col_tiles = ceil_div(sum_cols, kTile);
   // Where channel ic of a tap goes in a group's gw (row taps: its kernel column and channel).
   const auto gw_at = [&](int64_t tap, int64_t ic) {
     return row_taps ? tap * gw.sH + ic / Cg * gw.sW + ic % Cg * gw.sC
                     : tap / g.KW * gw.sH + tap % g.KW * gw.sW + ic * gw.sC;
   };
-  // An item's 16 rows of sums for ic0, at output channel oc0.
-  const auto sums_at = [&](int64_t item, int64_t& ic0, int64_t& oc0) {
-    const int64_t tap = item % taps, grp = item / taps / oc_tiles / ic_tiles;
-    oc0 = item / taps % oc_tiles * kTile;
-    ic0 = item / taps / oc_tiles % ic_tiles * kTile;
-    return partial.get() + ((grp * taps + tap) * Cr + ic0) * Mg + oc0;
+  // The first chunk's sums of row r from column c.
+  const auto sums_at = [&](int64_t grp, int64_t tap, int64_t r, int64_t c) {
+    return partial.get() + (grp * parts + r / pw) * item_sums + (tap * pw + r % pw) * cols + c;
   };
-  at::parallel_for(0, g.groups * taps * ic_tiles * oc_tiles, 1, [&](int64_t begin, int64_t end) {
+  // An item's tap, group and first row and column.
+  const auto tile_of = [&](int64_t item, int64_t& tap, int64_t& grp, int64_t& r0, int64_t& c0) {
+    tap = item % taps;
+    grp = item / taps / col_tiles / row_tiles;
+    c0 = item / taps % col_tiles * kTile;
+    r0 = item / taps / col_tiles % row_tiles * kTile;
+  };
+  at::parallel_for(0, g.groups * taps * row_tiles * col_tiles, 1, [&](int64_t begin, int64_t end) {
     A tile[kTile][kTile];
+    const A* first[kTile];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t tap = item % taps, grp = item / taps / oc_tiles / ic_tiles;
-      int64_t ic0, oc0;
-      const A* sums = sums_at(item, ic0, oc0);
-      const int64_t nic = min64(kTile, run - ic0), noc = min64(kTile, Mg - oc0);
+      int64_t tap, grp, r0, c0;
+      tile_of(item, tap, grp, r0, c0);
+      const int64_t nr = min64(kTile, sum_rows - r0), nc = min64(kTile, sum_cols - c0);
+      for (int64_t r = 0; r < nr; ++r) first[r] = sums_at(grp, tap, r0 + r, c0);
       if (item + 1 < end) {
         // The next item's rows (the next tap's: far apart, so the prefetchers miss them) are
         // fetched while this one sums: DCGAN's 4x4 weight grad, 8 MB of sums read once, spent
         // a seventh of its time waiting for them here.
-        int64_t next_ic0, next_oc0;
-        const A* next = sums_at(item + 1, next_ic0, next_oc0);
-        for (int64_t i = 0; i < min64(kTile, run - next_ic0); ++i) {
-          for (int64_t c = 0; c < chunks; ++c) __builtin_prefetch(next + i * Mg + c * per_chunk);
+        int64_t next_tap, next_grp, next_r0, next_c0;
+        tile_of(item + 1, next_tap, next_grp, next_r0, next_c0);
+        for (int64_t r = 0; r < min64(kTile, sum_rows - next_r0); ++r) {
+          const A* next = sums_at(next_grp, next_tap, next_r0 + r, next_c0);
+          for (int64_t k = 0; k < chunks; ++k) __builtin_prefetch(next + k * per_chunk);
         }
       }
-      for (int64_t i = 0; i < nic; ++i) {
-        const A* first = sums + i * Mg;
-        for (int64_t o = 0; o < noc; ++o) {
-          A sum = first[o];
-          for (int64_t c = 1; c < chunks; ++c) sum += first[c * per_chunk + o];
-          tile[o][i] = sum;
+      // Chunk by chunk, a whole tile at a time: summed one value at a time over the chunks, each
+      // add waited on a load from the next chunk (bf16 3x3 64 @56: a seventh of the weight grad).
+      for (int64_t r = 0; r < nr; ++r) {
+        for (int64_t c = 0; c < nc; ++c) tile[r][c] = first[r][c];
+      }
+      for (int64_t k = 1; k < chunks; ++k) {
+        for (int64_t r = 0; r < nr; ++r) {
+          for (int64_t c = 0; c < nc; ++c) tile[r][c] += first[r][k * per_chunk + c];
         }
       }
-      for (int64_t o = 0; o < noc; ++o) {
-        T* dst = gw.data + (grp * Mg + oc0 + o) * gw.sN;
-        for (int64_t i = 0; i < nic; ++i) dst[gw_at(tap, ic0 + i)] = static_cast<T>(tile[o][i]);
+      if (x_panels) {
+        for (int64_t r = 0; r < nr; ++r) {
+          T* dst = gw.data + (grp * Mg + r0 + r) * gw.sN;
+          for (int64_t c = 0; c < nc; ++c) dst[gw_at(tap, c0 + c)] = static_cast<T>(tile[r][c]);
+        }
+      } else {
+        for (int64_t c = 0; c < nc; ++c) {
+          T* dst = gw.data + (grp * Mg + c0 + c) * gw.sN;
+          for (int64_t r = 0; r < nr; ++r) dst[gw_at(tap, r0 + r)] = static_cast<T>(tile[r][c]);
+        }
       }
     }
   });
