@@ -4488,12 +4488,8 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   // panels of NR. Float: x's channels are the rows, gy's the columns, both packed per position.
   // bf16 (pairs, indirect_microkernel_bf16): the row side is packed as rows of positions
   // ([channel][position]) and the panels hold pairs of positions ([pair][NR][2], two positions'
-  // rows interleaved: a small part of a transpose's shuffles). x's values change with the tap and
-  // gy's do not, so the operand with more values a position over all taps goes in panels: x where
-  // x_panels (3x3 64 @56: 9 x 64 values of x against 64 of gy; transposing x at each tap took a
-  // fifth of its weight grad), else gy (1x1 64->256). Not where x has over twice gy's channels:
-  // where chunks are few, items split gy's channels, so each packs all of x (ASPP's 2048 against
-  // 256: 72 -> 84-101 ms; 1x1 1024->256 2.6-2.8 -> 2.9-3.2 ms).
+  // rows interleaved: a quarter of a transpose's cost). x's values change with the tap and gy's
+  // do not: x goes in panels where that packs less (x_panels; see below).
   constexpr bool pairs = !std::is_same_v<T, A>;
   constexpr int NR = kNR<A>;
   const int64_t Cg = g.C_in_g(), Mg = g.C_out_g();
@@ -4501,8 +4497,29 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   // A tap reads `run` consecutive values of x per position, summed as Cr channels.
   const int64_t taps = row_taps ? g.KH : g.KH * g.KW, run = row_taps ? g.KW * Cg : Cg;
   const int64_t Cr = round_up(run, kMR);
-  const bool x_panels = pairs && run % NR == 0 && taps * run > Mg && Cr <= 2 * Mg;
   const int64_t M = g.N * g.OH * g.OW, Mp = round_up(M, 2);
+  // Chunks of at least 1024 positions, at most 16 (an even share for 2, 4, 8 or 16 threads; the
+  // chunks' sums are added at the end: bf16 3x3 64 @56 in 25 chunks spent 0.4 ms there), and
+  // fewer where the partial sums would pass 16 MB; with pairs, of an even number of positions.
+  const int64_t max_chunks = max64(1, (16 << 20) / (g.groups * taps * Cr * Mg * static_cast<int64_t>(sizeof(A))));
+  const int64_t chunks = min64(min64(ceil_div(M, 1024), 16), max_chunks);
+  const int64_t len = round_up(ceil_div(M, chunks), pairs ? 2 : 1);
+  // The sums' rows (x's channels, or with x_panels gy's) are split into parts only where chunks
+  // and groups give threads too few items (3x3 512 @7: one chunk); an item's sums do not depend
+  // on the split.
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  const auto parts_of = [&](int64_t rows) {
+    int64_t parts = 1;
+    while (chunks * g.groups * parts < want && parts * 2 <= rows / kMR) parts *= 2;
+    return parts;
+  };
+  // Packing work a position for an item, in interleaved values (a transposed one: 4). x_panels:
+  // all of x at each tap, and a share of gy's one transpose; else the item's part of x transposed
+  // at each tap, and all of gy interleaved. 3x3 64 @56 (one part): 9 x 64 + 4 x 64 against
+  // 4 x 9 x 64 + 64, and its weight grad 6.5-7.4 -> 5.3-5.8 ms; ASPP (8 parts): x_panels 72 ->
+  // 84-101 ms; 3x3 512 @7 (8 parts) 6.7-7.1 -> 7.2-7.4 ms.
+  const int64_t x_parts = parts_of(Mg), gy_parts = parts_of(Cr);
+  const bool x_panels = pairs && run % NR == 0 && taps * Cr + 4 * Mg / x_parts < 4 * taps * Cr / gy_parts + Mg;
   Scratch<T> x_copy(channels_last_copy_size<T>(x_any, g.N, g.C_in, g.H, g.W));
   const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
   // gy as channels_last rows, or with x_panels as rows of positions, once for all items (packed
@@ -4525,22 +4542,12 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
     }
   }
   const int64_t strip = x_panels ? 256 : pairs ? 64 : kMR;  // x's channels packed at once
-  // Chunks of at least 1024 positions, at most 16 (an even share for 2, 4, 8 or 16 threads; the
-  // chunks' sums are added at the end: bf16 3x3 64 @56 in 25 chunks spent 0.4 ms there), and
-  // fewer where the partial sums would pass 16 MB; with pairs, of an even number of positions.
-  const int64_t max_chunks = max64(1, (16 << 20) / (g.groups * taps * Cr * Mg * static_cast<int64_t>(sizeof(A))));
-  const int64_t chunks = min64(min64(ceil_div(M, 1024), 16), max_chunks);
-  const int64_t len = round_up(ceil_div(M, chunks), pairs ? 2 : 1);
-  // The sums: rows x's channels and columns gy's, or with x_panels rows gy's and columns x's.
-  // Rows are split into parts of pw only where chunks and groups give threads too few items
-  // (3x3 512 @7: one chunk); an item's sums do not depend on the split. An item's partial sums
-  // are together, a tap's [row][column] after another: [chunk][group][part][tap][row][column]
-  // (with a tap's whole rows, 3x3 512 @7's items had 256 bytes of each 2 KB row).
-  const int64_t rows = x_panels ? Mg : Cr, cols = x_panels ? Cr : Mg;
-  const int64_t row_blocks = rows / kMR, want = 4 * static_cast<int64_t>(at::get_num_threads());
-  int64_t parts = 1;
-  while (chunks * g.groups * parts < want && parts * 2 <= row_blocks) parts *= 2;
-  const int64_t pw = ceil_div(row_blocks, parts) * kMR;
+  // The sums: rows x's channels and columns gy's, or with x_panels rows gy's and columns x's; in
+  // parts of pw rows. An item's partial sums are together, a tap's [row][column] after another:
+  // [chunk][group][part][tap][row][column] (with a tap's whole rows, 3x3 512 @7's items had 256
+  // bytes of each 2 KB row).
+  const int64_t rows = x_panels ? Mg : Cr, cols = x_panels ? Cr : Mg, parts = x_panels ? x_parts : gy_parts;
+  const int64_t pw = ceil_div(rows / kMR, parts) * kMR;
   const int64_t item_sums = taps * pw * cols;
   const int64_t per_chunk = g.groups * parts * item_sums;
   Scratch<A> partial(chunks * per_chunk);
