@@ -4522,6 +4522,7 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   const bool x_panels = pairs && run % NR == 0 && taps * Cr + 4 * Mg / x_parts < 4 * taps * Cr / gy_parts + Mg;
   Scratch<T> x_copy(channels_last_copy_size<T>(x_any, g.N, g.C_in, g.H, g.W));
   const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
+  const int64_t x_extent = (g.N - 1) * x.sN + (g.C_in - 1) * x.sC + (g.H - 1) * x.sH + (g.W - 1) * x.sW + 1;
   // gy as channels_last rows, or with x_panels as rows of positions, once for all items (packed
   // per item, 3x3 512 @7's 8 items each transposed all of gy): gy_t[oc][q] over all images'
   // positions, an even number of them (a zero after an odd last); from NCHW gy, plain copies.
@@ -4691,10 +4692,15 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
           }
           const T* tap_gy = gather ? gathered : gy_packed.get();
           const int64_t k_len = gather ? reading : b;
-          // Position j's `count` values of x from channel `from`, zeros outside [lo, hi).
+          // Position j's `count` values of x from channel `from`, zeros outside [lo, hi). Values
+          // from `run` on (Cr's padding) go to sums that are never read: x's next values where
+          // its memory has them (the stem's 21 values a tap, staged each time for their 3 zeros,
+          // took a fifth of its weight grad's packing).
           const auto x_values = [&](int64_t j, int64_t from, int64_t count, T* stage) -> const T* {
             const int64_t i = gather ? reading_at[j] : j;
-            if (lo[i] <= from && hi[i] >= from + count) return x.data + first[i] + from;
+            if (lo[i] <= from && hi[i] >= min64(from + count, run) && first[i] + from + count <= x_extent) {
+              return x.data + first[i] + from;
+            }
             fill_zero(stage, count);
             for (int64_t v = max64(lo[i], from); v < min64(hi[i], from + count); ++v) stage[v - from] = x.data[first[i] + v];
             return stage;
