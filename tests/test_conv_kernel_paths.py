@@ -37,10 +37,11 @@ PATH_CASES = {
     # 4608 values a window: the forward sums a panel's taps in two steps (up to 4096 each).
     "3x3_c512_s2": dict(cin=512, cout=40, k=3, stride=2, padding=1, dilation=1, groups=1),
     # The ResNet stem: 3 input channels, so the weight grad's taps are kernel rows (7 x 3
-    # consecutive values of a channels_last row, clipped at the borders).
+    # consecutive values of a channels_last row, clipped at the borders). bf16 with vdpbf16ps
+    # gathers each position's whole patch (147 values and a zero) into one row for the forward.
     "7x7_c3_s2": dict(cin=3, cout=32, k=7, stride=2, padding=3, dilation=1, groups=1),
-    # Taps of an odd number of channels: bf16 with vdpbf16ps copies x with a zero channel (the
-    # stem's kernel rows above, 7 x 3; here taps of 5 channels, dilated).
+    # Taps of an odd number of channels: bf16 with vdpbf16ps copies x with a zero channel (here
+    # taps of 5 channels, dilated, so not merged into kernel rows).
     "3x3_c5_d2": dict(cin=5, cout=36, k=3, stride=1, padding=2, dilation=2, groups=1),
     "grouped_8": dict(cin=32, cout=32, k=3, stride=1, padding=2, dilation=2, groups=4),
     # channels_last float: the forward keeps a group's 8 channels in a register, over blocks of

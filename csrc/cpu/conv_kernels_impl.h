@@ -2214,6 +2214,26 @@ void indirect_microkernel_bf16(int64_t taps, int64_t channels, const c10::BFloat
     }
   }
 }
+
+// Each of `slots` positions' patches from its row table ([block of MR][tap][MR], taps rows of
+// row_ch values) into one row of `len` (zeros past taps x row_ch), and table[slot] at it. Each row
+// moves as one masked load and store: value by value, 21 values a row would cost a third as much
+// as the dot products they feed.
+void gather_flat_patches(const c10::BFloat16* const* rows, int64_t slots, int64_t taps, int64_t row_ch,
+                         int64_t len, c10::BFloat16* out, const c10::BFloat16** table) {
+  for (int64_t t = 0; t < slots; ++t) {
+    c10::BFloat16* dst = out + t * len;
+    const c10::BFloat16* const* src = rows + (t / kMR) * taps * kMR + t % kMR;
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      for (int64_t i = 0; i < row_ch; i += 32) {
+        const __mmask32 m = _cvtu32_mask32(row_ch - i >= 32 ? ~0u : (1u << (row_ch - i)) - 1);
+        _mm512_mask_storeu_epi16(dst + tap * row_ch + i, m, _mm512_maskz_loadu_epi16(m, src[tap * kMR] + i));
+      }
+    }
+    fill_zero(dst + taps * row_ch, len - taps * row_ch);
+    table[t] = dst;
+  }
+}
 #else
 constexpr bool kBf16DotBuilt = false;
 #endif
@@ -2262,6 +2282,8 @@ constexpr int64_t kPanelBytes = 512 * 1024;
 constexpr int64_t kTileRowsBytes = 1024 * 1024;
 constexpr int64_t kAccBytes = 512 * 1024;
 constexpr int64_t kItemPanels = 16;
+// Longest patch (values) the bf16 forward gathers whole rather than pad its odd taps (see flat).
+constexpr int64_t kFlatPatchValues = 256;
 
 // D is the type of the x rows and packed weights the microkernel reads: the accumulation type A,
 // or bf16 itself for indirect_microkernel_bf16 (its weights in pairs of channels).
@@ -2290,10 +2312,16 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   const bool merge_rows = g.dW == 1 && g.groups == 1 && g.KW > 1 && (Cg < 16 || (copied && !(pairs && padded_windows)));
   const int64_t pad =
       merge_rows ? max64(0, max64(g.pW, (g.OW - 1) * g.sW - g.pW + g.KW - 1 - (g.W - 1))) : 0;
-  // Pairs of channels need taps of even length: where they would be odd (the stem's 7 x 3), x is
-  // copied with a zero channel at each position (7 x 4; the float kernels would copy it too).
-  const int64_t Cp = pairs && g.groups == 1 && (merge_rows ? g.KW * Cg : Cg) % 2 != 0 ? Cg + 1 : Cg;
-  const int64_t taps = merge_rows ? g.KH : KHW, tap_ch = merge_rows ? g.KW * Cp : Cp, K = taps * tap_ch;
+  // Pairs of channels need taps of even length. Where merged rows would be odd (the stem's 7 x 3)
+  // and patches are short, each position's whole patch is gathered into one row, a zero after
+  // it: the stem's 147 values in 74 pairs. Otherwise odd taps get x copied with a zero channel at
+  // each position (the stem's rows as 7 x 4: 98 pairs, and 3.5 -> 2.7-2.9 ms channels_last at 2
+  // threads with the gathered patches).
+  const bool flat = pairs && merge_rows && g.KW * Cg % 2 != 0 && KHW * Cg <= kFlatPatchValues;
+  const int64_t Cp = !flat && pairs && g.groups == 1 && (merge_rows ? g.KW * Cg : Cg) % 2 != 0 ? Cg + 1 : Cg;
+  // The row table's taps, and values read from each of its rows.
+  const int64_t row_taps = merge_rows ? g.KH : KHW, row_ch = merge_rows ? g.KW * Cp : Cp;
+  const int64_t taps = flat ? 1 : row_taps, tap_ch = flat ? round_up(KHW * Cg, 2) : row_ch, K = taps * tap_ch;
   if constexpr (pairs) {
     if (tap_ch % 2 != 0) return conv_forward_indirect<T, A>(g, x_any, w, bias, y);
   }
@@ -2302,8 +2330,8 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   Scratch<D> zeros(tap_ch);
   fill_zero(zeros.get(), tap_ch);
   // Each tap's input row and column from a window's origin, and its offset in x.
-  Scratch<int64_t> tap_row(taps), tap_col(taps), tap_offset(taps);
-  for (int64_t tap = 0; tap < taps; ++tap) {
+  Scratch<int64_t> tap_row(row_taps), tap_col(row_taps), tap_offset(row_taps);
+  for (int64_t tap = 0; tap < row_taps; ++tap) {
     tap_row.get()[tap] = (merge_rows ? tap : tap / g.KW) * g.dH;
     tap_col.get()[tap] = merge_rows ? 0 : tap % g.KW * g.dW;
     tap_offset.get()[tap] = tap_row.get()[tap] * x.sH + tap_col.get()[tap] * x.sW;
@@ -2322,7 +2350,7 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
       const T* wp = w.data + (grp * Mg + jb * NR) * w.sN;
       const int64_t cols = min64(NR, Mg - jb * NR);
       const bool ic_runs = w.sC == 1, tap_runs = w.sW == 1 && w.sH == g.KW;
-      const bool transposed_runs = (ic_runs || tap_runs) && Cp == Cg;
+      const bool transposed_runs = (ic_runs || tap_runs) && Cp == Cg && !flat;
       // The panel as out[k][NR] (of A, or T for pairs; no zero channel), or with ic_major (tap
       // runs, for pairs) as out[ic][tap][NR], so that each 8 x 8 block's rows go to consecutive
       // lines, not lines Cg apart (3x3 512 NCHW bf16: 0.48 -> 0.40 ms). Groups of 8 output
@@ -2383,13 +2411,14 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
         // against 5.5 through the panel).
         const T zero(0);
         for (int64_t k = 0; k < K; k += 2) {
-          // A zero channel (ic == Cg) reads zero, with no step.
+          // A zero channel (ic == Cg), or the zero after a flat patch, reads zero, with no step.
           const T* src[2];
           int64_t step[2];
           for (int e = 0; e < 2; ++e) {
             const int64_t tap = (k + e) / Cp, ic = (k + e) % Cp;
-            src[e] = ic < Cg ? wp + ic * w.sC + (tap / g.KW) * w.sH + (tap % g.KW) * w.sW : &zero;
-            step[e] = ic < Cg ? w.sN : 0;
+            const bool real = ic < Cg && tap < KHW;
+            src[e] = real ? wp + ic * w.sC + (tap / g.KW) * w.sH + (tap % g.KW) * w.sW : &zero;
+            step[e] = real ? w.sN : 0;
           }
           D* out = dst + k * NR;
           for (int64_t r = 0; r < cols; ++r) out[2 * r] = src[0][r * step[0]], out[2 * r + 1] = src[1][r * step[1]];
@@ -2466,12 +2495,15 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   // than it could save). Blocks then store through per-row pointers, or on NCHW y channel by
   // channel (bf16 3x3 512 @7 channels_last forward 4.5 -> 4.0 ms, ASPP's 68 -> 56-61 ms; float
   // ASPP NCHW 144 -> 125 ms).
-  const bool regroup = padded_windows && taps > 1 && taps <= 64;
+  const bool regroup = padded_windows && !flat && taps > 1 && taps <= 64;
 
   at::parallel_for(0, g.groups * tiles * oc_items, 1, [&](int64_t begin, int64_t end) {
-    Scratch<const D*> rows(PT * taps);  // [block of MR positions][tap][MR]
-    Scratch<bool> padding(PT * taps);   // [block of MR positions][tap]: all MR rows read zeros
-    Scratch<bool> row_inside(taps);     // of the current output row, per tap
+    Scratch<const D*> rows(PT * row_taps);  // [block of MR positions][tap][MR]
+    Scratch<bool> padding(PT * taps);       // [block of MR positions][tap]: all MR rows read zeros
+    Scratch<bool> row_inside(row_taps);     // of the current output row, per tap
+    // With flat patches: each slot's patch, and the table of them ([block][MR]).
+    Scratch<D> patches(flat ? round_up(PT, kMR) * tap_ch : 0);
+    Scratch<const D*> patch_rows(flat ? round_up(PT, kMR) : 0);
     // For regroup_tile: each slot's position in the tile, each position's taps, the new table.
     Scratch<int64_t> order(regroup ? PT : 0);
     Scratch<uint64_t> inside_taps(regroup ? PT : 0);
@@ -2495,17 +2527,17 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
       bool* __restrict row_ok = row_inside.get();
       auto start_row = [&] {
         const int64_t ih0 = oh * g.sH - g.pH;
-        for (int64_t tap = 0; tap < taps; ++tap) row_ok[tap] = inside(ih0 + tap_row.get()[tap], g.H);
+        for (int64_t tap = 0; tap < row_taps; ++tap) row_ok[tap] = inside(ih0 + tap_row.get()[tap], g.H);
         origin = x.data + n * x.sN + ih0 * x.sH + (ow * g.sW - g.pW) * x.sW + grp * Cg;
       };
       start_row();
       for (int64_t t = 0; t < pt; ++t) {
-        const D** __restrict dst = rows.get() + (t / kMR) * taps * kMR + t % kMR;
+        const D** __restrict dst = rows.get() + (t / kMR) * row_taps * kMR + t % kMR;
         const int64_t iw0 = ow * g.sW - g.pW;
         if (merge_rows || (iw0 >= 0 && iw0 + last_tap_col < g.W)) {  // merged rows have zero columns
-          for (int64_t tap = 0; tap < taps; ++tap) dst[tap * kMR] = row_ok[tap] ? origin + offset[tap] : zero_row;
+          for (int64_t tap = 0; tap < row_taps; ++tap) dst[tap * kMR] = row_ok[tap] ? origin + offset[tap] : zero_row;
         } else {
-          for (int64_t tap = 0; tap < taps; ++tap) {
+          for (int64_t tap = 0; tap < row_taps; ++tap) {
             dst[tap * kMR] = row_ok[tap] && inside(iw0 + col[tap], g.W) ? origin + offset[tap] : zero_row;
           }
         }
@@ -2517,11 +2549,14 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
         }
       }
       for (int64_t t = pt; t < mblocks * kMR; ++t) {
-        for (int64_t tap = 0; tap < taps; ++tap) rows.get()[(t / kMR) * taps * kMR + tap * kMR + t % kMR] = zeros.get();
+        for (int64_t tap = 0; tap < row_taps; ++tap) rows.get()[(t / kMR) * row_taps * kMR + tap * kMR + t % kMR] = zeros.get();
+      }
+      if constexpr (pairs) {
+        if (flat) gather_flat_patches(rows.get(), mblocks * kMR, row_taps, row_ch, tap_ch, patches.get(), patch_rows.get());
       }
       const bool regrouped = regroup && regroup_tile<D>(rows.get(), pt, taps, zero_row, order.get(),
                                                         inside_taps.get(), regrouped_rows.get());
-      const D* const* table = regrouped ? regrouped_rows.get() : rows.get();
+      const D* const* table = flat ? patch_rows.get() : regrouped ? regrouped_rows.get() : rows.get();
       // The tile position of slot t (its place in the table).
       const auto slot_position = [&](int64_t t) { return regrouped ? order.get()[t] : t; };
       for (int64_t i = 0; i < mblocks * taps; ++i) {
