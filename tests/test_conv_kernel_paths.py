@@ -396,6 +396,40 @@ def test_1x1_planes_forward_and_input_grad(cin, cout, size, bias):
                               torch.autograd.grad(expected, ref[0], gy)[0])
 
 
+# Input grads into at most 4 channels (an RGB stem's): chunks of gy's rows are staged as planes
+# and each phase of the stride summed with gx's channels in registers. Strides 1-3 (3 with a
+# 2-wide kernel: phases that no tap reaches), dilation, padding past the kernel's reach (taps that
+# start inside gy), odd sizes; 256 output channels make chunks of 8-9 rows, so 40 rows take several.
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cin", [1, 2, 3, 4])
+@pytest.mark.parametrize("k,stride,padding,dilation", [(3, 1, 1, 1), (7, 2, 3, 1), (2, 3, 0, 1), (3, 2, 4, 2)])
+def test_input_grad_few_channels(k, stride, padding, dilation, cin, dtype, layout):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cin, 40, 37, generator=gen, dtype=torch.float64)
+    w = torch.randn(256, cin, k, k, generator=gen, dtype=torch.float64)
+    args = (None, stride, padding, dilation)
+    xs = make_layout(x.to(dtype), layout).requires_grad_()
+    y = CF.conv2d(xs, w.to(dtype), *args)
+    gy = make_layout(torch.randn(y.shape, generator=gen, dtype=torch.float64), layout)
+    ref = x.clone().requires_grad_()
+    expected = torch.autograd.grad(F.conv2d(ref, w, *args), ref, gy)[0]
+    assert_close_to_reference(torch.autograd.grad(y, xs, gy.to(dtype))[0], expected)
+
+
+# conv_transpose2d into 1-4 channels (a generator's last layer) is that input grad, plus a bias
+# (alone where no tap reaches: a 2-wide kernel at stride 3).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cout", [1, 2, 3, 4])
+@pytest.mark.parametrize("k,stride,padding,output_padding", [(4, 2, 1, 0), (2, 3, 0, 2)])
+def test_transposed_into_few_channels(k, stride, padding, output_padding, cout, dtype):
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((2, 64, 9, 11), (64, cout, k, k), (cout,)))
+    args = (stride, padding, output_padding)
+    y = CF.conv_transpose2d(x.to(dtype), w.to(dtype), b.to(dtype), *args)
+    assert_close_to_reference(y, F.conv_transpose2d(x, w, b, *args))
+
+
 def _check_depthwise(x_shape, k, multiplier, dtype, layout, stride, padding, dilation):
     """Forward and grads of a depthwise conv (x in `layout`, in dtype) against float64."""
     gen = torch.Generator().manual_seed(0)

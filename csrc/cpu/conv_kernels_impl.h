@@ -1302,14 +1302,15 @@ inline void interleave_pairs(const c10::BFloat16* a, const c10::BFloat16* b, c10
 
 // Channels [c0, c0 + count) of image n of src (H x W) as planes: channel c's (h, w) to
 // dst[c * plane + h * cols + w]. From channels_last memory 8 channels x 8 columns at a time go
-// through registers: element by element, the scattered reads and writes cost more than the
-// convolutions they feed.
+// through registers (bf16 into float widened after the transpose): element by element, the
+// scattered reads and writes cost more than the convolutions they feed.
 template <typename T, typename A>
 void gather_planes(const View4<const T>& src, int64_t n, int64_t c0, int64_t count, int64_t H,
                    int64_t W, A* dst, int64_t plane, int64_t cols) {
   int64_t c8 = 0;
-  if constexpr (std::is_same_v<T, A>) {
-    using L = Lanes<A>;
+  constexpr bool widen = std::is_same_v<T, c10::BFloat16> && std::is_same_v<A, float>;
+  if constexpr (std::is_same_v<T, A> || widen) {
+    using L = Lanes<T>;
     using V = typename Vec8<L>::type;
     for (; src.sC == 1 && c8 + 8 <= count; c8 += 8) {
       for (int64_t h = 0; h < H; ++h) {
@@ -1320,7 +1321,15 @@ void gather_planes(const View4<const T>& src, int64_t n, int64_t c0, int64_t cou
           V r[8];
           for (int l = 0; l < 8; ++l) r[l] = loadu<V>(reinterpret_cast<const L*>(in + (w0 + l) * src.sW));
           transpose8(r);
-          for (int l = 0; l < 8; ++l) __builtin_memcpy(out + l * plane + w0, &r[l], sizeof(V));
+          for (int l = 0; l < 8; ++l) {
+            if constexpr (widen) {
+              using FloatBits = typename Vec8<uint32_t>::type;
+              const FloatBits bits = __builtin_convertvector(r[l], FloatBits) << 16;
+              __builtin_memcpy(out + l * plane + w0, &bits, sizeof(bits));
+            } else {
+              __builtin_memcpy(out + l * plane + w0, &r[l], sizeof(V));
+            }
+          }
         }
         for (; w0 < W; ++w0) {
           for (int l = 0; l < 8; ++l) out[l * plane + w0] = in[w0 * src.sW + l];
@@ -1406,6 +1415,31 @@ struct FlatPlanes {
   }
 };
 
+// The flat kernels' register block: acc[o][v] += sum over channels c and taps t of
+// w[c * w_step + t * OB + o] * src[c * plane + offset[t] + v * VL ...], each vector of src loaded
+// meeting OB weights.
+template <typename A, int OB, int VB>
+inline void flat_block(typename Vec<A>::type (&acc)[OB][VB], int64_t channels, int64_t taps, const A* src,
+                       int64_t plane, const int64_t* offset, const A* w, int64_t w_step) {
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  for (int64_t c = 0; c < channels; ++c) {
+    const A* base = src + c * plane;
+    const A* wk = w + c * w_step;
+    for (int64_t t = 0; t < taps; ++t) {
+      V wv[OB];
+#pragma GCC unroll 8
+      for (int o = 0; o < OB; ++o) wv[o] = splat<V>(wk[t * OB + o]);
+#pragma GCC unroll 8
+      for (int v = 0; v < VB; ++v) {
+        const V xv = loadu<V>(base + offset[t] + v * VL);
+#pragma GCC unroll 8
+        for (int o = 0; o < OB; ++o) acc[o][v] += wv[o] * xv;
+      }
+    }
+  }
+}
+
 template <typename T, int OB, int VB>
 void forward_flat(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                   View4<T> y) {
@@ -1441,21 +1475,7 @@ void forward_flat(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
           for (int o = 0; o < OB; ++o) {
             for (int v = 0; v < VB; ++v) acc[o][v] = b[o];
           }
-          for (int64_t ic = 0; ic < Cg; ++ic) {
-            const A* base = xp.get() + ic * flat.plane + i0;
-            const A* wk = wb + ic * KHW * OB;
-            for (int64_t t = 0; t < KHW; ++t) {
-              V wv[OB];
-#pragma GCC unroll 8
-              for (int o = 0; o < OB; ++o) wv[o] = splat<V>(wk[t * OB + o]);
-#pragma GCC unroll 4
-              for (int v = 0; v < VB; ++v) {
-                const V xv = loadu<V>(base + offset[t] + v * VL);
-#pragma GCC unroll 8
-                for (int o = 0; o < OB; ++o) acc[o][v] += wv[o] * xv;
-              }
-            }
-          }
+          flat_block<A, OB, VB>(acc, Cg, KHW, xp.get() + i0, flat.plane, offset, wb, KHW * OB);
           for (int o = 0; o < OB; ++o) {
             for (int v = 0; v < VB; ++v) *reinterpret_cast<V*>(out.get() + o * flat.span + i0 + v * VL) = acc[o][v];
           }
@@ -4202,10 +4222,141 @@ void conv_input_grad_by_phases(const ConvGeometry& g, View4<const T> gy_any, Vie
   if (gx_copied) from_channels_last(gx.data, g.N, g.C_in, g.H, g.W, gx_any);
 }
 
+// Input grads into few channels (gx's, at most 4, one group: the ResNet stem's RGB). Each phase of
+// the stride is a stride-1 convolution of gy into those channels (see phase_axis), which the
+// forward GEMMs would run with 3 of their 32 columns busy, and the scatter below as 147 patch
+// rows added into gx per position (the stem's input grad took 14 ms, its forward 4.3). Here
+// chunks of gy's rows are staged as zero-padded planes of A, shared by all phases, and each phase
+// is summed flat (as forward_flat): blocks of the OB channels x VB vectors of positions in
+// registers, each vector of gy loaded meeting OB weights.
+bool use_input_grad_few_channels(const ConvGeometry& g) { return g.groups == 1 && g.C_in <= 4; }
+
+// Vectors of positions a block: as many as the registers hold beside the OB weights and a load.
+template <int OB>
+constexpr int few_channel_vectors() {
+  constexpr int registers = CONVEXT_VEC_BYTES == 64 ? 32 : 16;
+  return (registers - OB - 1) / OB < 8 ? (registers - OB - 1) / OB : 8;
+}
+
+// Bytes of staged gy rows a work item aims for (a chunk of rows, all channels): half of L2.
+constexpr int64_t kStagedRowsBytes = 512 * 1024;
+
+template <typename T, int OB>
+void input_grad_few_channels(const ConvGeometry& g, View4<const T> gy, View4<const T> w, const T* bias,
+                             View4<T> gx) {
+  using A = typename AccOf<T>::type;
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>, VB = few_channel_vectors<OB>(), BLOCK = VB * VL;
+  const int64_t M = g.C_out;
+  struct Phase {
+    int64_t a, b;
+    PhaseAxis rows, cols;
+  };
+  std::vector<Phase> phases;
+  // Staged planes: gy row r at row r + top, column c at column c + left, zeros around; `extra`
+  // rows past a chunk's own serve its last taps.
+  int64_t top = 0, left = 0, extra = 0, cols = 0, rows_out = 0, taps_max = 0;
+  for (int64_t a = 0; a < g.sH; ++a) {
+    for (int64_t b = 0; b < g.sW; ++b) {
+      const Phase ph{a, b, phase_axis(a, g.sH, g.pH, g.dH, g.KH, g.H), phase_axis(b, g.sW, g.pW, g.dW, g.KW, g.W)};
+      if (ph.rows.size == 0 || ph.cols.size == 0) continue;
+      phases.push_back(ph);  // also where no tap reaches: its sums are zero, its gx the bias
+      top = max64(top, ph.rows.padding);
+      left = max64(left, ph.cols.padding);
+      rows_out = max64(rows_out, ph.rows.size);
+      taps_max = max64(taps_max, ph.rows.count * ph.cols.count);
+    }
+  }
+  for (const Phase& ph : phases) {
+    extra = max64(extra, top - ph.rows.padding + max64(0, ph.rows.count - 1) * ph.rows.dilation);
+    cols = max64(cols, ph.cols.size + left - ph.cols.padding + max64(0, ph.cols.count - 1) * ph.cols.dilation);
+  }
+  cols = max64(cols, left + g.OW);
+  // Each phase's weights as [oc][tap][OB] (taps reversed, as in conv_input_grad_by_phases), and
+  // each tap's offset in the staged planes.
+  const int64_t P = static_cast<int64_t>(phases.size());
+  Scratch<A> wph(P * M * taps_max * OB);
+  Scratch<int64_t> offset(P * taps_max);
+  for (int64_t i = 0; i < P; ++i) {
+    const Phase& ph = phases[i];
+    for (int64_t tr = 0; tr < ph.rows.count; ++tr) {
+      for (int64_t tc = 0; tc < ph.cols.count; ++tc) {
+        const int64_t tap = tr * ph.cols.count + tc;
+        const int64_t kh = ph.rows.last - tr * ph.rows.step, kw = ph.cols.last - tc * ph.cols.step;
+        offset.get()[i * taps_max + tap] = (top - ph.rows.padding + tr * ph.rows.dilation) * cols +
+                                           left - ph.cols.padding + tc * ph.cols.dilation;
+        for (int64_t oc = 0; oc < M; ++oc) {
+          for (int o = 0; o < OB; ++o) {
+            wph.get()[((i * M + oc) * taps_max + tap) * OB + o] =
+                o < g.C_in ? static_cast<A>(w.data[oc * w.sN + o * w.sC + kh * w.sH + kw * w.sW]) : A(0);
+          }
+        }
+      }
+    }
+  }
+  const int64_t chunk = max64(1, kStagedRowsBytes / (M * cols * static_cast<int64_t>(sizeof(A))) - extra);
+  const int64_t chunks = ceil_div(rows_out, chunk);
+  // A plane holds a chunk's rows and what the last block reads past them (read, never kept).
+  const int64_t span = round_up(chunk * cols, BLOCK);
+  const int64_t plane = span + extra * cols + cols + BLOCK;
+  at::parallel_for(0, g.N * chunks, 1, [&](int64_t begin, int64_t end) {
+    Scratch<A> staged(M * plane), out(OB * span);
+    fill_zero(staged.get(), M * plane);  // padding columns stay zero; stale rows feed only dropped outputs
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / chunks, i0 = (item % chunks) * chunk, i1 = min64(rows_out, i0 + chunk);
+      // Staged row k is gy row i0 + k - top.
+      const int64_t k_end = i1 - i0 + extra, r_lo = max64(0, i0 - top), r_hi = min64(g.OH, i0 - top + k_end);
+      for (int64_t oc = 0; oc < M; ++oc) {
+        A* pl = staged.get() + oc * plane;
+        for (int64_t k = 0; k < k_end; ++k) {
+          const int64_t r = i0 + k - top;
+          if (r < r_lo || r >= r_hi) fill_zero(pl + k * cols + left, g.OW);
+        }
+      }
+      if (r_lo < r_hi) {
+        const View4<const T> src{gy.data + r_lo * gy.sH, gy.sN, gy.sC, gy.sH, gy.sW};
+        gather_planes(src, n, 0, M, r_hi - r_lo, g.OW, staged.get() + (r_lo - i0 + top) * cols + left, plane, cols);
+      }
+      for (int64_t i = 0; i < P; ++i) {
+        const Phase& ph = phases[i];
+        const int64_t rows_here = min64(i1, ph.rows.size) - i0;
+        if (rows_here <= 0) continue;
+        const int64_t taps = ph.rows.count * ph.cols.count, len = rows_here * cols;
+        const int64_t* off = offset.get() + i * taps_max;
+        for (int64_t q0 = 0; q0 < len; q0 += BLOCK) {
+          V acc[OB][VB] = {};
+          flat_block<A, OB, VB>(acc, M, taps, staged.get() + q0, plane, off, wph.get() + i * M * taps_max * OB,
+                                taps_max * OB);
+          for (int o = 0; o < OB; ++o) {
+            for (int v = 0; v < VB; ++v) __builtin_memcpy(out.get() + o * span + q0 + v * VL, &acc[o][v], sizeof(V));
+          }
+        }
+        for (int64_t c = 0; c < g.C_in; ++c) {
+          const A bc = bias ? static_cast<A>(bias[c]) : A(0);
+          for (int64_t r = 0; r < rows_here; ++r) {
+            const A* src = out.get() + c * span + r * cols;
+            T* dst = gx.data + n * gx.sN + c * gx.sC + (ph.a + (i0 + r) * g.sH) * gx.sH + ph.b * gx.sW;
+            const int64_t step = g.sW * gx.sW;
+            for (int64_t j = 0; j < ph.cols.size; ++j) dst[j * step] = static_cast<T>(src[j] + bc);
+          }
+        }
+      }
+    }
+  });
+}
+
 template <typename T>
 void conv_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const T> w, const T* bias,
                      View4<T> gx) {
   if (use_depthwise(g)) return depthwise_input_grad(g, gy, w, bias, gx);
+  if (use_input_grad_few_channels(g)) {
+    switch (g.C_in) {
+      case 1: return input_grad_few_channels<T, 1>(g, gy, w, bias, gx);
+      case 2: return input_grad_few_channels<T, 2>(g, gy, w, bias, gx);
+      case 3: return input_grad_few_channels<T, 3>(g, gy, w, bias, gx);
+      default: return input_grad_few_channels<T, 4>(g, gy, w, bias, gx);
+    }
+  }
   if (use_input_grad_by_phases(g)) return conv_input_grad_by_phases(g, gy, w, bias, gx);
   using A = typename AccOf<T>::type;
   constexpr int NR = kNR<A>;
