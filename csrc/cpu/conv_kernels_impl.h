@@ -4729,10 +4729,11 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
       for (int64_t c = 0; c < g.C_out; ++c) gy_t.get()[c * Mp + M] = T(0);
     }
   }
-  // x's channels packed at once: float packs a block of MR (in L1 beside gy's panels), or a row
-  // tap's whole run where that is short (the stem's 24: each position's values fetched once a tap,
-  // not once per MR: its float weight grad 7.3-7.6 -> 6.5-6.6 ms channels_last, 2 threads).
-  const int64_t strip = x_panels ? 256 : pairs ? 64 : row_taps && Cr <= kStage ? Cr : kMR;
+  // x's channels packed at once: float fetches a position's values once per stage of kStage, not
+  // once per block of MR (the stem's 24 values a tap: float weight grad 7.3-7.6 -> 6.5-6.6 ms;
+  // 3x3 s2 128 @56, where each block's 128 positions missed L1 again: 5.4 -> 4.7 ms, channels_last,
+  // 2 threads).
+  const int64_t strip = x_panels ? 256 : kStage;
   // The sums: rows x's channels and columns gy's, or with x_panels rows gy's and columns x's; in
   // parts of pw rows. An item's partial sums are together, a tap's [row][column] after another:
   // [chunk][group][part][tap][row][column] (with a tap's whole rows, 3x3 512 @7's items had 256
