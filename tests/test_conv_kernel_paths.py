@@ -108,14 +108,17 @@ def test_kernel_paths_match_torch(case, dtype, layout):
 @pytest.mark.parametrize("kernel,stride,padding,dilation", [
     ((3, 3), 1, 1, 1), ((5, 3), (2, 1), (4, 0), (2, 1)), ((1, 3), (3, 2), (0, 3), 1), ((3, 3), (1, 2), (1, 0), (3, 1))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_channels_last_grouped_8_forward(kernel, stride, padding, dilation, dtype):
+@pytest.mark.parametrize("groups", [4, 5])
+def test_channels_last_grouped_8_forward(kernel, stride, padding, dilation, dtype, groups):
     # Input rows are packed group-major once per thread's run of output rows and kept while
     # later rows read them: kernel rows dilated and strided, rows in padding, 3 images (runs
     # cross them), and 40 or 20 output columns (whole and partial blocks of columns). bf16 packs
-    # pairs of input channels where the CPU has vdpbf16ps.
+    # pairs of input channels where the CPU has vdpbf16ps; otherwise 16-lane vectors hold two
+    # groups, and an odd number of groups goes to other kernels.
     gen = torch.Generator().manual_seed(0)
-    x, w, b = (torch.randn(*shape, generator=gen).to(dtype) for shape in ((3, 32, 9, 40), (32, 8, *kernel), (32,)))
-    args = (stride, padding, dilation, 4)
+    C = 8 * groups
+    x, w, b = (torch.randn(*shape, generator=gen).to(dtype) for shape in ((3, C, 9, 40), (C, 8, *kernel), (C,)))
+    args = (stride, padding, dilation, groups)
     out = CF.conv2d(make_layout(x, "channels_last"), w, b, *args)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert_close_to_reference(out, F.conv2d(x.double(), w.double(), b.double(), *args))

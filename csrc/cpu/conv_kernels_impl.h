@@ -3590,15 +3590,18 @@ void grouped_weight_grad_direct(const ConvGeometry& g, View4<const T> x_any,
 }
 
 // Grouped convs with 8 input and 8 output channels a group (ResNeXt's), float or bf16, channels_last x
-// and y, kernel rows of 3 taps, column stride 1 or 2: a group's 8 output channels at a position
-// fill one 8-lane register. Each input value is broadcast once into a register and multiplied
-// with the weight vectors of the taps that read it: at stride 1, 16 broadcasts feed 42 FMAs of
-// 14 positions, with no shuffles. On Zen 4 (256-bit FMA units) 8 lanes cost no rate, and this
-// ran 1.2x the 16-lane kernel pairing two groups with a permute per 3 FMAs (ResNeXt 3x3 g32 256
-// @28 forward: 1.76 -> 1.43 ms). Input rows are first copied group-major, [group][column][8]
+// and y, kernel rows of 3 taps, column stride 1 or 2: the 8 output channels of GP groups at a
+// position fill one register, lane oc * GP + j for group j of the GP. Each input value (a pair,
+// one of each group, with GP = 2) is broadcast once into a register and multiplied with the
+// weight vectors of the taps that read it: at stride 1, 16 broadcasts feed 42 FMAs of 14
+// positions, with no shuffles but one permute per output to put each group's lanes together.
+// GP = 2 where vectors hold 16 floats: on full-width 512-bit FMA units that halves the FMAs
+// (ResNeXt 3x3 g32 256 @28 forward, 2 threads: 1.03 -> 0.6 ms); on Zen 4 (256-bit units) a
+// 16-lane kernel that spread each group's values by a permute per 3 FMAs ran 1.2x slower than
+// 8 lanes. Input rows are first copied group-major, [group / GP][column][8][GP]
 // with zero columns for the padding, once per row in a thread's run of output rows: a group's
-// columns then lie 32 bytes apart at constant offsets, where in x they are a pixel (1 KB) apart
-// and share a few L1 sets. bf16 is widened to float on that copy, or with vdpbf16ps stays bf16.
+// columns then lie 32 x GP bytes apart at constant offsets, where in x they are a pixel (1 KB)
+// apart and share a few L1 sets. bf16 is widened to float on that copy, or with vdpbf16ps stays bf16.
 template <typename T>
 bool use_grouped8_cl(const ConvGeometry& g, bool channels_last) {
   return (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) && kVL<float> >= 8 && g.C_in_g() == 8 && g.C_out_g() == 8 &&
@@ -3606,6 +3609,7 @@ bool use_grouped8_cl(const ConvGeometry& g, bool channels_last) {
 }
 
 constexpr int kGrouped8Block = kVL<float> == 16 ? 14 : 12;  // accumulators: of 32 or 16 registers
+constexpr int kGrouped8Pairs = kVL<float> == 16 ? 2 : 1;     // GP of the float kernel
 
 #if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
 // A block of grouped8_forward_cl's output columns from bf16 rows and weights that hold pairs of
@@ -3650,18 +3654,29 @@ template <typename T, int S, typename P>
 void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T> w, const T* bias,
                          View4<T> y) {
   if constexpr ((std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) && kVL<float> >= 8) {
-    using V = typename Vec8<float>::type;  // float bf16 widened on the way in (load_widened)
     constexpr bool kDot = std::is_same_v<P, c10::BFloat16>;
+    constexpr int GP = kDot ? 1 : kGrouped8Pairs;  // groups a vector (their count a multiple)
+    constexpr int L = 8 * GP;                      // lanes
+    // float, bf16 widened on the way in (load_widened)
+    using V = std::conditional_t<GP == 2, typename Vec<float>::type, typename Vec8<float>::type>;
+    typedef int32_t Index16 __attribute__((vector_size(64)));
+    using I = std::conditional_t<GP == 2, Index16, typename IndexVec<typename Vec8<float>::type>::type>;
+    I interleave, separate;  // lane oc * GP + j from lane j * 8 + oc, and back
+    for (int k = 0; k < L; ++k) {
+      interleave[k] = k % GP * 8 + k / GP;
+      separate[k] = k % 8 * GP + k / 8;
+    }
     constexpr int PB = kGrouped8Block;
     constexpr int kCols = (PB - 1) * S + 3;  // input columns of a block
     constexpr int Z = kDot ? 2 : 1;          // input channels a weight lane sums
-    const int64_t G = g.groups, KH = g.KH;
-    // [group][kernel row][col][input channel / Z][output channel][Z]
+    const int64_t G = g.groups, KH = g.KH, VG = G / GP;
+    // [group / GP][kernel row][col][input channel / Z][output channel][Z or GP]
     Scratch<P> wp(G * KH * 3 * 64);
     for (int64_t oc = 0; oc < g.C_out; ++oc) {
+      const int64_t grp = oc / 8;
       for (int64_t i = 0; i < 8; ++i) {
         for (int64_t t = 0; t < KH * 3; ++t) {
-          wp.get()[((((oc / 8) * KH * 3 + t) * (8 / Z) + i / Z) * 8 + oc % 8) * Z + i % Z] =
+          wp.get()[((((grp / GP) * KH * 3 + t) * (8 / Z) + i / Z) * 8 + oc % 8) * Z * GP + i % Z + grp % GP] =
               static_cast<P>(w.data[oc * w.sN + i * w.sC + (t / 3) * w.sH + (t % 3) * w.sW]);
         }
       }
@@ -3712,16 +3727,17 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
             const T* src = x.data + n * x.sN + ih * x.sH;
             for (int64_t c = 0; c < PW; ++c) {
               const int64_t iw = c - pW;
-              for (int64_t grp = 0; grp < G; ++grp) {
-                P* to = dst + (grp * PW + c) * 8;
+              for (int64_t vg = 0; vg < VG; ++vg) {
+                P* to = dst + (vg * PW + c) * L;
                 if constexpr (kDot) {
                   if (inside(iw, W)) {
-                    __builtin_memcpy(to, src + iw * x.sW + grp * 8, 8 * sizeof(P));
+                    __builtin_memcpy(to, src + iw * x.sW + vg * 8, 8 * sizeof(P));
                   } else {
                     std::fill(to, to + 8, P(0));
                   }
                 } else {
-                  const V v = inside(iw, W) ? load_widened<V>(src + iw * x.sW + grp * 8) : V{};
+                  V v = inside(iw, W) ? load_widened<V>(src + iw * x.sW + vg * L) : V{};
+                  if constexpr (GP == 2) v = __builtin_shuffle(v, interleave);
                   __builtin_memcpy(to, &v, sizeof(V));
                 }
               }
@@ -3729,13 +3745,14 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
           }
           rows.get()[kh] = ring.get() + slot * row_elems;
         }
-        for (int64_t grp = 0; grp < G; ++grp) {
-          next_rows.upto(grp + 1, G);
-          const V b = bias ? load_widened<V>(bias + grp * 8) : V{};
+        for (int64_t vg = 0; vg < VG; ++vg) {
+          next_rows.upto(vg + 1, VG);
+          V b = bias ? load_widened<V>(bias + vg * L) : V{};
+          if constexpr (GP == 2) b = __builtin_shuffle(b, interleave);
           for (int64_t blk = 0; blk < blocks; ++blk) {
-            const int64_t offset = (grp * PW + blk * PB * S) * 8;
-            const P* wg = wp.get() + grp * KH * 3 * 64;
-            T* out = y.data + n * y.sN + oh * y.sH + blk * PB * y.sW + grp * 8;
+            const int64_t offset = (vg * PW + blk * PB * S) * L;
+            const P* wg = wp.get() + vg * KH * 3 * 8 * L;
+            T* out = y.data + n * y.sN + oh * y.sH + blk * PB * y.sW + vg * L;
             const int qs = static_cast<int>(min64(PB, OW - blk * PB));
             if constexpr (kDot) {
 #if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
@@ -3749,14 +3766,21 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
               for (int64_t kh = 0; kh < KH; ++kh) {
                 if (rows.get()[kh] == nullptr) continue;
                 const P* r = rows.get()[kh] + offset;
-                const P* wk = wg + kh * 3 * 64;
+                const P* wk = wg + kh * 3 * 8 * L;
 #pragma GCC unroll 1
                 for (int i = 0; i < 8; ++i) {
                   V wv[3];
-                  for (int kw = 0; kw < 3; ++kw) wv[kw] = loadu<V>(wk + kw * 64 + i * 8);
+                  for (int kw = 0; kw < 3; ++kw) wv[kw] = loadu<V>(wk + (kw * 8 + i) * L);
 #pragma GCC unroll 32
                   for (int c = 0; c < kCols; ++c) {
-                    const V xb = splat<V>(r[c * 8 + i]);
+                    V xb;
+                    if constexpr (GP == 2) {  // the pair as one 64-bit broadcast
+                      double pair;
+                      __builtin_memcpy(&pair, r + (c * 8 + i) * 2, sizeof(pair));
+                      xb = reinterpret_cast<V>(splat<typename Vec<double>::type>(pair));
+                    } else {
+                      xb = splat<V>(r[c * 8 + i]);
+                    }
 #pragma GCC unroll 3
                     for (int kw = 0; kw < 3; ++kw) {  // column c feeds output (c - kw) / S
                       if (c >= kw && (c - kw) % S == 0 && (c - kw) / S < PB) acc[(c - kw) / S] += xb * wv[kw];
@@ -3764,7 +3788,10 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
                   }
                 }
               }
-              for (int q = 0; q < qs; ++q) store_narrowed(out + q * y.sW, acc[q]);
+              for (int q = 0; q < qs; ++q) {
+                if constexpr (GP == 2) acc[q] = __builtin_shuffle(acc[q], separate);
+                store_narrowed(out + q * y.sW, acc[q]);
+              }
             }
           }
         }
@@ -3967,7 +3994,7 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
       }
     }
   }
-  if (use_grouped8_cl<T>(g, x.sC == 1 && y.sC == 1)) {
+  if (use_grouped8_cl<T>(g, x.sC == 1 && y.sC == 1) && g.groups % kGrouped8Pairs == 0) {
     return g.sW == 1 ? grouped8_forward_cl<T, 1, float>(g, x, w, bias, y) : grouped8_forward_cl<T, 2, float>(g, x, w, bias, y);
   }
   if (use_grouped_direct(g)) {
