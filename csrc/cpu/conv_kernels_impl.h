@@ -3589,63 +3589,78 @@ void grouped_weight_grad_direct(const ConvGeometry& g, View4<const T> x_any,
   });
 }
 
-// Grouped convs with 8 input and 8 output channels a group (ResNeXt's), float or bf16, channels_last x
-// and y, kernel rows of 3 taps, column stride 1 or 2: the 8 output channels of GP groups at a
-// position fill one register, lane oc * GP + j for group j of the GP. Each input value (a pair,
-// one of each group, with GP = 2) is broadcast once into a register and multiplied with the
+// Grouped convs with 8 input and 8 output channels a group (ResNeXt's), float or bf16,
+// channels_last x and y, kernel rows of 3 taps, column stride 1 or 2: the 8 output channels of
+// GP groups at a position fill one register, lane oc * GP + j for group j. Each input value (with
+// GP = 2, a pair: one of each group) is broadcast once into a register and multiplied with the
 // weight vectors of the taps that read it: at stride 1, 16 broadcasts feed 42 FMAs of 14
-// positions, with no shuffles but one permute per output to put each group's lanes together.
-// GP = 2 where vectors hold 16 floats: on full-width 512-bit FMA units that halves the FMAs
-// (ResNeXt 3x3 g32 256 @28 forward, 2 threads: 1.03 -> 0.6 ms); on Zen 4 (256-bit units) a
-// 16-lane kernel that spread each group's values by a permute per 3 FMAs ran 1.2x slower than
-// 8 lanes. Input rows are first copied group-major, [group / GP][column][8][GP]
-// with zero columns for the padding, once per row in a thread's run of output rows: a group's
-// columns then lie 32 x GP bytes apart at constant offsets, where in x they are a pixel (1 KB)
-// apart and share a few L1 sets. bf16 is widened to float on that copy, or with vdpbf16ps stays bf16.
+// positions, and one permute per output puts each group's lanes together. GP = 2 where vectors
+// hold 16 floats: on full-width 512-bit FMA units that halves the FMAs (ResNeXt 3x3 g32 256 @28
+// forward, 2 threads: float 1.03 -> 0.6 ms, bf16 0.63 -> 0.43 ms); on Zen 4 (256-bit units) a
+// 16-lane kernel that spread each group's values by a permute per 3 FMAs ran 1.2x slower than 8
+// lanes. Input rows are first copied group-major, [group / GP][column][8][GP] with zero columns
+// for the padding, once per row in a thread's run of output rows: a group's columns then lie
+// 32 x GP bytes apart at constant offsets, where in x they are a pixel (1 KB) apart and share a
+// few L1 sets. bf16 is widened to float on that copy, or with vdpbf16ps stays bf16.
+constexpr int kGrouped8Pairs = kVL<float> == 16 ? 2 : 1;  // GP
+
 template <typename T>
 bool use_grouped8_cl(const ConvGeometry& g, bool channels_last) {
   return (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) && kVL<float> >= 8 && g.C_in_g() == 8 && g.C_out_g() == 8 &&
-         g.KW == 3 && g.dW == 1 && (g.sW == 1 || g.sW == 2) && channels_last;
+         g.groups % kGrouped8Pairs == 0 && g.KW == 3 && g.dW == 1 && (g.sW == 1 || g.sW == 2) && channels_last;
 }
 
 constexpr int kGrouped8Block = kVL<float> == 16 ? 14 : 12;  // accumulators: of 32 or 16 registers
-constexpr int kGrouped8Pairs = kVL<float> == 16 ? 2 : 1;     // GP of the float kernel
 
 #if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
 // A block of grouped8_forward_cl's output columns from bf16 rows and weights that hold pairs of
-// input channels: each broadcast 32-bit word and weight vector sum two channels (vdpbf16ps), half
-// the instructions of the float kernel. rows: the KH packed rows (nullptr: padding), at the
-// row's start and offset the block's first value in them; w: the group's packed weights; bias: 8
-// floats.
-template <int S>
+// input channels: each broadcast word (with GP = 2, two words, one of each group) and weight
+// vector sum two channels (vdpbf16ps), half the instructions of the float kernel. rows: the KH
+// packed rows (nullptr: padding), at the row's start and offset the block's first value in them;
+// w: the groups' packed weights; bias: 8 x GP floats, in lanes as the sums.
+template <int S, int GP>
 void grouped8_block_dot(const c10::BFloat16* const* rows, int64_t KH, int64_t offset, const c10::BFloat16* w,
-                        const float* bias, c10::BFloat16* out, int64_t out_stride, int cols) {
-  constexpr int PB = kGrouped8Block, kCols = (PB - 1) * S + 3;
-  __m256 acc[PB];
-  for (int q = 0; q < PB; ++q) acc[q] = _mm256_loadu_ps(bias);
+                        const float* bias, float* out, int cols) {
+  constexpr int PB = kGrouped8Block, kCols = (PB - 1) * S + 3, L = 8 * GP;
+  using F = std::conditional_t<GP == 2, __m512, __m256>;
+  using B = std::conditional_t<GP == 2, __m512bh, __m256bh>;
+  using Bits = std::conditional_t<GP == 2, __m512i, __m256i>;
+  F acc[PB];
+  for (int q = 0; q < PB; ++q) __builtin_memcpy(&acc[q], bias, sizeof(F));
   for (int64_t kh = 0; kh < KH; ++kh) {
     if (rows[kh] == nullptr) continue;
     const c10::BFloat16* r = rows[kh] + offset;
-    const c10::BFloat16* wk = w + kh * 3 * 64;
+    const c10::BFloat16* wk = w + kh * 3 * 8 * L;
 #pragma GCC unroll 1
     for (int p = 0; p < 4; ++p) {
-      __m256bh wv[3];
-      for (int kw = 0; kw < 3; ++kw) wv[kw] = (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk + (kw * 4 + p) * 16));
+      B wv[3];
+      for (int kw = 0; kw < 3; ++kw) __builtin_memcpy(&wv[kw], wk + (kw * 4 + p) * 2 * L, sizeof(B));
 #pragma GCC unroll 32
       for (int c = 0; c < kCols; ++c) {
-        int32_t pair;
-        __builtin_memcpy(&pair, r + c * 8 + 2 * p, sizeof(pair));
-        const __m256bh xb = (__m256bh)_mm256_set1_epi32(pair);
+        Bits xb;
+        if constexpr (GP == 2) {
+          int64_t pairs;
+          __builtin_memcpy(&pairs, r + (c * 4 + p) * 4, sizeof(pairs));
+          xb = _mm512_set1_epi64(pairs);
+        } else {
+          int32_t pair;
+          __builtin_memcpy(&pair, r + c * 8 + 2 * p, sizeof(pair));
+          xb = _mm256_set1_epi32(pair);
+        }
 #pragma GCC unroll 3
         for (int kw = 0; kw < 3; ++kw) {  // column c feeds output (c - kw) / S
           if (c >= kw && (c - kw) % S == 0 && (c - kw) / S < PB) {
-            acc[(c - kw) / S] = _mm256_dpbf16_ps(acc[(c - kw) / S], xb, wv[kw]);
+            if constexpr (GP == 2) {
+              acc[(c - kw) / S] = _mm512_dpbf16_ps(acc[(c - kw) / S], (__m512bh)xb, wv[kw]);
+            } else {
+              acc[(c - kw) / S] = _mm256_dpbf16_ps(acc[(c - kw) / S], (__m256bh)xb, wv[kw]);
+            }
           }
         }
       }
     }
   }
-  for (int q = 0; q < cols; ++q) store_narrowed(out + q * out_stride, static_cast<Vec8<float>::type>(acc[q]));
+  for (int q = 0; q < cols; ++q) __builtin_memcpy(out + q * L, &acc[q], sizeof(F));
 }
 #endif
 
@@ -3655,7 +3670,7 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
                          View4<T> y) {
   if constexpr ((std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) && kVL<float> >= 8) {
     constexpr bool kDot = std::is_same_v<P, c10::BFloat16>;
-    constexpr int GP = kDot ? 1 : kGrouped8Pairs;  // groups a vector (their count a multiple)
+    constexpr int GP = kGrouped8Pairs;  // groups a vector (their count a multiple)
     constexpr int L = 8 * GP;                      // lanes
     // float, bf16 widened on the way in (load_widened)
     using V = std::conditional_t<GP == 2, typename Vec<float>::type, typename Vec8<float>::type>;
@@ -3676,7 +3691,7 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
       const int64_t grp = oc / 8;
       for (int64_t i = 0; i < 8; ++i) {
         for (int64_t t = 0; t < KH * 3; ++t) {
-          wp.get()[((((grp / GP) * KH * 3 + t) * (8 / Z) + i / Z) * 8 + oc % 8) * Z * GP + i % Z + grp % GP] =
+          wp.get()[(((((grp / GP) * KH * 3 + t) * (8 / Z) + i / Z) * 8 + oc % 8) * GP + grp % GP) * Z + i % Z] =
               static_cast<P>(w.data[oc * w.sN + i * w.sC + (t / 3) * w.sH + (t % 3) * w.sW]);
         }
       }
@@ -3729,12 +3744,13 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
               const int64_t iw = c - pW;
               for (int64_t vg = 0; vg < VG; ++vg) {
                 P* to = dst + (vg * PW + c) * L;
-                if constexpr (kDot) {
-                  if (inside(iw, W)) {
-                    __builtin_memcpy(to, src + iw * x.sW + vg * 8, 8 * sizeof(P));
-                  } else {
-                    std::fill(to, to + 8, P(0));
-                  }
+                if constexpr (kDot) {  // words (pairs of channels) interleaved as the float lanes
+                  using Words = typename Vec8<uint32_t>::type;
+                  typedef int32_t WordIndex __attribute__((vector_size(32)));
+                  Words v{};
+                  if (inside(iw, W)) __builtin_memcpy(&v, src + iw * x.sW + vg * L, L * sizeof(P));
+                  if constexpr (GP == 2) v = __builtin_shuffle(v, WordIndex{0, 4, 1, 5, 2, 6, 3, 7});
+                  __builtin_memcpy(to, &v, L * sizeof(P));
                 } else {
                   V v = inside(iw, W) ? load_widened<V>(src + iw * x.sW + vg * L) : V{};
                   if constexpr (GP == 2) v = __builtin_shuffle(v, interleave);
@@ -3756,9 +3772,15 @@ void grouped8_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T>
             const int qs = static_cast<int>(min64(PB, OW - blk * PB));
             if constexpr (kDot) {
 #if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
-              float b8[8];
-              __builtin_memcpy(b8, &b, sizeof(b8));
-              grouped8_block_dot<S>(rows.get(), KH, offset, wg, b8, out, y.sW, qs);
+              float b_lanes[L];
+              alignas(64) float sums[PB * L];
+              __builtin_memcpy(b_lanes, &b, sizeof(b_lanes));
+              grouped8_block_dot<S, GP>(rows.get(), KH, offset, wg, b_lanes, sums, qs);
+              for (int q = 0; q < qs; ++q) {
+                V acc = loadu<V>(sums + q * L);
+                if constexpr (GP == 2) acc = __builtin_shuffle(acc, separate);
+                store_narrowed(out + q * y.sW, acc);
+              }
 #endif
             } else {
               V acc[PB];
@@ -3994,7 +4016,7 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
       }
     }
   }
-  if (use_grouped8_cl<T>(g, x.sC == 1 && y.sC == 1) && g.groups % kGrouped8Pairs == 0) {
+  if (use_grouped8_cl<T>(g, x.sC == 1 && y.sC == 1)) {
     return g.sW == 1 ? grouped8_forward_cl<T, 1, float>(g, x, w, bias, y) : grouped8_forward_cl<T, 2, float>(g, x, w, bias, y);
   }
   if (use_grouped_direct(g)) {
