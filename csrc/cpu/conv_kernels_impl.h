@@ -4782,7 +4782,7 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   // once per block of MR (the stem's 24 values a tap: float weight grad 7.3-7.6 -> 6.5-6.6 ms;
   // 3x3 s2 128 @56, where each block's 128 positions missed L1 again: 5.4 -> 4.7 ms, channels_last,
   // 2 threads).
-  const int64_t strip = x_panels ? 256 : kStage;
+  const int64_t strip = x_panels ? 256 : kStage / kMR * kMR;  // whole blocks of MR (AVX2's 6)
   // The sums: rows x's channels and columns gy's, or with x_panels rows gy's and columns x's; in
   // parts of pw rows. An item's partial sums are together, a tap's [row][column] after another:
   // [chunk][group][part][tap][row][column] (with a tap's whole rows, 3x3 512 @7's items had 256
