@@ -217,6 +217,42 @@ def test_bf16_weight_grad_pairs(case, layout):
     torch.testing.assert_close(gw.double(), ref.bfloat16().double(), rtol=2 ** -7, atol=atol)
 
 
+# Float weight grads over at most 1024 positions into channels_last gw: the sums go straight into
+# gw, gy's channels as the rows, each thread's share of them packing all of x (and where many
+# positions read padding, gy's rows of the others gathered). (n, cin, cout, k, stride, padding,
+# dilation, h, w, groups.)
+DIRECT_WEIGHT_GRAD_CASES = {
+    "3x3": (2, 64, 64, 3, 1, 1, 1, 7, 7, 1),
+    "3x3_dilated": (2, 32, 64, 3, 1, 4, 4, 9, 9, 1),
+    "3x3_s2": (2, 64, 96, 3, 2, 1, 1, 9, 9, 1),
+    "grouped": (2, 64, 128, 3, 1, 1, 1, 7, 7, 2),
+    "1x1": (3, 32, 32, 1, 1, 0, 1, 5, 5, 1),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", list(DIRECT_WEIGHT_GRAD_CASES))
+def test_float_weight_grad_into_channels_last(case, dtype, threads):
+    n, cin, cout, k, stride, padding, dilation, h, w, groups = DIRECT_WEIGHT_GRAD_CASES[case]
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(n, cin, h, w, generator=gen).to(dtype), "channels_last")
+    oh, ow = ((s + 2 * padding - dilation * (k - 1) - 1) // stride + 1 for s in (h, w))
+    gy = make_layout(torch.randn(n, cout, oh, ow, generator=gen).to(dtype), "channels_last")
+    args = ([stride] * 2, [padding] * 2, [dilation] * 2)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        gw = torch.ops.convext.conv2d_weight_grad(x, gy, [k, k], *args, groups, True)
+    finally:
+        torch.set_num_threads(saved)
+    assert gw.is_contiguous(memory_format=torch.channels_last)
+    _, ref, _ = torch.ops.aten.convolution_backward(
+        gy.double(), x.double(), torch.zeros(cout, cin // groups, k, k, dtype=torch.float64), None, *args, False,
+        [0, 0], groups, [False, True, False])
+    assert_close_to_reference(gw, ref)
+
+
 @pytest.mark.parametrize("cin, groups, cout, dtype", [
     (24, 1, 20, torch.float64), (24, 3, 24, torch.float64), (24, 24, 24, torch.float64),
     (32, 4, 32, torch.float32)], ids=["dense", "grouped_8", "depthwise", "grouped_8_pairs"])

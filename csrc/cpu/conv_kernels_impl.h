@@ -4742,11 +4742,17 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   const int64_t len = round_up(ceil_div(M, chunks), pairs ? 2 : 1);
   // The sums' rows (x's channels, or with x_panels gy's) are split into parts only where chunks
   // and groups give threads too few items (3x3 512 @7: one chunk); an item's sums do not depend
-  // on the split.
-  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  // on the split. Float splits until the items share evenly among the threads (or are 4 a
+  // thread): each part packs gy again (or with x_panels all of x), and more parts than threads
+  // cost more packing than they balanced (3x3 512 @7 in 8 parts 3.85 ms, in 2 parts 3.43; DCGAN
+  // 4.9 -> 4.5 ms). bf16 splits into 4 a thread.
+  const int64_t threads = at::get_num_threads();
   const auto parts_of = [&](int64_t rows) {
     int64_t parts = 1;
-    while (chunks * g.groups * parts < want && parts * 2 <= rows / kMR) parts *= 2;
+    for (; parts * 2 <= rows / kMR; parts *= 2) {
+      const int64_t items = chunks * g.groups * parts;
+      if (items >= 4 * threads || (!pairs && items >= threads && items % threads == 0)) break;
+    }
     return parts;
   };
   // Packing work a position for an item, in interleaved values (a transposed one: 4). x_panels:
@@ -4755,17 +4761,25 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   // 4 x 9 x 64 + 64, and its weight grad 6.5-7.4 -> 5.3-5.8 ms; ASPP (8 parts): x_panels 72 ->
   // 84-101 ms; 3x3 512 @7 (8 parts) 6.7-7.1 -> 7.2-7.4 ms.
   const int64_t x_parts = parts_of(Mg), gy_parts = parts_of(Cr);
-  const bool x_panels = pairs && run % NR == 0 && taps * Cr + 4 * Mg / x_parts < 4 * taps * Cr / gy_parts + Mg;
+  // Float sums go straight into gw where there is one chunk of positions (few: x is small, and
+  // each item packs all of it) and gw's input channels are contiguous (channels_last): with gy's
+  // channels as the rows (x_panels, gy packed as the broadcast side, whole blocks of MR), a
+  // call's columns are a run of gw. No partial sums, no pass to gather them (3x3 512 @7 channels_last,
+  // 8 parts: 4.8-4.9 -> 3.85 ms; its 9.4 MB of sums had been read back and scattered into gw
+  // value by value).
+  const bool direct = !pairs && !row_taps && run % NR == 0 && Mg % kMR == 0 && M <= 1024 && gw.sC == 1;
+  const bool x_panels = direct || (pairs && run % NR == 0 && taps * Cr + 4 * Mg / x_parts < 4 * taps * Cr / gy_parts + Mg);
+  const bool gy_by_positions = pairs && x_panels;  // gy_t below
   Scratch<T> x_copy(channels_last_copy_size<T>(x_any, g.N, g.C_in, g.H, g.W));
   const View4<const T> x = channels_last_view(x_any, g.N, g.C_in, g.H, g.W, x_copy);
   const int64_t x_extent = (g.N - 1) * x.sN + (g.C_in - 1) * x.sC + (g.H - 1) * x.sH + (g.W - 1) * x.sW + 1;
   // gy as channels_last rows, or with x_panels as rows of positions, once for all items (packed
   // per item, 3x3 512 @7's 8 items each transposed all of gy): gy_t[oc][q] over all images'
   // positions, an even number of them (a zero after an odd last); from NCHW gy, plain copies.
-  Scratch<T> gy_copy(x_panels ? 0 : channels_last_copy_size<T>(gy_any, g.N, g.C_out, g.OH, g.OW));
-  const View4<const T> gy = x_panels ? gy_any : channels_last_view(gy_any, g.N, g.C_out, g.OH, g.OW, gy_copy);
-  Scratch<T> gy_t(x_panels ? g.C_out * Mp : 0);
-  if (x_panels) {
+  Scratch<T> gy_copy(gy_by_positions ? 0 : channels_last_copy_size<T>(gy_any, g.N, g.C_out, g.OH, g.OW));
+  const View4<const T> gy = gy_by_positions ? gy_any : channels_last_view(gy_any, g.N, g.C_out, g.OH, g.OW, gy_copy);
+  Scratch<T> gy_t(gy_by_positions ? g.C_out * Mp : 0);
+  if (gy_by_positions) {
     constexpr int64_t kChannels = 64;
     const int64_t blocks = ceil_div(g.C_out, kChannels), P = g.OH * g.OW;
     at::parallel_for(0, g.N * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -4791,7 +4805,7 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   const int64_t pw = ceil_div(rows / kMR, parts) * kMR;
   const int64_t item_sums = taps * pw * cols;
   const int64_t per_chunk = g.groups * parts * item_sums;
-  Scratch<A> partial(chunks * per_chunk);
+  Scratch<A> partial(direct ? 0 : chunks * per_chunk);
   const bool fetch_sums = item_sums * static_cast<int64_t>(sizeof(A)) > (1 << 20);
   at::parallel_for(0, chunks * g.groups * parts, 1, [&](int64_t begin, int64_t end) {
     const T* gy_rows[kWeightGradBlock];
@@ -4822,7 +4836,14 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
           } else {
             const T* values = value(j, from + c0, step, staged[0]);
             for (int64_t c = c0; c < c0 + step; c += width) {
-              __builtin_memcpy(dst + c * kWeightGradBlock + j * width, values + c - c0, width * sizeof(T));
+              // Fixed sizes, inlined (a copy of `width` bytes went through rep movs: the stem's
+              // weight grad 7 -> 12 ms).
+              T* to = dst + c * kWeightGradBlock + j * width;
+              if (width == kMR) {
+                __builtin_memcpy(to, values + c - c0, kMR * sizeof(T));
+              } else {
+                __builtin_memcpy(to, values + c - c0, NR * sizeof(T));
+              }
             }
           }
         }
@@ -4858,6 +4879,14 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
       const int64_t x_begin = x_panels ? 0 : r_begin, x_end = x_panels ? Cr : r_end;
       const int64_t q0 = chunk * len, count = min64(len, M - q0);
       A* out = partial.get() + item * item_sums;
+      // gy's channels as panels of NR columns, or with direct the part's as the rows.
+      const auto pack_gy = [&](const auto& value, int64_t k_len, T* dst) {
+        if (direct) {
+          pack_panels(value, k_len, r_begin, r_end - r_begin, kMR, dst + r_begin * kWeightGradBlock);
+        } else {
+          pack_panels(value, k_len, 0, Mg, NR, dst);
+        }
+      };
       const T* group_gy_t = gy_t.get() + grp * Mg * Mp;
       // Blocks of positions, both operands copied out contiguous (in place, their rows are far
       // apart: at 256 channels a block's lines share a few cache sets and every load missed L1):
@@ -4866,19 +4895,19 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
         const int64_t b = min64(kWeightGradBlock, count - b0);
         for (int64_t i = 0; i < b; ++i) {
           const int64_t q = q0 + b0 + i, n = q / (g.OH * g.OW), oh = q / g.OW % g.OH, ow = q % g.OW;
-          if (!x_panels) gy_rows[i] = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * Mg;
+          if (!gy_by_positions) gy_rows[i] = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * Mg;
           image[i] = n * x.sN + grp * Cg;
           ih0[i] = oh * g.sH - g.pH;
           iw0[i] = ow * g.sW - g.pW;
         }
-        if (x_panels) {
+        if (gy_by_positions) {
           // The part's rows of gy_t for the block, together: read in place, Mp apart, each call's
           // broadcasts came from 8 far rows (bf16 3x3 64 @56: 5.6 -> 6.4 ms).
           for (int64_t oc = r_begin; oc < r_end; ++oc) {
             copy_run(gy_packed.get() + oc * kWeightGradBlock, group_gy_t + oc * Mp + q0 + b0, round_up(b, 2));
           }
         } else {
-          pack_panels([&](int64_t j, int64_t from, int64_t, T*) { return gy_rows[j] + from; }, b, 0, Mg, NR, gy_packed.get());
+          pack_gy([&](int64_t j, int64_t from, int64_t, T*) { return gy_rows[j] + from; }, b, gy_packed.get());
         }
         // The next block's gy comes into L2 behind this block's taps, a share per tap: read when
         // its panels are copied, it came from memory a line at a time (the ResNet stem's 26 MB of
@@ -4887,12 +4916,12 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
         // on those loads).
         const int64_t next_b = min64(kWeightGradBlock, count - b0 - b);
         for (int64_t tap = 0; tap < taps; ++tap) {
-          for (int64_t oc = r_begin + (r_end - r_begin) * tap / taps; x_panels && oc < r_begin + (r_end - r_begin) * (tap + 1) / taps; ++oc) {
+          for (int64_t oc = r_begin + (r_end - r_begin) * tap / taps; gy_by_positions && oc < r_begin + (r_end - r_begin) * (tap + 1) / taps; ++oc) {
             prefetch_l2(group_gy_t + oc * Mp + q0 + b0 + b, next_b);
           }
           for (int64_t i = next_b * tap / taps; i < next_b * (tap + 1) / taps; ++i) {
             const int64_t q = q0 + b0 + b + i, n = q / (g.OH * g.OW), oh = q / g.OW % g.OH, ow = q % g.OW;
-            if (!x_panels) prefetch_l2(gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * Mg, Mg);
+            if (!gy_by_positions) prefetch_l2(gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW + grp * Mg, Mg);
             const int64_t ih = oh * g.sH - g.pH + (g.KH - 1) * g.dH;
             const int64_t iw = row_taps ? max64(0, ow * g.sW - g.pW) : ow * g.sW - g.pW + (g.KW - 1) * g.dW;
             if (inside(ih, g.H) && inside(iw, g.W)) prefetch_l2(x.data + n * x.sN + grp * Cg + ih * x.sH + iw * x.sW, run);
@@ -4910,16 +4939,19 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
           // The whole block reads padding at this tap (ASPP's dilation 12: a fifth of the GEMMs):
           // nothing to add, or for the first block, sums of no positions (zeros) to store.
           if (reading == 0 && b0 > 0) continue;
-          A* sums = out + tap * pw * cols;
+          // The tap's sums (from the item's first row), ld apart.
+          const int64_t ld = direct ? gw.sN : cols;
+          A* sums = direct ? reinterpret_cast<A*>(gw.data) + (grp * Mg + r_begin) * gw.sN + tap / g.KW * gw.sH + tap % g.KW * gw.sW
+                           : out + tap * pw * cols;
           // Where many of the block's positions read padding, the others' gy is packed again by
           // itself, and only they are summed: ASPP's dilation 12 reaches padding from 36% of the
           // positions at each tap off the centre column.
           // With x_panels, gy's rows are gathered a run of consecutive positions at a time, and
           // only where a third of the positions read padding (value by value, from an eighth up,
           // 3x3 256 @14 spent longer gathering than the sums it saved).
-          const bool gather = x_panels ? 3 * reading <= 2 * b : 8 * reading <= 7 * b;
+          const bool gather = gy_by_positions ? 3 * reading <= 2 * b : 8 * reading <= 7 * b;
           T* const gathered = reading_packed.get();
-          if (gather && x_panels) {  // rows of the reading positions (and a zero after an odd last)
+          if (gather && gy_by_positions) {  // rows of the reading positions (and a zero after an odd last)
             int64_t runs = 0;  // runs of reading positions: run_at[r] of them from the reading_at[r]th
             for (int64_t j = 0; j < reading; ++j) {
               if (j == 0 || reading_at[j] != reading_at[j - 1] + 1) run_at[runs++] = j;
@@ -4932,7 +4964,7 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
               if (reading % 2) dst[reading] = T(0);
             }
           } else if (gather) {
-            pack_panels([&](int64_t j, int64_t from, int64_t, T*) { return gy_rows[reading_at[j]] + from; }, reading, 0, Mg, NR, gathered);
+            pack_gy([&](int64_t j, int64_t from, int64_t, T*) { return gy_rows[reading_at[j]] + from; }, reading, gathered);
           }
           const T* tap_gy = gather ? gathered : gy_packed.get();
           const int64_t k_len = gather ? reading : b;
@@ -4962,7 +4994,7 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
             const int64_t sum_row0 = row0 - r_begin, sum_col0 = col0;
             const int64_t n_rows = ((x_panels ? r_end : s1) - row0) / kMR, n_cols = ((x_panels ? s1 : Mg) - col0) / NR;
             const auto sums_of = [&](int64_t call) {
-              return sums + (sum_row0 + call / n_cols * kMR) * cols + sum_col0 + call % n_cols * NR;
+              return sums + (sum_row0 + call / n_cols * kMR) * ld + sum_col0 + call % n_cols * NR;
             };
             for (int64_t call = 0; call < n_rows * n_cols; ++call) {
               const int64_t r0 = row0 + call / n_cols * kMR, c0 = col0 + call % n_cols * NR;
@@ -4974,8 +5006,8 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
                 // cost a little).
                 const A* next = sums_of(call + 1);
                 for (int m = 0; m < kMR; ++m) {
-                  __builtin_prefetch(next + m * cols);
-                  __builtin_prefetch(next + m * cols + NR / 2);
+                  __builtin_prefetch(next + m * ld);
+                  __builtin_prefetch(next + m * ld + NR / 2);
                 }
               }
               const T* row_side = x_panels ? tap_gy + r0 * kWeightGradBlock : x_packed + (r0 - s0) * kWeightGradBlock;
@@ -4987,9 +5019,9 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
                 indirect_microkernel_bf16(1, round_up(k_len, 2), row_ptrs, &no_padding, 0, panel, b0 == 0 ? nullptr : c,
                                           cols, nullptr, c, cols);
               } else if (b0 == 0) {
-                microkernel<A>(k_len, row_side, panel, c, cols);
+                microkernel<A>(k_len, row_side, panel, c, ld);
               } else {
-                microkernel<A, true>(k_len, row_side, panel, c, cols);
+                microkernel<A, true>(k_len, row_side, panel, c, ld);
               }
             }
           }
@@ -4997,6 +5029,7 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
       }
     }
   });
+  if (direct) return;
   // The chunks' sums into gw, in tiles of 16 x 16 channels: the partial sums run along one kind
   // of channel, gw along input channels or taps, and either order alone strides through one of
   // them (3x3 512: a quarter of the weight grad's time went there). A tile's taps are
