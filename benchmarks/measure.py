@@ -1,7 +1,8 @@
 """Timing, the machine's ceilings, the correctness guard and the measurement of one row.
 
 CPU: torch.utils.benchmark.Timer with the process's thread count (Timer's own default is one
-thread, which would make a 1-thread torch the baseline), blocked_autorange, median.
+thread, which would make a 1-thread torch the baseline); convext and torch timed in turns, in
+blocks of calls; medians of the blocks.
 CUDA: triton.testing.do_bench when triton imports, else CUDA events; medians after warm-up.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ TOLERANCE = {"fp32": 1e-3, "tf32": 1e-2, "fp16": 1e-2, "bf16": 3e-2}
 class Timing:
     """How long and on what to measure. Injectable so the tests (and --quick) can run small."""
 
-    min_run_time: float = 0.5  # CPU: seconds of timed calls per measurement (blocked_autorange)
+    min_run_time: float = 0.5  # CPU: seconds of timed calls per side of a row (time_cpu)
     cuda_warmup_ms: float = 25.0  # CUDA: warm-up time before the timed calls
     cuda_rep_ms: float = 100.0  # CUDA: time spent in timed calls
     batch: Optional[int] = None  # overrides every layer's batch size when set
@@ -81,10 +82,36 @@ def keep_freed_memory_for_reuse() -> str:
     return "glibc malloc reusing freed memory (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)"
 
 
-def time_cpu(fn: Callable[[], object], min_run_time: float) -> float:
-    """Median seconds per call of fn. blocked_autorange's first (block-size) calls warm up."""
-    timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+def time_cpu(fns: Sequence[Callable[[], object]], min_run_time: float) -> List[float]:
+    """Median seconds per call of each fn, timed in turns: blocks of calls of one fn, then of the
+    next, the order flipped every round, until each fn has min_run_time of timed calls.
+
+    On a shared machine the speed moves by 10-20% over seconds. Timing one side after the other
+    put such a drift into the ratio; in turns, both sides see the same machine. A block lasts
+    about a tenth of min_run_time (at least one call), so each fn gets about ten blocks; the first
+    calls, which find the size, also warm up."""
+    threads = torch.get_num_threads()
+    timers = [tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads) for fn in fns]
+    block_s = min_run_time / 10
+    numbers = []
+    for timer in timers:
+        number = 1
+        while True:
+            took = timer.timeit(number).raw_times[0]
+            if took >= block_s:
+                break
+            number = max(number + 1, min(10 * number, int(number * 1.2 * block_s / max(took, 1e-9))))
+        numbers.append(number)
+    per_call: List[List[float]] = [[] for _ in fns]
+    spent = [0.0] * len(fns)
+    order = list(range(len(fns)))
+    while min(spent) < min_run_time:
+        for i in order:
+            took = timers[i].timeit(numbers[i]).raw_times[0]
+            per_call[i].append(took / numbers[i])
+            spent[i] += took
+        order.reverse()
+    return [statistics.median(times) for times in per_call]
 
 
 def time_cuda(fn: Callable[[], object], warmup_ms: float, rep_ms: float) -> float:
@@ -125,10 +152,17 @@ def _time_cuda_events(fn: Callable[[], object], warmup_ms: float, rep_ms: float)
     return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) * 1e-3
 
 
-def time_fn(fn: Callable[[], object], device: str, timing: Timing, min_run_time: Optional[float] = None) -> float:
+def time_fns(fns: Sequence[Callable[[], object]], device: str, timing: Timing,
+             min_run_time: Optional[float] = None) -> List[float]:
+    """Median seconds per call of each fn: on CPU in turns (time_cpu), on CUDA one after another
+    (the GPU's clock does not drift as a shared CPU's does)."""
     if device == "cuda":
-        return time_cuda(fn, timing.cuda_warmup_ms, timing.cuda_rep_ms)
-    return time_cpu(fn, timing.min_run_time if min_run_time is None else min_run_time)
+        return [time_cuda(fn, timing.cuda_warmup_ms, timing.cuda_rep_ms) for fn in fns]
+    return time_cpu(fns, timing.min_run_time if min_run_time is None else min_run_time)
+
+
+def time_fn(fn: Callable[[], object], device: str, timing: Timing, min_run_time: Optional[float] = None) -> float:
+    return time_fns([fn], device, timing, min_run_time)[0]
 
 
 @contextlib.contextmanager
@@ -348,9 +382,11 @@ def run_case(case: Case, ceilings: Ceilings, timing: Timing, convext_module) -> 
 
         # A row whose convext answer is wrong is never timed for convext: a fast wrong answer
         # must not look good. torch is still timed, for reference.
+        fns = [make_fn(torch_fn)] + ([convext_fn] if convext_fn is not None else [])
+        times_ms = [t * 1e3 for t in time_fns(fns, case.device, timing)]
+        row.torch_ms = times_ms[0]
         if convext_fn is not None:
-            row.convext_ms = time_fn(convext_fn, case.device, timing) * 1e3
-        row.torch_ms = time_fn(make_fn(torch_fn), case.device, timing) * 1e3
+            row.convext_ms = times_ms[1]
 
     _fill_rates(row, ceilings)
     return row
@@ -409,4 +445,4 @@ def _fill_rates(row: Row, ceilings: Ceilings) -> None:
 
 
 __all__ = ["Case", "Ceilings", "DTYPES", "LAYOUTS", "PASSES", "PASS_LABEL", "Row", "Timing",
-           "measure_ceilings", "pick_bound", "run_case", "time_fn"]
+           "measure_ceilings", "pick_bound", "run_case", "time_fn", "time_fns"]

@@ -77,8 +77,8 @@ def format_header(h: Dict[str, object]) -> str:
         timing = (f"CUDA medians after warm-up (triton do_bench or CUDA events), "
                   f"{h['timing']['cuda_rep_ms']:g} ms of timed calls per measurement")
     else:
-        timing = (f"torch.utils.benchmark.Timer(num_threads={h['threads']}).blocked_autorange("
-                  f"min_run_time={h['timing']['min_run_time']:g}), median")
+        timing = (f"torch.utils.benchmark.Timer(num_threads={h['threads']}), convext and torch in turns, "
+                  f"{h['timing']['min_run_time']:g} s of calls each in blocks of about a tenth, median block")
     lines = [
         "convext benchmark: convext.functional.<op> vs torch.nn.functional.<op>"
         + ("  [--quick]" if h["quick"] else ""),

@@ -93,3 +93,27 @@ def test_table_text(tiny_run):
 def test_bad_filter_is_a_usage_error(capsys):
     assert main(["--layer", "no such layer", "--no-plot"]) == 2
     assert "no layer matches" in capsys.readouterr().err
+
+
+def test_cpu_timing_takes_turns():
+    """Both sides of a row are timed in alternating blocks (so a drift of the machine's speed
+    reaches both), each for at least min_run_time, and the medians come back in order."""
+    import time
+
+    from benchmarks.measure import time_cpu
+
+    calls = []
+
+    def side(name, seconds):
+        def fn():
+            calls.append(name)
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+        return fn
+
+    slow, fast = time_cpu([side("slow", 2e-4), side("fast", 5e-5)], min_run_time=0.02)
+    assert slow > fast > 0
+    assert calls.count("slow") * 2e-4 >= 0.02 and calls.count("fast") * 5e-5 >= 0.02
+    switches = sum(a != b for a, b in zip(calls, calls[1:]))
+    assert switches >= 10, switches
