@@ -4751,16 +4751,16 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
   const int64_t len = round_up(ceil_div(M, chunks), pairs ? 2 : 1);
   // The sums' rows (x's channels, or with x_panels gy's) are split into parts only where chunks
   // and groups give threads too few items (3x3 512 @7: one chunk); an item's sums do not depend
-  // on the split. Float splits until the items share evenly among the threads (or are 4 a
+  // on the split. It splits until the items share evenly among the threads (or are 4 a
   // thread): each part packs gy again (or with x_panels all of x), and more parts than threads
-  // cost more packing than they balanced (3x3 512 @7 in 8 parts 3.85 ms, in 2 parts 3.43; DCGAN
-  // 4.9 -> 4.5 ms). bf16 splits into 4 a thread.
+  // cost more packing than they balanced (float 3x3 512 @7 in 8 parts 3.85 ms, in 2 parts 3.43;
+  // DCGAN 4.9 -> 4.5 ms; bf16 DCGAN 4.3-4.5 -> 4.0 ms, 3x3 256 @14 NCHW 2.8-3.0 -> 2.7-2.8).
   const int64_t threads = at::get_num_threads();
   const auto parts_of = [&](int64_t rows) {
     int64_t parts = 1;
     for (; parts * 2 <= rows / kMR; parts *= 2) {
       const int64_t items = chunks * g.groups * parts;
-      if (items >= 4 * threads || (!pairs && items >= threads && items % threads == 0)) break;
+      if (items >= 4 * threads || (items >= threads && items % threads == 0)) break;
     }
     return parts;
   };
