@@ -715,7 +715,7 @@ _ISA_SCRIPT = textwrap.dedent("""
                 ref += torch.autograd.grad(ref[0].sum(), x)
                 for a, b in zip(ours, ref):
                     torch.testing.assert_close(a, b, **({} if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)))
-    # Passes writing 8 MB or more store around the caches, with each ISA's instructions:
+    # Passes writing 4 MiB or more store around the caches, with each ISA's instructions:
     # channels_last depthwise (forward and input grad), 1x1, max pooling with indices and the
     # average's input grad.
     x = torch.randn(2, 32, 256, 260, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()

@@ -127,7 +127,7 @@ def test_channels_last_grouped_8_forward(kernel, stride, padding, dilation, dtyp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("cin,k,padding,dilation", [(16, 1, 0, 1), (4, 5, 16, 8)])
 def test_channels_last_forward_streamed_outputs(cin, k, padding, dilation, dtype):
-    # The indirect forward stores channels_last outputs of 8 MB or more, summed in one step,
+    # The indirect forward stores channels_last outputs of 4 MiB or more, summed in one step,
     # around the caches: block by block, or (5 x 5 dilation 8: most windows reach padding, so a
     # tile's positions are regrouped) through per-position row pointers; bf16 (with vdpbf16ps)
     # a block's rows as whole lines (128 channels: 8.9 MB).
@@ -143,7 +143,7 @@ def test_channels_last_forward_streamed_outputs(cin, k, padding, dilation, dtype
 
 @pytest.mark.parametrize("dtype,cout", [(torch.float32, 80), (torch.bfloat16, 160)], ids=str)
 def test_grouped_forward_streamed_outputs_unaligned_groups(dtype, cout):
-    # Outputs of 8 MB or more go around the caches only where every block starts on a whole
+    # Outputs of 4 MiB or more go around the caches only where every block starts on a whole
     # vector: 2 groups of 40 float (80 bf16) output channels start 160 bytes apart, and the
     # non-temporal stores there faulted.
     gen = torch.Generator().manual_seed(0)
@@ -500,13 +500,15 @@ def test_depthwise_stride2_wide_rows(dtype, padding, dilation, multiplier):
     _check_depthwise((2, 5, 9, 37), 3, multiplier, dtype, "contiguous", 2, padding, dilation)
 
 
-@pytest.mark.parametrize("dtype,stride,size", [
-    (torch.float32, 1, (160, 208)), (torch.float64, 1, (160, 208)), (torch.float32, 2, (320, 416))], ids=str)
-def test_depthwise_channels_last_streamed_outputs(dtype, stride, size):
-    # channels_last outputs of 8 MB or more are stored around the caches: the sliding blocks
+@pytest.mark.parametrize("dtype,stride,channels,size", [
+    (torch.float32, 1, 32, (160, 208)), (torch.float64, 1, 32, (160, 208)), (torch.float32, 2, 32, (320, 416)),
+    (torch.bfloat16, 1, 48, (160, 204))], ids=str)
+def test_depthwise_channels_last_streamed_outputs(dtype, stride, channels, size):
+    # channels_last outputs of 4 MiB or more are stored around the caches: the sliding blocks
     # (stride 1, forward and input grad) and the blocks of columns (stride 2: the forward, and the
-    # input grad a phase of columns at a time).
-    _check_depthwise((2, 32) + size, 3, 1, dtype, "channels_last", stride, 1, 1)
+    # input grad a phase of columns at a time). bf16 sliding blocks go through a buffer, as whole
+    # lines (48 channels: 96 bytes a column; 204 columns end in 4 outside the sliding blocks).
+    _check_depthwise((2, channels) + size, 3, 1, dtype, "channels_last", stride, 1, 1)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])

@@ -352,7 +352,7 @@ def test_channels_last_avg_pool_backward_bitwise(kernel, stride, padding, ceil_m
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_channels_last_pooling_streamed_outputs(dtype):
-    """channels_last passes writing 8 MB or more store around the caches: max pooling's values,
+    """channels_last passes writing 4 MiB or more store around the caches: max pooling's values,
     indices and input grad, and the input grad of averages over windows that share no input (stride 3 leaves
     inputs no window reads, zeros). Bit for bit against torch."""
     x = torch.randn(2, 32, 256, 260, generator=torch.Generator().manual_seed(0), dtype=dtype)
