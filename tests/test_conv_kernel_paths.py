@@ -511,6 +511,16 @@ def test_depthwise_channels_last_streamed_outputs(dtype, stride, channels, size)
     _check_depthwise((2, channels) + size, 3, 1, dtype, "channels_last", stride, 1, 1)
 
 
+@pytest.mark.parametrize("channels", [16, 48, 80])
+@pytest.mark.parametrize("k", [3, 5])
+def test_depthwise_channels_last_bf16_sliding_channels(k, channels):
+    # bf16 channels_last depthwise sliding blocks (stride 1: the forward and input grad) take
+    # blocks of 32 channels by vdpbf16ps, then the last 16 (if there are) as 32-byte halves
+    # interleaved by one permute; 5 x 5 kernels: rows in 3 pairs, the last with a zero row; 21
+    # columns: blocks clipped at both borders and 5 columns outside them.
+    _check_depthwise((2, channels, 6, 21), k, 1, torch.bfloat16, "channels_last", 1, k // 2, 1)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("k,padding,dilation,multiplier", [

@@ -635,27 +635,25 @@ constexpr int64_t kDotChannels = 32;
 
 inline int64_t dot_channel(int64_t lane, int64_t hi) { return 8 * (lane / 4) + 4 * hi + lane % 4; }
 
-// [row pair][kernel column][channel block of 32][lo, hi][lane]: the weights of rows 2p and
-// 2p + 1 (zero past KH) as the low and high halves of 32 bits; bias as float in the same order.
+// [row pair][kernel column][channel][32 bits]: the weights of rows 2p and 2p + 1 (zero past KH)
+// as the low and high halves of 32 bits; bias as float in the same order. Blocks of 32 channels
+// ([0, c_dot)) hold theirs as [lo, hi][lane], and channels [c_dot, c_pack) (16 or none) in order.
 template <typename T>
-void pack_depthwise_dot(const ConvGeometry& g, View4<const T> w, const T* bias, int64_t c_dot,
+void pack_depthwise_dot(const ConvGeometry& g, View4<const T> w, const T* bias, int64_t c_dot, int64_t c_pack,
                         uint32_t* wt, float* bias_dot) {
   const auto bits = [&](int64_t c, int64_t ki, int64_t kj) -> uint32_t {
     return ki < g.KH ? w.data[c * w.sN + ki * w.sH + kj * w.sW].x : 0;
   };
+  const auto channel = [&](int64_t i) {
+    return i < c_dot ? i / kDotChannels * kDotChannels + dot_channel(i % 16, i % kDotChannels / 16) : i;
+  };
   for (int64_t p = 0; 2 * p < g.KH; ++p) {
     for (int64_t kj = 0; kj < g.KW; ++kj) {
-      uint32_t* dst = wt + (p * g.KW + kj) * c_dot;
-      for (int64_t i = 0; i < c_dot; ++i) {
-        const int64_t c = i / kDotChannels * kDotChannels + dot_channel(i % 16, i % kDotChannels / 16);
-        dst[i] = bits(c, 2 * p, kj) | bits(c, 2 * p + 1, kj) << 16;
-      }
+      uint32_t* dst = wt + (p * g.KW + kj) * c_pack;
+      for (int64_t i = 0; i < c_pack; ++i) dst[i] = bits(channel(i), 2 * p, kj) | bits(channel(i), 2 * p + 1, kj) << 16;
     }
   }
-  for (int64_t i = 0; i < c_dot; ++i) {
-    const int64_t c = i / kDotChannels * kDotChannels + dot_channel(i % 16, i % kDotChannels / 16);
-    bias_dot[i] = bias ? static_cast<float>(bias[c]) : 0.0f;
-  }
+  for (int64_t i = 0; i < c_pack; ++i) bias_dot[i] = bias ? static_cast<float>(bias[channel(i)]) : 0.0f;
 }
 
 // The weights of a pair of rows, with the halves of missing rows (padding) zeroed: their zero
@@ -677,54 +675,83 @@ inline void store_dot(c10::BFloat16* out, __m512 lo, __m512 hi) {
   _mm512_storeu_si512(out, _mm512_permutex2var_epi64(l, _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0), h));
 }
 
-// depthwise_cl_slide's channels [0, c_dot) by pairs of rows.
-template <int KW, int DIR, bool Clipped>
-void depthwise_cl_slide_dot(int64_t KH, const c10::BFloat16* const* rows, const SlideBlock& blk,
-                            int64_t src_sW, const uint32_t* wt, int64_t c_dot, const float* bias,
-                            int64_t C, c10::BFloat16* out) {
+// depthwise_cl_slide's channels [c0, c0 + 16 * V) by pairs of rows: V = 2, a block of 32 as
+// above; V = 1, 16 channels (C = 144's last ones), whose two rows' 32-byte halves one vpermt2w
+// interleaves in channel order. Those took the float kernel, at 2 loads that widen and 3 FMAs
+// a row per source vector where this takes 2 loads and a permute, then 1 vdpbf16ps per tap
+// pair: the float channels took as long as two blocks of 32.
+template <int KW, int DIR, bool Clipped, int V>
+inline void depthwise_cl_slide_dot_block(int64_t KH, const c10::BFloat16* const* rows, const SlideBlock& blk,
+                                         int64_t src_sW, const uint32_t* wt, int64_t c_pack, int64_t c0,
+                                         const float* bias, int64_t C, c10::BFloat16* out) {
   constexpr int kVectors = slide_vectors(DIR, KW);
   const int e_lo = static_cast<int>(blk.e_lo), e_hi = static_cast<int>(blk.e_hi);
-  for (int64_t c0 = 0; c0 < c_dot; c0 += kDotChannels) {
-    __m512 lo[kSlideCols], hi[kSlideCols];
-    const __m512 blo = _mm512_loadu_ps(bias + c0), bhi = _mm512_loadu_ps(bias + c0 + 16);
+  __m512 acc[kSlideCols][V];
 #pragma GCC unroll 16
-    for (int q = 0; q < kSlideCols; ++q) {
-      lo[q] = blo;
-      hi[q] = bhi;
-    }
-    for (int64_t p = 0; 2 * p < KH; ++p) {
-      const c10::BFloat16* r0 = rows[2 * p];
-      const c10::BFloat16* r1 = 2 * p + 1 < KH ? rows[2 * p + 1] : nullptr;
-      if (!r0 && !r1) continue;
-      const __m512i keep = dot_keep(r0, r1);
-      const int64_t at = blk.first * src_sW + c0;
-      const void* s0 = r0 ? static_cast<const void*>(r0 + at) : kZeroChannels;
-      const void* s1 = r1 ? static_cast<const void*>(r1 + at) : kZeroChannels;
-      const int64_t step0 = r0 ? src_sW * 2 : 0, step1 = r1 ? src_sW * 2 : 0;  // bytes
-      __m512bh wl[KW], wh[KW];
-#pragma GCC unroll 16
-      for (int kj = 0; kj < KW; ++kj) {
-        wl[kj] = dot_weights(wt + (p * KW + kj) * c_dot + c0, keep);
-        wh[kj] = dot_weights(wt + (p * KW + kj) * c_dot + c0 + 16, keep);
-      }
-#pragma GCC unroll 32
-      for (int e = 0; e < kVectors; ++e) {
-        if (Clipped && (e < e_lo || e >= e_hi)) continue;
-        const __m512i a = _mm512_loadu_si512(static_cast<const char*>(s0) + e * step0);
-        const __m512i b = _mm512_loadu_si512(static_cast<const char*>(s1) + e * step1);
-        const __m512bh xl = (__m512bh)_mm512_unpacklo_epi16(a, b), xh = (__m512bh)_mm512_unpackhi_epi16(a, b);
-#pragma GCC unroll 16
-        for (int q = 0; q < kSlideCols; ++q) {
-          const int kk = slide_tap(DIR, KW, q, e);
-          if (kk < 0 || kk >= KW) continue;
-          lo[q] = _mm512_dpbf16_ps(lo[q], xl, wl[kk]);
-          hi[q] = _mm512_dpbf16_ps(hi[q], xh, wh[kk]);
-        }
-      }
-    }
-#pragma GCC unroll 16
-    for (int q = 0; q < kSlideCols; ++q) store_dot(out + q * C + c0, lo[q], hi[q]);
+  for (int q = 0; q < kSlideCols; ++q) {
+    for (int v = 0; v < V; ++v) acc[q][v] = _mm512_loadu_ps(bias + c0 + 16 * v);
   }
+  // Word i of the result: word i / 2 of a (even i) or of b (odd i).
+  const __m512i pairs = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38,
+                                         6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  for (int64_t p = 0; 2 * p < KH; ++p) {
+    const c10::BFloat16* r0 = rows[2 * p];
+    const c10::BFloat16* r1 = 2 * p + 1 < KH ? rows[2 * p + 1] : nullptr;
+    if (!r0 && !r1) continue;
+    const __m512i keep = dot_keep(r0, r1);
+    const int64_t at = blk.first * src_sW + c0;
+    const void* s0 = r0 ? static_cast<const void*>(r0 + at) : kZeroChannels;
+    const void* s1 = r1 ? static_cast<const void*>(r1 + at) : kZeroChannels;
+    const int64_t step0 = r0 ? src_sW * 2 : 0, step1 = r1 ? src_sW * 2 : 0;  // bytes
+    __m512bh w[KW][V];
+#pragma GCC unroll 16
+    for (int kj = 0; kj < KW; ++kj) {
+      for (int v = 0; v < V; ++v) w[kj][v] = dot_weights(wt + (p * KW + kj) * c_pack + c0 + 16 * v, keep);
+    }
+#pragma GCC unroll 32
+    for (int e = 0; e < kVectors; ++e) {
+      if (Clipped && (e < e_lo || e >= e_hi)) continue;
+      const char* a_at = static_cast<const char*>(s0) + e * step0;
+      const char* b_at = static_cast<const char*>(s1) + e * step1;
+      __m512bh x[V];
+      if constexpr (V == 2) {
+        const __m512i a = _mm512_loadu_si512(a_at), b = _mm512_loadu_si512(b_at);
+        x[0] = (__m512bh)_mm512_unpacklo_epi16(a, b);
+        x[1] = (__m512bh)_mm512_unpackhi_epi16(a, b);
+      } else {
+        const __m512i a = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a_at)));
+        const __m512i b = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b_at)));
+        x[0] = (__m512bh)_mm512_permutex2var_epi16(a, pairs, b);
+      }
+#pragma GCC unroll 16
+      for (int q = 0; q < kSlideCols; ++q) {
+        const int kk = slide_tap(DIR, KW, q, e);
+        if (kk < 0 || kk >= KW) continue;
+        for (int v = 0; v < V; ++v) acc[q][v] = _mm512_dpbf16_ps(acc[q][v], x[v], w[kk][v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int q = 0; q < kSlideCols; ++q) {
+    if constexpr (V == 2) {
+      store_dot(out + q * C + c0, acc[q][0], acc[q][1]);
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + q * C + c0),
+                          (__m256i)bf16_bits(static_cast<Vec<float>::type>(acc[q][0])));
+    }
+  }
+}
+
+// depthwise_cl_slide's channels [0, c_slide): blocks of 32, then 16 if c_slide % 32 is.
+template <int KW, int DIR, bool Clipped>
+void depthwise_cl_slide_dot(int64_t KH, const c10::BFloat16* const* rows, const SlideBlock& blk,
+                            int64_t src_sW, const uint32_t* wt, int64_t c_pack, int64_t c_slide,
+                            const float* bias, int64_t C, c10::BFloat16* out) {
+  int64_t c0 = 0;
+  for (; c0 + kDotChannels <= c_slide; c0 += kDotChannels) {
+    depthwise_cl_slide_dot_block<KW, DIR, Clipped, 2>(KH, rows, blk, src_sW, wt, c_pack, c0, bias, C, out);
+  }
+  if (c0 < c_slide) depthwise_cl_slide_dot_block<KW, DIR, Clipped, 1>(KH, rows, blk, src_sW, wt, c_pack, c0, bias, C, out);
 }
 
 // depthwise_cl_block's channels by pairs of rows: src[(t * 2 + r) * kDepthwiseCols + q] is where
@@ -796,13 +823,19 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
   // bf16 channels [0, c_dot), whole blocks of 32, go by pairs of kernel rows (vdpbf16ps). Not
   // in the transposed pass at stride 2, whose rows of a phase read 1 or 2 kernel rows of 3: half
   // the pairs' products would be zeros (its input grad took 3.9 -> 4.1-4.5 ms with them).
-  int64_t c_dot = 0;
+  // Sliding blocks also take the next 16 channels, if there are as many (c_slide).
+  int64_t c_dot = 0, c_slide = 0;
 #if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
   const int64_t row_pairs = (g.KH + 1) / 2;
-  if constexpr (std::is_same_v<T, c10::BFloat16>) c_dot = col_step == 1 ? C / kDotChannels * kDotChannels : 0;
-  Scratch<uint32_t> wt_dot(row_pairs * g.KW * c_dot);
-  Scratch<float> bias_dot(c_dot);
-  if constexpr (std::is_same_v<T, c10::BFloat16>) pack_depthwise_dot(g, w, bias, c_dot, wt_dot.get(), bias_dot.get());
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    c_dot = col_step == 1 ? C / kDotChannels * kDotChannels : 0;
+    c_slide = col_step == 1 && C - c_dot >= 16 ? c_dot + 16 : c_dot;
+  }
+  Scratch<uint32_t> wt_dot(row_pairs * g.KW * c_slide);
+  Scratch<float> bias_dot(c_slide);
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    pack_depthwise_dot(g, w, bias, c_dot, c_slide, wt_dot.get(), bias_dot.get());
+  }
 #endif
   Scratch<int64_t> src_rows(rows * g.KH), src_cols(cols * g.KW);
   for (int64_t r = 0; r < rows * g.KH; ++r) src_rows.get()[r] = src_index(r / g.KH, r % g.KH, true);
@@ -906,11 +939,11 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
 #if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
             if constexpr (std::is_same_v<T, c10::BFloat16>) {
               const auto dot = clipped ? depthwise_cl_slide_dot<KW, DIR, true> : depthwise_cl_slide_dot<KW, DIR, false>;
-              dot(g.KH, slide_rows, slide_blk, src.sW, wt_dot.get(), c_dot, bias_dot.get(), C, block_out);
+              dot(g.KH, slide_rows, slide_blk, src.sW, wt_dot.get(), c_slide, c_slide, bias_dot.get(), C, block_out);
             }
 #endif
             const auto kernel = clipped ? depthwise_cl_slide<A, T, KW, DIR, true> : depthwise_cl_slide<A, T, KW, DIR, false>;
-            kernel(g.KH, slide_rows, slide_blk, src.sW, wt.get(), C, c_dot, c_blocked, bias_a.get(), block_out, stream);
+            kernel(g.KH, slide_rows, slide_blk, src.sW, wt.get(), C, c_slide, c_blocked, bias_a.get(), block_out, stream);
           };
           const auto slide_kw = [&](auto kw) {
             switch (slide_blk.dir) {
@@ -942,7 +975,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
                       sh[r] < 0 || sw < 0 ? zeros.get() : src.data + n * src.sN + sh[r] * src.sH + sw * src.sW;
                 }
               }
-              pair_wt.get()[pairs] = wt_dot.get() + (p * g.KW + block_kj[e]) * c_dot;
+              pair_wt.get()[pairs] = wt_dot.get() + (p * g.KW + block_kj[e]) * c_slide;
               pair_keep.get()[pairs++] = dot_keep(sh[0] >= 0, sh[1] >= 0);
             }
           }
