@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "common/conv_shape.h"
+#include "ops/autograd/needs_autograd.h"
 #include "ops/conv.h"
 
 namespace convext {
@@ -195,6 +196,10 @@ at::Tensor conv2d_autograd(const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                            std::optional<bool> channels_last) {
+  if (!any_needs_autograd(input, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::conv2d(input, weight, bias, stride, padding, dilation, groups, channels_last);
+  }
   return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups,
                                channels_last);
 }
@@ -205,6 +210,11 @@ at::Tensor conv_transpose2d_autograd(const at::Tensor& input, const at::Tensor& 
                                      c10::SymIntArrayRef output_padding, int64_t groups,
                                      at::IntArrayRef dilation,
                                      std::optional<bool> channels_last) {
+  if (!any_needs_autograd(input, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
+                                 dilation, channels_last);
+  }
   return ConvTranspose2dFunction::apply(input, weight, bias, stride, padding, output_padding,
                                         groups, dilation, channels_last);
 }
@@ -213,11 +223,20 @@ at::Tensor conv2d_weight_grad_autograd(const at::Tensor& input, const at::Tensor
                                        c10::SymIntArrayRef kernel_size, at::IntArrayRef stride,
                                        at::IntArrayRef padding, at::IntArrayRef dilation,
                                        int64_t groups, bool channels_last) {
+  if (!any_needs_autograd(input, grad_output)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::conv2d_weight_grad(input, grad_output, kernel_size, stride, padding, dilation,
+                                   groups, channels_last);
+  }
   return Conv2dWeightGradFunction::apply(input, grad_output, kernel_size, stride, padding,
                                          dilation, groups, channels_last);
 }
 
 at::Tensor conv_bias_grad_autograd(const at::Tensor& grad_output) {
+  if (!any_needs_autograd(grad_output)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return ops::conv_bias_grad(grad_output);
+  }
   return ConvBiasGradFunction::apply(grad_output);
 }
 

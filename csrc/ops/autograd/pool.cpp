@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "common/pool_shape.h"
+#include "ops/autograd/needs_autograd.h"
 #include "ops/pool.h"
 
 namespace convext {
@@ -282,24 +283,36 @@ TORCH_LIBRARY_IMPL(convext, Autograd, m) {
   m.impl("max_pool2d_with_indices", [](const at::Tensor& input, at::IntArrayRef kernel_size,
                                        at::IntArrayRef stride, at::IntArrayRef padding,
                                        at::IntArrayRef dilation, bool ceil_mode) {
+    if (!any_needs_autograd(input)) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return ops::max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode);
+    }
     return as_pair(MaxPool2dFunction::apply(input, kernel_size, stride, padding, dilation, ceil_mode));
   });
   // Indices are made only when a grad will need them: inference reads x and writes y alone.
   m.impl("max_pool2d", [](const at::Tensor& input, at::IntArrayRef kernel_size,
                           at::IntArrayRef stride, at::IntArrayRef padding,
                           at::IntArrayRef dilation, bool ceil_mode) {
-    if (at::GradMode::is_enabled() && input.requires_grad()) {
+    if (any_needs_autograd(input)) {
       return MaxPool2dFunction::apply(input, kernel_size, stride, padding, dilation, ceil_mode)[0];
     }
     at::AutoDispatchBelowADInplaceOrView guard;
     return ops::max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode);
   });
   m.impl("adaptive_max_pool2d", [](const at::Tensor& input, c10::SymIntArrayRef output_size) {
+    if (!any_needs_autograd(input)) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return ops::adaptive_max_pool2d(input, output_size);
+    }
     return as_pair(AdaptiveMaxPool2dFunction::apply(input, output_size));
   });
   m.impl("avg_pool2d", [](const at::Tensor& input, at::IntArrayRef kernel_size,
                           at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
                           bool count_include_pad, std::optional<int64_t> divisor_override) {
+    if (!any_needs_autograd(input)) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return ops::avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
+    }
     return AvgPool2dFunction::apply(input, kernel_size, stride, padding, ceil_mode,
                                     count_include_pad, divisor_override);
   });
@@ -308,19 +321,36 @@ TORCH_LIBRARY_IMPL(convext, Autograd, m) {
             at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
             bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override,
             bool channels_last) {
+           if (!any_needs_autograd(grad_output)) {
+             at::AutoDispatchBelowADInplaceOrView guard;
+             return ops::avg_pool2d_backward(grad_output, input_size, kernel_size, stride, padding, ceil_mode,
+                                             count_include_pad, divisor_override, channels_last);
+           }
            return AvgPool2dBackwardFunction::apply(grad_output, input_size, kernel_size, stride,
                                                    padding, ceil_mode, count_include_pad,
                                                    divisor_override, channels_last);
          });
   m.impl("adaptive_avg_pool2d", [](const at::Tensor& input, c10::SymIntArrayRef output_size) {
+    if (!any_needs_autograd(input)) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return ops::adaptive_avg_pool2d(input, output_size);
+    }
     return AdaptiveAvgPool2dFunction::apply(input, output_size);
   });
   m.impl("adaptive_avg_pool2d_backward", [](const at::Tensor& grad_output,
                                             c10::SymIntArrayRef input_size, bool channels_last) {
+    if (!any_needs_autograd(grad_output)) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return ops::adaptive_avg_pool2d_backward(grad_output, input_size, channels_last);
+    }
     return AdaptiveAvgPool2dBackwardFunction::apply(grad_output, input_size, channels_last);
   });
   m.impl("max_unpool2d", [](const at::Tensor& input, const at::Tensor& indices,
                             c10::SymIntArrayRef output_size) {
+    if (!any_needs_autograd(input, indices)) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return ops::max_unpool2d(input, indices, output_size);
+    }
     return MaxUnpool2dFunction::apply(input, indices, output_size);
   });
   m.impl("max_pool2d_backward",
@@ -328,15 +358,28 @@ TORCH_LIBRARY_IMPL(convext, Autograd, m) {
             c10::SymIntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
             at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
             bool channels_last) {
+           if (!any_needs_autograd(grad_output, indices)) {
+             at::AutoDispatchBelowADInplaceOrView guard;
+             return ops::max_pool2d_backward(grad_output, indices, input_size, kernel_size, stride, padding,
+                                             dilation, ceil_mode, channels_last);
+           }
            return MaxPool2dBackwardFunction::apply(grad_output, indices, input_size, kernel_size,
                                                    stride, padding, dilation, ceil_mode,
                                                    channels_last);
          });
   m.impl("pool_scatter_add", [](const at::Tensor& values, const at::Tensor& indices,
                                 c10::SymIntArrayRef size, bool channels_last) {
+    if (!any_needs_autograd(values, indices)) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return ops::pool_scatter_add(values, indices, size, channels_last);
+    }
     return PoolScatterAddFunction::apply(values, indices, size, channels_last);
   });
   m.impl("pool_gather", [](const at::Tensor& input, const at::Tensor& indices) {
+    if (!any_needs_autograd(input, indices)) {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return ops::pool_gather(input, indices);
+    }
     return PoolGatherFunction::apply(input, indices);
   });
 }
