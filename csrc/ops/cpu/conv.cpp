@@ -10,13 +10,14 @@
 
 #include "common/conv_shape.h"
 #include "cpu/conv_kernels.h"
+#include "ops/cpu/output_memory.h"
 #include "ops/cpu/views.h"
 
 namespace convext {
 namespace {
 
 at::Tensor empty_conv_output(const at::Tensor& like, at::IntArrayRef sizes, bool channels_last) {
-  return at::empty(sizes, like.options().memory_format(conv_memory_format(channels_last)));
+  return empty_cpu_output(sizes, like.scalar_type(), conv_memory_format(channels_last));
 }
 
 #define CONVEXT_DISPATCH_FLOATING(TYPE, NAME, ...) \

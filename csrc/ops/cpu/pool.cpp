@@ -16,6 +16,7 @@
 #include "common/geometry.h"
 #include "common/pool_shape.h"
 #include "cpu/pool_kernels.h"
+#include "ops/cpu/output_memory.h"
 #include "ops/cpu/views.h"
 
 namespace convext {
@@ -79,7 +80,8 @@ struct Windows {
 std::pair<at::Tensor, at::Tensor> empty_pool_output(const at::Tensor& input, int64_t C, int64_t H,
                                                     int64_t W, bool channels_last,
                                                     at::ScalarType dtype) {
-  at::Tensor out = empty_pool_tensor(input, C, H, W, channels_last, dtype);
+  at::Tensor out = empty_cpu_output(pool_output_sizes(input, C, H, W), dtype,
+                                    channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   return {out, as_batched(out)};
 }
 
