@@ -910,10 +910,11 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / rows, row = item % rows;
       T* dst_row = dst.data + n * dst.sN + row * dst.sH;
-      // Only where the next item reads two new rows or more (stride 2): one new row, which
-      // follows the rows read now in memory, the hardware prefetchers fetch in time, and the
-      // prefetches only cost (float32 dw3x3 144 and dw7x7 96 forwards 7-9% slower with them,
-      // dw3x3 s2 96 18% faster).
+      // Not in stride-1 passes, whose next item reads one new row: it follows the rows read now
+      // in memory, the hardware prefetchers fetch it in time, and the prefetches only cost
+      // (float32 dw3x3 144 and dw7x7 96 forwards 7-9% slower with them). At stride 2 they pay:
+      // the forward's two new rows (dw3x3 s2 96 18% faster), and the transposed pass's phases
+      // of columns (its forward and backward 13% faster).
       next_rows.start();
       if (item + 1 < end) {
         const int64_t next_n = (item + 1) / rows, next_row = (item + 1) % rows;
@@ -924,7 +925,7 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
           for (int64_t kj = 0; next_n == n && kj < g.KH; ++kj) read_now |= src_rows.get()[row * g.KH + kj] == sh;
           if (sh >= 0 && !read_now) fresh[count++] = sh;
         }
-        for (int64_t i = 0; count >= 2 && i < count; ++i) next_rows.add(src.data + next_n * src.sN + fresh[i] * src.sH);
+        for (int64_t i = 0; (count >= 2 || col_step > 1) && i < count; ++i) next_rows.add(src.data + next_n * src.sN + fresh[i] * src.sH);
       }
       int64_t block_index = 0;
       for (const ColumnBlock& blk : blocks) {
