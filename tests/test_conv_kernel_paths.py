@@ -326,12 +326,15 @@ def test_blocked_forward_matches_torch_for_any_thread_count(case, dtype, layout)
 # conv_transpose2d (and so strided input grads) split into the stride's phases, each a stride-1
 # forward conv: phases no tap reaches (kernel 1, stride 2), dilation sharing a factor with the
 # stride (phases with dilated taps), padding past the kernel's reach (taps starting inside),
-# output_padding, groups.
+# output_padding, groups; taps starting inside with 16 output channels a group, which the flat
+# grouped forward takes (its padded planes once took negative padding: writes before the buffer).
 PHASE_CASES = {
     "k1_s2": dict(k=1, stride=2, padding=0, output_padding=1, dilation=1, groups=1),
     "k4_s2_dcgan": dict(k=4, stride=2, padding=1, output_padding=0, dilation=1, groups=1),
     "k3_s3_d2": dict(k=3, stride=3, padding=2, output_padding=2, dilation=2, groups=1),
     "k3_s2_p3_g2": dict(k=3, stride=2, padding=3, output_padding=1, dilation=1, groups=2),
+    "k2_s2_p1_g4": dict(k=2, stride=2, padding=1, output_padding=0, dilation=1, groups=4, out=64),
+    "k3_s1_p3_g4": dict(k=3, stride=1, padding=3, output_padding=0, dilation=1, groups=4, out=64),
 }
 
 
@@ -342,9 +345,10 @@ def test_strided_transposed_by_phases(case, layout):
     gen = torch.Generator().manual_seed(0)
     x = make_layout(torch.randn(2, 32, 7, 6, generator=gen, dtype=torch.float64), layout)
     x.requires_grad_()
-    w = torch.randn(32, 40 // c["groups"], c["k"], c["k"], generator=gen, dtype=torch.float64,
+    out_channels = c.get("out", 40)
+    w = torch.randn(32, out_channels // c["groups"], c["k"], c["k"], generator=gen, dtype=torch.float64,
                     requires_grad=True)
-    b = torch.randn(40, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(out_channels, generator=gen, dtype=torch.float64, requires_grad=True)
     args = (c["stride"], c["padding"], c["output_padding"], c["groups"], c["dilation"])
     out, ref = CF.conv_transpose2d(x, w, b, *args), F.conv_transpose2d(x, w, b, *args)
     torch.testing.assert_close(out, ref)
