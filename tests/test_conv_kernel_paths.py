@@ -493,15 +493,34 @@ def _check_depthwise(x_shape, k, multiplier, dtype, layout, stride, padding, dil
 
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("padding", [1, 2])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("multiplier", [1, 2])
 def test_depthwise_stride2_wide_rows(dtype, padding, dilation, multiplier):
     # NCHW depthwise at stride 2 splits padded rows into even and odd columns, 16 at a time
-    # through registers (37 columns: two such blocks and a tail), in the weight grad and (with 2
-    # output channels a group) the input grad; the forward sums vectors of adjacent outputs (a
-    # whole one and a tail) from even lanes. With one output channel a group, the input grad
-    # gathers each phase's vectors of columns and interleaves them (19 and 18 a row).
+    # through registers (37 columns: two such blocks and a tail; bf16 widened on the way), in the
+    # weight grad and (with 2 output channels a group) the input grad; the forward sums vectors of
+    # adjacent outputs (a whole one and a tail) from even lanes. With one output channel a group,
+    # the input grad gathers each phase's vectors of columns and interleaves them (19 and 18 a
+    # row). The weight grad sums whole vectors of a row's outputs (19: a whole one and a tail).
     _check_depthwise((2, 5, 9, 37), 3, multiplier, dtype, "contiguous", 2, padding, dilation)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_depthwise_strided_weight_grad_skips_unread_columns(dtype):
+    # The NCHW strided weight grad's vectors of a row's outputs reach past its last one (19 here),
+    # to columns of x that the tap never reads: an infinity there (column 39; a 3x3 kernel at
+    # stride 2 reads up to column 38) stays out of every sum, where 0 * inf would give NaN.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 9, 40, generator=gen, dtype=torch.float64)
+    x[..., 39] = float("inf")
+    w = torch.randn(4, 1, 3, 3, generator=gen, dtype=torch.float64)
+    ours = w.to(dtype).requires_grad_()
+    out = CF.conv2d(x.to(dtype), ours, None, 2, 0, 1, 4)
+    gy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    ref = w.clone().requires_grad_()
+    expected = torch.autograd.grad(F.conv2d(x, ref, None, 2, 0, 1, 4), ref, gy)[0]
+    assert expected.isfinite().all()
+    assert_close_to_reference(torch.autograd.grad(out, ours, gy.to(dtype))[0], expected)
 
 
 @pytest.mark.parametrize("dtype,stride,channels,size", [
