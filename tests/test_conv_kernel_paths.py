@@ -551,8 +551,9 @@ def test_depthwise_channels_last_bf16_sliding_channels(k, channels):
 def test_depthwise_rows(k, padding, dilation, multiplier, dtype, layout):
     # NCHW depthwise K x K at stride 1, rows undilated: blocks of 4 output rows x up to 4
     # vectors sum in registers. 10 x 70 planes end in partial blocks of rows and of vectors
-    # (a tail of 6 or 14 columns); forward, and the input grad that runs the same kernel. On
-    # channels_last tensors only the channel multiplier of 2 takes it (with y channels_last).
+    # (a tail of 6 or 14 columns); forward, and the input grad that runs the same kernel (its
+    # flipped weights through negative strides). On channels_last tensors only the channel
+    # multiplier of 2 takes it (with y channels_last).
     _check_depthwise((2, 3, 10, 70), k, multiplier, dtype, layout, 1, padding, dilation)
 
 
