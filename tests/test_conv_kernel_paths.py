@@ -523,6 +523,29 @@ def test_depthwise_strided_weight_grad_skips_unread_columns(dtype):
     assert_close_to_reference(torch.autograd.grad(out, ours, gy.to(dtype))[0], expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels,out_channels,groups", [(8, 8, 8), (32, 64, 4)])
+def test_flat_weight_grad_skips_unread_columns(channels, out_channels, groups, dtype):
+    # The flat weight grads (stride-1 NCHW depthwise and grouped convs with 8 or 16 output
+    # channels a group) sum the zeros past each output row with x's columns at the row's end:
+    # infinities there (the last column, read only by the last tap of a kernel row) made NaN in
+    # that row's other taps. Sums that come out non-finite are summed again without them.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, 20, 20, generator=gen, dtype=torch.float64)
+    x[0, 0, 19, 19] = float("inf")
+    x[1, channels - 1, 10, 19] = -float("inf")
+    w = torch.randn(out_channels, channels // groups, 3, 3, generator=gen, dtype=torch.float64)
+    ours = w.to(dtype).requires_grad_()
+    out = CF.conv2d(x.to(dtype), ours, None, 1, 0, 1, groups)
+    gy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    ref = w.clone().requires_grad_()
+    expected = torch.autograd.grad(F.conv2d(x, ref, None, 1, 0, 1, groups), ref, gy)[0]
+    got = torch.autograd.grad(out, ours, gy.to(dtype))[0]
+    assert torch.equal(got.isfinite(), expected.isfinite())
+    finite = expected.isfinite()
+    assert_close_to_reference(got[finite], expected[finite])
+
+
 @pytest.mark.parametrize("dtype,stride,channels,size", [
     (torch.float32, 1, 32, (160, 208)), (torch.float64, 1, 32, (160, 208)), (torch.float32, 2, 32, (320, 416)),
     (torch.bfloat16, 1, 48, (160, 204))], ids=str)

@@ -1547,6 +1547,21 @@ void forward_flat(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
   });
 }
 
+// Whether p[0, n) are all finite, in vectors (x * 0 is 0 for finite x, else NaN): ResNeXt's
+// weight grad checks 150 thousand partial sums.
+template <typename A>
+bool all_finite(const A* p, int64_t n) {
+  using V = typename Vec<A>::type;
+  constexpr int VL = kVL<A>;
+  V vectors{};
+  A rest = A(0);
+  int64_t k = 0;
+  for (; k + VL <= n; k += VL) vectors += loadu<V>(p + k) * V{};
+  for (; k < n; ++k) rest += p[k] * A(0);
+  for (int l = 0; l < VL; ++l) rest += vectors[l];
+  return rest == A(0);
+}
+
 // Its weight gradient, also flat (OB = 1 for depthwise convs, 8 for grouped ones): gw[oc][ic][tap] = sum over flat positions i
 // of gy[oc][i] * x_padded[ic][i + offset[tap]], gy staged on the same flat grid with zeros past
 // each row's end. Register blocks: OB output channels x up to 3 taps of a kernel row, each a
@@ -1563,52 +1578,65 @@ void grouped_weight_grad_flat(const ConvGeometry& g, View4<const T> x, View4<con
   const int64_t chunks = min64(g.N, 16), per_chunk = ceil_div(g.N, chunks);
   const int64_t slab = g.C_out * Cg * KHW;  // one chunk's partial sums, as gw's values
   Scratch<A> partial(chunks * slab);
-  at::parallel_for(0, chunks * g.groups, 1, [&](int64_t begin, int64_t end) {
-    Scratch<A> xp(Cg * flat.plane), gp(Mg * flat.span);
-    fill_zero(xp.get(), Cg * flat.plane);
-    fill_zero(gp.get(), Mg * flat.span);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t chunk = item / g.groups, grp = item % g.groups;
-      A* sums = partial.get() + chunk * slab + grp * Mg * Cg * KHW;  // [oc][ic][tap]
-      fill_zero(sums, Mg * Cg * KHW);
-      for (int64_t n = chunk * per_chunk; n < min64(g.N, (chunk + 1) * per_chunk); ++n) {
-        flat.load(g, x, n, grp * Cg, Cg, xp.get());
-        gather_planes(gy, n, grp * Mg, Mg, g.OH, g.OW, gp.get(), flat.span, flat.cols);
-        for (int64_t ob = 0; ob < Mg / OB; ++ob) {
-          const A* go = gp.get() + ob * OB * flat.span;
-          for (int64_t ic = 0; ic < Cg; ++ic) {
-            for (int64_t t0 = 0; t0 < KHW; t0 += TB) {
-              const int taps = static_cast<int>(min64(TB, KHW - t0));
-              const A* src[TB];
-              for (int j = 0; j < TB; ++j) src[j] = xp.get() + ic * flat.plane + flat.offset.get()[t0 + (j < taps ? j : 0)];
-              V acc[OB][TB];
-              for (int o = 0; o < OB; ++o) {
-                for (int j = 0; j < TB; ++j) acc[o][j] = V{};
-              }
-              for (int64_t i = 0; i < flat.span; i += VL) {
-                V xv[TB];
-#pragma GCC unroll 4
-                for (int j = 0; j < TB; ++j) xv[j] = loadu<V>(src[j] + i);
-#pragma GCC unroll 8
+  // The flat positions past each output row (and past the last) hold zeros of gy, which meet x's
+  // values at the row's end: an infinity there gives 0 * inf, NaN in sums that never read it.
+  // Any such NaN shows in the sums, so only then are they summed again with those positions' x
+  // read as zeros (masked, slower; inputs that are all finite never pay for it).
+  const auto sum_chunks = [&](auto masked) {
+    at::parallel_for(0, chunks * g.groups, 1, [&](int64_t begin, int64_t end) {
+      Scratch<A> xp(Cg * flat.plane), gp(Mg * flat.span);
+      fill_zero(xp.get(), Cg * flat.plane);
+      fill_zero(gp.get(), Mg * flat.span);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t chunk = item / g.groups, grp = item % g.groups;
+        A* sums = partial.get() + chunk * slab + grp * Mg * Cg * KHW;  // [oc][ic][tap]
+        fill_zero(sums, Mg * Cg * KHW);
+        for (int64_t n = chunk * per_chunk; n < min64(g.N, (chunk + 1) * per_chunk); ++n) {
+          flat.load(g, x, n, grp * Cg, Cg, xp.get());
+          gather_planes(gy, n, grp * Mg, Mg, g.OH, g.OW, gp.get(), flat.span, flat.cols);
+          for (int64_t ob = 0; ob < Mg / OB; ++ob) {
+            const A* go = gp.get() + ob * OB * flat.span;
+            for (int64_t ic = 0; ic < Cg; ++ic) {
+              for (int64_t t0 = 0; t0 < KHW; t0 += TB) {
+                const int taps = static_cast<int>(min64(TB, KHW - t0));
+                const A* src[TB];
+                for (int j = 0; j < TB; ++j) src[j] = xp.get() + ic * flat.plane + flat.offset.get()[t0 + (j < taps ? j : 0)];
+                V acc[OB][TB];
                 for (int o = 0; o < OB; ++o) {
-                  const V gv = *reinterpret_cast<const V*>(go + o * flat.span + i);
-#pragma GCC unroll 4
-                  for (int j = 0; j < TB; ++j) acc[o][j] += gv * xv[j];
+                  for (int j = 0; j < TB; ++j) acc[o][j] = V{};
                 }
-              }
-              for (int o = 0; o < OB; ++o) {
-                for (int j = 0; j < taps; ++j) {
-                  A sum = 0;
-                  for (int l = 0; l < VL; ++l) sum += acc[o][j][l];
-                  sums[((ob * OB + o) * Cg + ic) * KHW + t0 + j] += sum;
+                for (int64_t i = 0; i < flat.span; i += VL) {
+                  V xv[TB];
+  #pragma GCC unroll 4
+                  for (int j = 0; j < TB; ++j) xv[j] = loadu<V>(src[j] + i);
+                  if constexpr (decltype(masked)::value) {
+                    LaneIndex<V> output;
+                    for (int l = 0; l < VL; ++l) output[l] = i + l < g.OH * flat.cols && (i + l) % flat.cols < g.OW ? -1 : 0;
+                    for (int j = 0; j < TB; ++j) xv[j] = output ? xv[j] : V{};
+                  }
+  #pragma GCC unroll 8
+                  for (int o = 0; o < OB; ++o) {
+                    const V gv = *reinterpret_cast<const V*>(go + o * flat.span + i);
+  #pragma GCC unroll 4
+                    for (int j = 0; j < TB; ++j) acc[o][j] += gv * xv[j];
+                  }
+                }
+                for (int o = 0; o < OB; ++o) {
+                  for (int j = 0; j < taps; ++j) {
+                    A sum = 0;
+                    for (int l = 0; l < VL; ++l) sum += acc[o][j][l];
+                    sums[((ob * OB + o) * Cg + ic) * KHW + t0 + j] += sum;
+                  }
                 }
               }
             }
           }
         }
       }
-    }
-  });
+    });
+  };
+  sum_chunks(std::false_type{});
+  if (!all_finite(partial.get(), chunks * slab)) sum_chunks(std::true_type{});
   at::parallel_for(0, g.C_out, 1, [&](int64_t begin, int64_t end) {
     for (int64_t oc = begin; oc < end; ++oc) {
       for (int64_t k = 0; k < Cg * KHW; ++k) {
