@@ -523,6 +523,25 @@ def test_depthwise_strided_weight_grad_skips_unread_columns(dtype):
     assert_close_to_reference(torch.autograd.grad(out, ours, gy.to(dtype))[0], expected)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("out_channels", [32, 64])
+def test_grouped_weight_grad_taps_past_the_input(out_channels, dtype, layout):
+    # Grouped weight grads at stride 2 with 8 or 16 output channels a group (direct): a 7x7
+    # kernel of dilation 2 on 9 columns has taps whose every output column lies past x's last
+    # column (sum zero); the first output once read x's next row there.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 32, 9, 9, generator=gen, dtype=torch.float64)
+    w = torch.randn(out_channels, 8, 7, 7, generator=gen, dtype=torch.float64)
+    args = (None, 2, 3, 2, 4)
+    ours = w.to(dtype).requires_grad_()
+    out = CF.conv2d(make_layout(x.to(dtype), layout), ours, *args)
+    gy = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    ref = w.clone().requires_grad_()
+    expected = torch.autograd.grad(F.conv2d(x, ref, *args), ref, gy)[0]
+    assert_close_to_reference(torch.autograd.grad(out, ours, gy.to(dtype))[0], expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("channels,out_channels,groups", [(8, 8, 8), (32, 64, 4)])
 def test_flat_weight_grad_skips_unread_columns(channels, out_channels, groups, dtype):

@@ -3674,9 +3674,12 @@ void grouped_weight_grad_direct(const ConvGeometry& g, View4<const T> x_any,
             const int64_t ki = tap / g.KW, kj = tap % g.KW;
             const int64_t ih = oh * g.sH - g.pH + ki * g.dH;
             if (!inside(ih, g.H)) continue;
-            // Output columns whose tap column lies inside the input.
+            // Output columns whose tap column lies inside the input: none where even the first
+            // output's lies past x's last column (C++ rounds -1 / 2 to 0, and that output's tap
+            // read x's next row: wrong weight grads).
+            const int64_t reach = g.W - 1 + g.pW - kj * g.dW;
             const int64_t ow_lo = min64(g.OW, max64(0, ceil_div(g.pW - kj * g.dW, g.sW)));
-            const int64_t ow_hi = max64(ow_lo, min64(g.OW, (g.W - 1 + g.pW - kj * g.dW) / g.sW + 1));
+            const int64_t ow_hi = reach < 0 ? ow_lo : max64(ow_lo, min64(g.OW, reach / g.sW + 1));
             for (int64_t ib = 0; ib < ic_blocks; ++ib) {
               const int64_t ic0 = ib * 8, nic = min64(8, Cg - ic0);
               V* acc_mem = reinterpret_cast<V*>(sums + ((grp * KHW + tap) * ic_blocks + ib) * MG * 8);
