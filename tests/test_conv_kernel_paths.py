@@ -606,8 +606,10 @@ def _weight_in_layout(w, layout):
             "strided": torch.zeros(*w.shape[:3], 2 * k).index_copy_(3, torch.arange(0, 2 * k, 2), w)[..., ::2]}[layout]
 
 
-# Winograd F(4x4, 3x3) and F(4x4, 2x2): 3x3 and 2x2 stride-1 float32 convs with 16 or more
-# channels each way, forward and (as a forward conv of gy) input grad; even kernels at stride 2
+# Winograd F(4x4, 3x3), F(3x3, 3x3) and F(4x4, 2x2): 3x3 and 2x2 stride-1 float32 convs with 16
+# or more channels each way, forward and (as a forward conv of gy) input grad (F(3x3, 3x3) where
+# its tiles take fewer multiply-adds: 9 x 10 outputs, and dilation 6 on 15 x 16, grids of 3 x 3
+# outputs, as ASPP's); even kernels at stride 2
 # (4x4: DCGAN's input grad; 6x6) on their 4 phases' inputs and taps at once (4 C channels; per
 # phase every other tap of w). Tiles past the outputs' edges, tails of input and output channels
 # (20 and 40), dilation 2 (tiles on interleaved grids; along rows only, NCHW outputs still go out
@@ -621,7 +623,7 @@ def _weight_in_layout(w, layout):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("k,stride,cin,cout,size,padding,dilation", [
     (3, 1, 20, 40, 11, 0, 1), (3, 1, 32, 48, 13, (2, 1), (2, 1)), (3, 1, 24, 16, 15, 2, 2), (3, 1, 16, 16, 100, 1, 1),
-    (3, 1, 136, 136, 11, 1, (2, 1)), (2, 1, 20, 40, 11, 0, 1), (2, 1, 32, 24, 13, (1, 0), (2, 1)),
+    (3, 1, 136, 136, 11, 1, (2, 1)), (3, 1, 16, 24, 15, 6, 6), (2, 1, 20, 40, 11, 0, 1), (2, 1, 32, 24, 13, (1, 0), (2, 1)),
     (2, 1, 136, 136, 11, 1, 1), (4, 2, 20, 40, 16, 1, 1), (4, 2, 32, 24, 15, (2, 0), 1), (6, 2, 24, 16, 20, 2, 1),
     (4, 2, 136, 136, 16, 1, 1)])
 def test_winograd(k, stride, cin, cout, size, padding, dilation, layout, w_layout):
@@ -636,6 +638,23 @@ def test_winograd(k, stride, cin, cout, size, padding, dilation, layout, w_layou
     assert_close_to_reference(out, ref)
     for g, r in zip(torch.autograd.grad(out, (x, w, b), gy), torch.autograd.grad(ref, ref_in, gy.double())):
         assert_close_to_reference(g, r)
+
+
+# Transformed weights larger than L3 holds (25 x 2048 x 96 floats, 19.7 MB, as ASPP's 2048 -> 256)
+# are written once, around the caches, and each thread's share of the tiles is one block, its
+# transformed inputs in memory; the input grad (96 -> 2048 channels) too, its GEMM results in
+# memory.
+def test_winograd_weights_past_l3():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 2048, 27, 27, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(96, 2048, 3, 3, generator=gen)
+    out = CF.conv2d(x, w, None, 1, 3, 3)
+    gy = torch.randn(out.shape, generator=gen)
+    ref = F.conv2d(x.detach().double(), w.double(), None, 1, 3, 3)
+    assert_close_to_reference(out, ref)
+    ref_gx = torch.ops.aten.convolution_backward(gy.double(), x.detach().double(), w.double(), None, [1, 1], [3, 3],
+                                                 [3, 3], False, [0, 0], 1, [True, False, False])[0]
+    assert_close_to_reference(torch.autograd.grad(out, x, gy)[0], ref_gx)
 
 
 # 4x4 stride-2 transposed convs (DCGAN's) run F(4x4, 2x2) on each of their 4 phases; NCHW

@@ -2835,14 +2835,14 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   });
 }
 
-// Winograd F(4 x 4, R x R) (Lavin and Gray 2016) for R x R stride-1 convolutions, R = 3 or 2
-// (the phases of 4 x 4 stride-2 transposed convs, DCGAN's). A tile of 4 x 4 outputs reads
-// T x T inputs d, T = R + 3, and for each output and input channel
+// Winograd F(M x M, R x R) (Lavin and Gray 2016) for R x R stride-1 convolutions, R = 3 or 2
+// (the phases of 4 x 4 stride-2 transposed convs, DCGAN's), M = 4 (or 3, below). A tile of
+// M x M outputs reads T x T inputs d, T = R + M - 1, and for each output and input channel
 //   y_tile = A^T [(G w G^T) (.) (B^T d B)] A,
 // so, with U = G w G^T (weights, once a call) and V = B^T d B (inputs, once a tile), the T^2
 // points xi of the transforms make T^2 GEMMs M_xi[tile][oc] = sum_c V_xi[tile][c] U_xi[c][oc]:
 // 36 multiply-adds per tile and channel pair where the direct convolution does 144 (R = 3), 25
-// where it does 64 (R = 2). With dilation,
+// where it does 64 (R = 2), 25 where it does 81 (F(3 x 3, 3 x 3)). With dilation,
 // a tile's outputs (and inputs) are as far apart as the taps: a conv of dilation d is d^2
 // undilated ones on interleaved grids. Transforms run on vectors of channels (channels_last), the GEMMs on the indirect
 // microkernel with V's tile rows as its rows. In float the transforms' rounding stays inside the
@@ -2850,12 +2850,12 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
 // against 1e-4; F(4, 2), on the points 0, 1, -1, 1/2 and infinity, about half that).
 
 // Tile origins along one axis of `out` outputs, d apart within a tile: for each phase a < d, the
-// outputs a, a + d, ... in runs of 4. Returns the number of tiles (origins written when given).
-int64_t winograd_tiles(int64_t out, int64_t d, int64_t* origins) {
+// outputs a, a + d, ... in runs of m. Returns the number of tiles (origins written when given).
+int64_t winograd_tiles(int64_t out, int64_t d, int64_t m, int64_t* origins) {
   int64_t count = 0;
   for (int64_t a = 0; a < d && a < out; ++a) {
     const int64_t along = ceil_div(out - a, d);
-    for (int64_t k = 0; k < along; k += 4) {
+    for (int64_t k = 0; k < along; k += m) {
       if (origins) origins[count] = a + k * d;
       ++count;
     }
@@ -2863,10 +2863,10 @@ int64_t winograd_tiles(int64_t out, int64_t d, int64_t* origins) {
   return count;
 }
 
-// Where the tiles past the output's edges waste at most a third of the work (ASPP's dilation 12
-// on 33 x 33 outputs would waste over half) and the transformed weights (T^2 C_in C_out floats,
-// 4 and 6 times the weights) take at most kWinogradMaxWeightBytes, unless CONVEXT_WINOGRAD=0 (for
-// results within float32 rounding of the direct sums).
+// Where the tiles past the output's edges waste at most a third of the work (tiles of 4 x 4 on
+// ASPP's dilation 12 and 33 x 33 outputs would waste over half) and the transformed weights
+// (T^2 C_in C_out floats, 2.8 to 6 times the weights) take at most kWinogradMaxWeightBytes, unless
+// CONVEXT_WINOGRAD=0 (for results within float32 rounding of the direct sums).
 constexpr int64_t kWinogradMaxWeightBytes = 64 * 1024 * 1024;
 
 // Stride-2 convs (undilated) run as the sum of their 2 x 2 phases' stride-1 convs: phase (a, b)
@@ -2879,20 +2879,36 @@ constexpr int64_t kWinogradMaxWeightBytes = 64 * 1024 * 1024;
 // through memory twice (ResNet-50's 3x3 s2 128 @56 forward 9.0 -> 11 ms).
 int64_t winograd_r(const ConvGeometry& g) { return ceil_div(g.KH, g.sH); }
 
-bool winograd_applies(const ConvGeometry& g) {
+// F(m x m, R x R) on g: tiles of m x m outputs.
+bool winograd_fits(const ConvGeometry& g, int64_t m) {
   static const bool enabled = [] {
     const char* v = std::getenv("CONVEXT_WINOGRAD");
     return v == nullptr || v[0] != '0';
   }();
-  const int64_t R = winograd_r(g), points = (R + 3) * (R + 3), phases = g.sH * g.sW;
+  const int64_t R = winograd_r(g), points = (R + m - 1) * (R + m - 1), phases = g.sH * g.sW;
   const bool strides = g.sH == 1 || (g.sH == 2 && g.dH == 1 && g.dW == 1 && g.KH % 2 == 0);
   if (!enabled || kVL<float> < 8 || g.groups != 1 || (R != 3 && R != 2) || g.KW != g.KH || g.sW != g.sH ||
       !strides || g.C_in < 16 || g.C_out < 16 || phases * points * g.C_in * g.C_out * 4 > kWinogradMaxWeightBytes) {
     return false;
   }
-  const int64_t computed = 16 * winograd_tiles(g.OH, g.dH, nullptr) * winograd_tiles(g.OW, g.dW, nullptr);
+  const int64_t computed = m * m * winograd_tiles(g.OH, g.dH, m, nullptr) * winograd_tiles(g.OW, g.dW, m, nullptr);
   return 2 * computed <= 3 * g.OH * g.OW;
 }
+
+// A tile's side in outputs: 4, or 3 for 3x3 kernels at stride 1 where its 25-point tiles take
+// fewer multiply-adds than 36-point tiles of 4 x 4 (sides of 3, 5, 6, 9 outputs; ASPP's
+// dilation 12 on 33 x 33 outputs: grids of 3 x 3, where tiles of 4 x 4 would waste over half);
+// 0 where neither fits.
+int64_t winograd_m(const ConvGeometry& g) {
+  const bool four = winograd_fits(g, 4);
+  if (winograd_r(g) != 3 || g.sH != 1 || !winograd_fits(g, 3)) return four ? 4 : 0;
+  auto cost = [&](int64_t m) {
+    return (m + 2) * (m + 2) * winograd_tiles(g.OH, g.dH, m, nullptr) * winograd_tiles(g.OW, g.dW, m, nullptr);
+  };
+  return four && cost(4) <= cost(3) ? 4 : 3;
+}
+
+bool winograd_applies(const ConvGeometry& g) { return winograd_m(g) != 0; }
 
 // The forward writes y as channels_last, or dense NCHW through a channels_last copy.
 bool use_forward_winograd(const ConvGeometry& g, const View4<float>& y) {
@@ -2901,11 +2917,11 @@ bool use_forward_winograd(const ConvGeometry& g, const View4<float>& y) {
 
 // The tiles of g's outputs, in order (image, tile row, tile column).
 struct WinogradGrid {
-  explicit WinogradGrid(const ConvGeometry& g)
-      : TH(winograd_tiles(g.OH, g.dH, nullptr)), TW(winograd_tiles(g.OW, g.dW, nullptr)),
+  WinogradGrid(const ConvGeometry& g, int64_t m)
+      : TH(winograd_tiles(g.OH, g.dH, m, nullptr)), TW(winograd_tiles(g.OW, g.dW, m, nullptr)),
         tiles(g.N * TH * TW), origins(TH + TW) {
-    winograd_tiles(g.OH, g.dH, origins.get());
-    winograd_tiles(g.OW, g.dW, origins.get() + TH);
+    winograd_tiles(g.OH, g.dH, m, origins.get());
+    winograd_tiles(g.OW, g.dW, m, origins.get() + TH);
   }
   // Image, first output row and first output column of tile t.
   void at(int64_t t, int64_t& n, int64_t& oh0, int64_t& ow0) const {
@@ -2926,10 +2942,9 @@ inline View4<const float> channels_inner(const View4<const float>& t, int64_t N,
 
 // src[r * T + c]: the T x T inputs of phase (a, b) of the tile at output (oh0, ow0) of image n
 // (zeros outside x).
-template <int R, typename A>
+template <int T, typename A>
 void winograd_sources(const ConvGeometry& g, const View4<const A>& x, int64_t n, int64_t oh0, int64_t ow0,
-                      int64_t a, int64_t b, const A* zeros, const A* src[(R + 3) * (R + 3)]) {
-  constexpr int T = R + 3;
+                      int64_t a, int64_t b, const A* zeros, const A* src[T * T]) {
   for (int64_t r = 0; r < T; ++r) {
     for (int64_t j = 0; j < T; ++j) {
       const int64_t ih = oh0 * g.sH - g.pH + (a + r * g.sH) * g.dH, iw = ow0 * g.sW - g.pW + (b + j * g.sW) * g.dW;
@@ -2938,15 +2953,15 @@ void winograd_sources(const ConvGeometry& g, const View4<const A>& x, int64_t n,
   }
 }
 
-// The 1-D transforms of F(4, R): bt (B^T d) and g (G w) give the T = R + 3 values of a point
-// row from T inputs and R weights, at (A^T m) the 4 outputs from T values; for the weight grad
-// (R = 3 only), gt (G^T v) the 3 weights and a (A u) the T values from 4 outputs. Each reads
-// its values p[j ps] and writes r[i rs].
-template <int R>
+// The 1-D transforms of F(M, R): bt (B^T d) and g (G w) give the T = R + M - 1 values of a
+// point row from T inputs and R weights, at (A^T m) the M outputs from T values; for the weight
+// grad (F(4, 3) only), gt (G^T v) the 3 weights and a (A u) the T values from 4 outputs. Each
+// reads its values p[j ps] and writes r[i rs].
+template <int R, int M>
 struct Winograd;
 
 template <>
-struct Winograd<3> {  // points 0, 1, -1, 2, -2 and infinity
+struct Winograd<3, 4> {  // points 0, 1, -1, 2, -2 and infinity
   template <typename V>
   static void bt(const V* d, int ds, V* r, int rs) {
     const V d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds], d4 = d[4 * ds];
@@ -2998,8 +3013,12 @@ struct Winograd<3> {  // points 0, 1, -1, 2, -2 and infinity
   }
 };
 
-template <>
-struct Winograd<2> {  // points 0, 1, -1, 1/2 and infinity (1/2 rather than 2: a fifth less error)
+// F(4, 2) and F(3, 3) both take 5 points, 0, 1, -1, 1/2 and infinity (1/2 rather than 2: a
+// fifth less error), so the same B^T; G's rows are the kernel polynomial at the points (scaled
+// to match B^T's), A^T's the points' powers, infinity's in the last output.
+template <int R, int M>
+struct WinogradFivePoints {
+  static_assert(R + M - 1 == 5);
   template <typename V>
   static void bt(const V* d, int ds, V* r, int rs) {
     const V d1 = d[ds], d2 = d[2 * ds], d3 = d[3 * ds];
@@ -3012,12 +3031,17 @@ struct Winograd<2> {  // points 0, 1, -1, 1/2 and infinity (1/2 rather than 2: a
   }
   template <typename V>
   static void g(const V* w, int ws, V* r, int rs) {
-    const V g0 = w[0], g1 = w[ws];
-    r[0] = g0;
-    r[rs] = (g0 + g1) * 0.5f;
-    r[2 * rs] = (g0 - g1) * (1.0f / 6);
-    r[3 * rs] = (2.0f * g0 + g1) * (4.0f / 3);
-    r[4 * rs] = g1 * 0.5f;
+    V at_one = w[0], at_minus_one = w[0], at_half = w[0];
+    for (int k = 1; k < R; ++k) {
+      at_one += w[k * ws];
+      at_minus_one += k % 2 ? -w[k * ws] : w[k * ws];
+      at_half += w[k * ws] * (1.0f / (1 << k));
+    }
+    r[0] = w[0];
+    r[rs] = at_one * 0.5f;
+    r[2 * rs] = at_minus_one * (1.0f / 6);
+    r[3 * rs] = at_half * (8.0f / 3);
+    r[4 * rs] = w[(R - 1) * ws] * 0.5f;
   }
   template <typename V>
   static void at(const V* m, int ms, V* r, int rs) {
@@ -3025,9 +3049,16 @@ struct Winograd<2> {  // points 0, 1, -1, 1/2 and infinity (1/2 rather than 2: a
     r[0] = m[0] + p + m3;
     r[rs] = q + 0.5f * m3;
     r[2 * rs] = p + 0.25f * m3;
-    r[3 * rs] = q + 0.125f * m3 + m[4 * ms];
+    if constexpr (M == 4) r[3 * rs] = q + 0.125f * m3;
+    r[(M - 1) * rs] += m[4 * ms];
   }
 };
+
+template <>
+struct Winograd<2, 4> : WinogradFivePoints<2, 4> {};
+
+template <>
+struct Winograd<3, 3> : WinogradFivePoints<3, 3> {};
 
 // The first n (<= a vector's) values at p, zeros after them.
 template <typename V, typename A>
@@ -3039,32 +3070,33 @@ inline V load_first(const A* p, int64_t n) {
 }
 
 // out = B^T d B for the T x T inputs d at src[k] + c (n values each, zeros after them).
-template <int R, typename V, typename A>
-inline void winograd_input_transform(const A* const src[(R + 3) * (R + 3)], int64_t c, int64_t n,
-                                     V out[(R + 3) * (R + 3)]) {
-  constexpr int T = R + 3;
+template <int R, int M, typename V, typename A>
+inline void winograd_input_transform(const A* const src[(R + M - 1) * (R + M - 1)], int64_t c, int64_t n,
+                                     V out[(R + M - 1) * (R + M - 1)]) {
+  constexpr int T = R + M - 1;
   V d[T * T], bt[T * T];
   for (int k = 0; k < T * T; ++k) d[k] = load_first<V>(src[k] + c, n);
-  for (int j = 0; j < T; ++j) Winograd<R>::bt(d + j, T, bt + j, T);
-  for (int i = 0; i < T; ++i) Winograd<R>::bt(bt + i * T, 1, out + i * T, 1);
+  for (int j = 0; j < T; ++j) Winograd<R, M>::bt(d + j, T, bt + j, T);
+  for (int i = 0; i < T; ++i) Winograd<R, M>::bt(bt + i * T, 1, out + i * T, 1);
 }
 
 // V = B^T d B for tiles [t0, t0 + count) of grid, each phase and every vector of x's C
 // channels: store(s, k, out) takes tile t0 + s's transforms of reduction channels [k, k + a
 // vector), k = phase * Cp + c (Cp: C in whole vectors).
-template <int R, typename V, typename A, typename Store>
+template <int R, int M, typename V, typename A, typename Store>
 void winograd_input_tiles(const ConvGeometry& g, const View4<const A>& x, int64_t C, const WinogradGrid& grid,
                           int64_t t0, int64_t count, const A* zeros, Store store) {
-  const A* src[(R + 3) * (R + 3)];
+  constexpr int T = R + M - 1;
+  const A* src[T * T];
   const int64_t Cp = round_up(C, kVL<A>);
   for (int64_t s = 0; s < count; ++s) {
     int64_t n, oh0, ow0;
     grid.at(t0 + s, n, oh0, ow0);
     for (int64_t phase = 0; phase < g.sH * g.sW; ++phase) {
-      winograd_sources<R>(g, x, n, oh0, ow0, phase / g.sW, phase % g.sW, zeros, src);
+      winograd_sources<T>(g, x, n, oh0, ow0, phase / g.sW, phase % g.sW, zeros, src);
       for (int64_t c = 0; c < C; c += kVL<A>) {
-        V out[(R + 3) * (R + 3)];
-        winograd_input_transform<R>(src, c, min64(kVL<A>, C - c), out);
+        V out[T * T];
+        winograd_input_transform<R, M>(src, c, min64(kVL<A>, C - c), out);
         store(s, phase * Cp + c, out);
       }
     }
@@ -3076,6 +3108,8 @@ void winograd_input_tiles(const ConvGeometry& g, const View4<const A>& x, int64_
 // blocks are as long as this allows).
 constexpr int64_t kWinogradBlockBytes = 1024 * 1024;
 constexpr int64_t kWinogradLongBlockBytes = 8 * 1024 * 1024;
+constexpr int64_t kWinogradL3Bytes = 16 * 1024 * 1024;
+constexpr int64_t kWinogradStreamedBlockBytes = 64 * 1024 * 1024;
 
 // U = G w G^T for output-channel panel jb (NR channels, zero past M) and input channels
 // [c0, c0 + nc), nc <= kWinogradCChunk: dst[xi * xi_stride + c * NR + lane]. The weights are
@@ -3092,13 +3126,13 @@ constexpr int64_t kWinogradMaxTapSpan = 16;
 // (DCGAN's transformed weights 16 KB apart: the stores took a third of its forward's time).
 constexpr int64_t kWinogradPointPad = 16;
 
-template <int R, typename T>
+template <int R, int MT, typename T>
 void winograd_weights(const View4<const T>& w, int64_t M, int64_t jb, int64_t c0, int64_t nc,
                       float* gathered, float* dst, int64_t xi_stride, int64_t valid_rows = R,
-                      int64_t valid_cols = R) {
+                      int64_t valid_cols = R, bool stream = false) {
   using A = float;
   using V = typename Vec<A>::type;
-  constexpr int VL = kVL<A>, NR = kNR<A>, Tn = R + 3, kTaps = R * R;
+  constexpr int VL = kVL<A>, NR = kNR<A>, Tn = R + MT - 1, kTaps = R * R;
   const int64_t cols = min64(NR, M - jb * NR);
   const T* base = w.data + jb * NR * w.sN + c0 * w.sC;
   int64_t tap_offset[kTaps], lo = 0, hi = 0;
@@ -3166,19 +3200,24 @@ void winograd_weights(const View4<const T>& w, int64_t M, int64_t jb, int64_t c0
     for (int half = 0; half < NR / VL; ++half) {
       V t[kTaps], gw[Tn * R], out[Tn * Tn];
       for (int i = 0; i < kTaps; ++i) t[i] = valid[i] ? loadu<V>(gathered + (c * rows + tap_row[i]) * NR + half * VL) : V{};
-      for (int kw = 0; kw < R; ++kw) Winograd<R>::g(t + kw, R, gw + kw, R);
-      for (int i = 0; i < Tn; ++i) Winograd<R>::g(gw + i * R, 1, out + i * Tn, 1);
-      for (int64_t xi = 0; xi < Tn * Tn; ++xi) __builtin_memcpy(dst + xi * xi_stride + c * NR + half * VL, &out[xi], sizeof(V));
+      for (int kw = 0; kw < R; ++kw) Winograd<R, MT>::g(t + kw, R, gw + kw, R);
+      for (int i = 0; i < Tn; ++i) Winograd<R, MT>::g(gw + i * R, 1, out + i * Tn, 1);
+      A* to = dst + c * NR + half * VL;
+      if (stream) {
+        for (int64_t xi = 0; xi < Tn * Tn; ++xi) store_stream(to + xi * xi_stride, out[xi]);
+      } else {
+        for (int64_t xi = 0; xi < Tn * Tn; ++xi) __builtin_memcpy(to + xi * xi_stride, &out[xi], sizeof(V));
+      }
     }
   }
 }
 
-template <int R, typename T>
+template <int R, int MT, typename T>
 void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<const T> w,
                            const T* bias, View4<T> y_any) {
   using A = float;
   using V = typename Vec<A>::type;
-  constexpr int VL = kVL<A>, NR = kNR<A>, Tn = R + 3;
+  constexpr int VL = kVL<A>, NR = kNR<A>, Tn = R + MT - 1;
   constexpr int64_t kPoints = Tn * Tn, kGathered = kWinogradMaxTapSpan;  // rows of gathered weights per c
   static_assert(R * R <= kGathered);
   const int64_t C = g.C_in, M = g.C_out;
@@ -3194,7 +3233,7 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
   // Dense NCHW y with undilated columns takes each tile row's 4 outputs per channel as one run,
   // transposed in registers (through a channels_last copy of y, another pass over it: 3x3 64 @56
   // NCHW forward 3.6-3.9 -> 3.45-3.6 ms); other y goes through the copy.
-  const bool nchw_rows = y_any.sC != 1 && g.dW == 1, copied = y_any.sC != 1 && !nchw_rows;
+  const bool nchw_rows = y_any.sC != 1 && g.dW == 1 && MT == 4, copied = y_any.sC != 1 && !nchw_rows;
   Scratch<A> y_copy(copied ? g.N * M * g.OH * g.OW : 0);
   const View4<A> y = copied ? View4<A>{y_copy.get(), g.OH * g.OW * M, 1, g.OW * M, M} : y_any;
   typedef int32_t I __attribute__((vector_size(CONVEXT_VEC_BYTES)));  // V's lane indices
@@ -3208,7 +3247,7 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
   Scratch<A> bpack(Mp);
   for (int64_t m = 0; m < Mp; ++m) bpack.get()[m] = bias && m < M ? static_cast<A>(bias[m]) : A(0);
 
-  const WinogradGrid grid(g);
+  const WinogradGrid grid(g, MT);
   const int64_t tiles = grid.tiles;
 
   // Work items are (block of tiles, range of output-channel panels); a block holds its tiles' V
@@ -3228,7 +3267,12 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
   const bool u_fits = u_bytes <= kWinogradBlockBytes;
   const int64_t tile_bytes = kPoints * (Ck + Mp) * static_cast<int64_t>(sizeof(A));
   const int64_t longest = max64(kMR, (u_fits ? kWinogradBlockBytes : kWinogradLongBlockBytes) / tile_bytes / kMR * kMR);
-  int64_t blocks = ceil_div(tiles, longest);
+  // U larger than L3 holds would come from memory for each block (ASPP's 25 x 2048 x 256
+  // floats, 52 MB, for 17 blocks of 34 tiles): blocks then hold a thread's share of the tiles
+  // (up to kWinogradStreamedBlockBytes of V, in memory), and each point's GEMMs run channels
+  // outer, so that the block's V and U pass once (and, in ASPP's forward, its M stays in L2).
+  const bool u_streams = u_bytes > kWinogradL3Bytes;
+  int64_t blocks = u_streams ? round_up(ceil_div(v_bytes, kWinogradStreamedBlockBytes), threads) : ceil_div(tiles, longest);
   if (blocks < 4 * threads) blocks = round_up(blocks, threads);
   const bool fused = tiles * fused_bytes <= kWinogradLongBlockBytes &&
                      oc_panels * v_bytes < (u_fits ? 0 : (1 + blocks) * u_bytes) + v_bytes;
@@ -3243,11 +3287,16 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
   const int64_t chunk = ceil_div(C, ceil_div(C, kWinogradCChunk));
   const int64_t u_point = oc_panels * Cw * NR + kWinogradPointPad, uc_point = chunk * NR + kWinogradPointPad;
   const int64_t v_point = TB * Ck + kWinogradPointPad, m_point = TB * Mi + kWinogradPointPad;
+  // Where U streams, it and the blocks' V go around the caches, if each vector is a whole line
+  // (the points' stores at once would make partial lines of smaller vectors). ASPP: its input
+  // transforms 8.4 -> 3.1 ms, U 2.9 -> 1.6 ms, forward 46.5 -> 38.8 ms.
+  const bool stream_vu = u_streams && !fused && sizeof(V) == 64;
   // U of panel jb, phase and channels [c0, c0 + nc) into dst, points xi_stride apart.
   auto phase_weights = [&](int64_t jb, int64_t phase, int64_t c0, int64_t nc, A* gathered, A* dst, int64_t xi_stride) {
     const int64_t a = phase / S, b = phase % S;
     const View4<const T> wp{w.data + a * w.sH + b * w.sW, w.sN, w.sC, w.sH * S, w.sW * S};
-    winograd_weights<R>(wp, M, jb, c0, nc, gathered, dst, xi_stride, ceil_div(g.KH - a, S), ceil_div(g.KW - b, S));
+    winograd_weights<R, MT>(wp, M, jb, c0, nc, gathered, dst, xi_stride, ceil_div(g.KH - a, S), ceil_div(g.KW - b, S),
+                            stream_vu);
   };
   Scratch<A> u(fused ? 0 : kPoints * u_point);  // [xi][oc panel][phase][c][NR]
   const int64_t c_chunks = ceil_div(C, chunk);
@@ -3259,6 +3308,7 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
         phase_weights(jb, phase, c0, min64(chunk, C - c0), gathered.get(), u.get() + (jb * Cw + phase * C + c0) * NR,
                       u_point);
       }
+      if (stream_vu) stream_fence();
     });
   }
 
@@ -3275,9 +3325,15 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
       const int64_t t0 = blk * TB, tb = min64(TB, tiles - t0);
 
       if (blk != have_block) {
-        winograd_input_tiles<R, V>(g, x, C, grid, t0, tb, zeros.get(), [&](int64_t s, int64_t k, const V* out) {
-          for (int64_t xi = 0; xi < kPoints; ++xi) __builtin_memcpy(v.get() + xi * v_point + s * Ck + k, &out[xi], sizeof(V));
+        winograd_input_tiles<R, MT, V>(g, x, C, grid, t0, tb, zeros.get(), [&](int64_t s, int64_t k, const V* out) {
+          A* dst = v.get() + s * Ck + k;
+          if (stream_vu) {
+            for (int64_t xi = 0; xi < kPoints; ++xi) store_stream(dst + xi * v_point, out[xi]);
+          } else {
+            for (int64_t xi = 0; xi < kPoints; ++xi) __builtin_memcpy(dst + xi * v_point, &out[xi], sizeof(V));
+          }
         });
+        if (stream_vu) stream_fence();
         have_block = blk;
       }
 
@@ -3294,9 +3350,19 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
                                   out, Mi);
         }
       };
+      if (u_streams && !fused) {
+        for (int64_t xi = 0; xi < kPoints; ++xi) {
+          for (int64_t pc = 0; pc < phases * c_chunks; ++pc) {
+            const int64_t phase = pc / c_chunks, c0 = pc % c_chunks * chunk;
+            for (int64_t jb = jb0; jb < jb1; ++jb) {
+              gemm(xi, jb, phase * Cp + c0, min64(chunk, C - c0), u.get() + xi * u_point + (jb * Cw + phase * C + c0) * NR);
+            }
+          }
+        }
+      }
       // Points outer where U is in memory (the point's V rows stay in L2 for every panel);
       // chunks of U outer where it is transformed here.
-      for (int64_t outer = 0; outer < (fused ? 1 : kPoints); ++outer) {
+      for (int64_t outer = 0; outer < (fused ? 1 : u_streams ? 0 : kPoints); ++outer) {
         for (int64_t jb = jb0; jb < jb1; ++jb) {
           for (int64_t pc = 0; pc < phases * c_chunks; ++pc) {
             const int64_t phase = pc / c_chunks, c0 = pc % c_chunks * chunk, k0 = phase * Cp + c0;
@@ -3316,39 +3382,41 @@ void conv_forward_winograd(const ConvGeometry& g, View4<const T> x_any, View4<co
         grid.at(t0 + s, n, oh0, ow0);
         for (int64_t oc = jb0 * NR; oc < min64(M, jb1 * NR); oc += VL) {
           const int64_t n_oc = min64(VL, M - oc);
-          V mv[kPoints], at[4 * Tn], out[16];
+          V mv[kPoints], at[MT * Tn], out[MT * MT];
           for (int64_t xi = 0; xi < kPoints; ++xi) mv[xi] = loadu<V>(m.get() + xi * m_point + s * Mi + oc - jb0 * NR);
-          for (int k = 0; k < Tn; ++k) Winograd<R>::at(mv + k, Tn, at + k, Tn);
-          for (int i = 0; i < 4; ++i) Winograd<R>::at(at + i * Tn, 1, out + i * 4, 1);
+          for (int k = 0; k < Tn; ++k) Winograd<R, MT>::at(mv + k, Tn, at + k, Tn);
+          for (int i = 0; i < MT; ++i) Winograd<R, MT>::at(at + i * Tn, 1, out + i * MT, 1);
           const V bv = loadu<V>(bpack.get() + oc);
-          for (int i = 0; i < 16; ++i) out[i] += bv;
-          for (int64_t i = 0; i < 4 && oh0 + i * g.dH < g.OH; ++i) {
+          for (int i = 0; i < MT * MT; ++i) out[i] += bv;
+          for (int64_t i = 0; i < MT && oh0 + i * g.dH < g.OH; ++i) {
             A* row = y.data + n * y.sN + (oh0 + i * g.dH) * y.sH + ow0 * y.sW + oc * y.sC;
-            if (nchw_rows) {
-              // runs[k] lanes 4q..4q+3: the row's 4 outputs of channel oc + k VL / 4 + q.
-              const V* r = out + i * 4;
-              const V p0 = __builtin_shuffle(r[0], r[1], pair_lo), p1 = __builtin_shuffle(r[0], r[1], pair_hi);
-              const V q0 = __builtin_shuffle(r[2], r[3], pair_lo), q1 = __builtin_shuffle(r[2], r[3], pair_hi);
-              const V runs[4] = {__builtin_shuffle(p0, q0, quad_lo), __builtin_shuffle(p0, q0, quad_hi),
-                                 __builtin_shuffle(p1, q1, quad_lo), __builtin_shuffle(p1, q1, quad_hi)};
-              const int64_t cols = min64(4, g.OW - ow0);
-              for (int64_t l = 0; l < n_oc; ++l) {
-                const A* run = reinterpret_cast<const A*>(&runs[l / (VL / 4)]) + l % (VL / 4) * 4;
-                A* dst = row + l * y.sC;
-                if (cols == 4) {
-                  __builtin_memcpy(dst, run, 4 * sizeof(A));
-                } else {
-                  for (int64_t j = 0; j < cols; ++j) dst[j] = run[j];
+            if constexpr (MT == 4) {  // nchw_rows takes runs of 4 outputs
+              if (nchw_rows) {
+                // runs[k] lanes 4q..4q+3: the row's 4 outputs of channel oc + k VL / 4 + q.
+                const V* r = out + i * MT;
+                const V p0 = __builtin_shuffle(r[0], r[1], pair_lo), p1 = __builtin_shuffle(r[0], r[1], pair_hi);
+                const V q0 = __builtin_shuffle(r[2], r[3], pair_lo), q1 = __builtin_shuffle(r[2], r[3], pair_hi);
+                const V runs[4] = {__builtin_shuffle(p0, q0, quad_lo), __builtin_shuffle(p0, q0, quad_hi),
+                                   __builtin_shuffle(p1, q1, quad_lo), __builtin_shuffle(p1, q1, quad_hi)};
+                const int64_t cols = min64(4, g.OW - ow0);
+                for (int64_t l = 0; l < n_oc; ++l) {
+                  const A* run = reinterpret_cast<const A*>(&runs[l / (VL / 4)]) + l % (VL / 4) * 4;
+                  A* dst = row + l * y.sC;
+                  if (cols == 4) {
+                    __builtin_memcpy(dst, run, 4 * sizeof(A));
+                  } else {
+                    for (int64_t j = 0; j < cols; ++j) dst[j] = run[j];
+                  }
                 }
+                continue;
               }
-              continue;
             }
-            for (int64_t j = 0; j < 4 && ow0 + j * g.dW < g.OW; ++j) {
+            for (int64_t j = 0; j < MT && ow0 + j * g.dW < g.OW; ++j) {
               A* dst = row + j * g.dW * y.sW;
               if (n_oc == VL) {
-                __builtin_memcpy(dst, &out[i * 4 + j], sizeof(V));
+                __builtin_memcpy(dst, &out[i * MT + j], sizeof(V));
               } else {
-                for (int64_t l = 0; l < n_oc; ++l) dst[l] = out[i * 4 + j][l];
+                for (int64_t l = 0; l < n_oc; ++l) dst[l] = out[i * MT + j][l];
               }
             }
           }
@@ -3396,8 +3464,8 @@ struct WinogradWeightGradPlan {
 // dU from L3 pays where each of its values sums 128 or more tiles: 3x3 512 @7 (N = 8, 32 tiles)
 // lost to the direct weight grad (9.5-10 -> 10.5-13 ms, 2 threads), 3x3 256 @14 (128) won (8 -> 6 ms).
 bool use_weight_grad_winograd(const ConvGeometry& g) {
-  if (g.KH != 3 || g.sH != 1 || !winograd_applies(g)) return false;
-  const WinogradWeightGradPlan plan(g, g.N * winograd_tiles(g.OH, g.dH, nullptr) * winograd_tiles(g.OW, g.dW, nullptr));
+  if (g.KH != 3 || g.sH != 1 || !winograd_fits(g, 4)) return false;
+  const WinogradWeightGradPlan plan(g, g.N * winograd_tiles(g.OH, g.dH, 4, nullptr) * winograd_tiles(g.OW, g.dW, 4, nullptr));
   return plan.sums_fit || plan.TB >= 128;
 }
 
@@ -3415,7 +3483,7 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
   Scratch<A> gy_copy(gy_any.sC == 1 ? 0 : g.N * M * g.OH * g.OW);
   const View4<const A> x = channels_inner(x_any, g.N, C, g.H, g.W, x_copy);
   const View4<const A> gy = channels_inner(gy_any, g.N, M, g.OH, g.OW, gy_copy);
-  const WinogradGrid grid(g);
+  const WinogradGrid grid(g, 4);
 
   const WinogradWeightGradPlan plan(g, grid.tiles);
   const int64_t TB = plan.TB, chunk_blocks = plan.chunk_blocks, blocks = plan.blocks, chunks = plan.chunks;
@@ -3434,7 +3502,7 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
   auto transform = [&](int64_t t0, int64_t s0, int64_t s1, int64_t jb0, int64_t panels, A* vp, A* gp) {
     // Each vector of channels into its c blocks: whole blocks of MR where MR divides the
     // vector (fixed-size copies, inlined), else lane by lane.
-    winograd_input_tiles<3, V>(g, x, C, grid, t0 + s0, s1 - s0, zeros.get(), [&](int64_t s, int64_t c, const V* out) {
+    winograd_input_tiles<3, 4, V>(g, x, C, grid, t0 + s0, s1 - s0, zeros.get(), [&](int64_t s, int64_t c, const V* out) {
       for (int64_t xi = 0; xi < kPoints; ++xi) {
         const A* lanes = reinterpret_cast<const A*>(&out[xi]);
         A* dst = vp + xi * vp_point + (s0 + s) * kMR;
@@ -3461,8 +3529,8 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
       for (int64_t oc = jb0 * NR; oc < (jb0 + panels) * NR; oc += VL) {
         V u[16], au[24], out[kPoints];
         for (int k = 0; k < 16; ++k) u[k] = load_first<V>(src[k] + oc, max64(0, min64(VL, M - oc)));
-        for (int j = 0; j < 4; ++j) Winograd<3>::a(u + j, 4, au + j, 4);
-        for (int i = 0; i < 6; ++i) Winograd<3>::a(au + i * 4, 1, out + i * 6, 1);
+        for (int j = 0; j < 4; ++j) Winograd<3, 4>::a(u + j, 4, au + j, 4);
+        for (int i = 0; i < 6; ++i) Winograd<3, 4>::a(au + i * 4, 1, out + i * 6, 1);
         for (int64_t xi = 0; xi < kPoints; ++xi) {
           __builtin_memcpy(gp + xi * gp_point(panels) + ((oc / NR - jb0) * TB + s) * NR + oc % NR, &out[xi], sizeof(V));
         }
@@ -3538,8 +3606,8 @@ void conv_weight_grad_winograd(const ConvGeometry& g, View4<const T> x_any, View
             du[xi] = loadu<V>(sum + xi * NR);
             for (int64_t chunk = 1; chunk < chunks; ++chunk) du[xi] += loadu<V>(sum + chunk * sums_size + xi * NR);
           }
-          for (int k = 0; k < 6; ++k) Winograd<3>::gt(du + k, 6, gt + k, 6);
-          for (int i = 0; i < 3; ++i) Winograd<3>::gt(gt + i * 6, 1, out + i * 3, 1);
+          for (int k = 0; k < 6; ++k) Winograd<3, 4>::gt(du + k, 6, gt + k, 6);
+          for (int i = 0; i < 3; ++i) Winograd<3, 4>::gt(gt + i * 6, 1, out + i * 3, 1);
           for (int64_t l = 0; l < min64(VL, M - oc); ++l) {
             T* dst = gw.data + (oc + l) * gw.sN + c * gw.sC;
             for (int64_t tap = 0; tap < 9; ++tap) dst[(tap / 3) * gw.sH + (tap % 3) * gw.sW] = static_cast<T>(out[tap][l]);
@@ -4160,7 +4228,8 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
   }
   if constexpr (std::is_same_v<T, float>) {
     if (use_forward_winograd(g, y)) {
-      return winograd_r(g) == 3 ? conv_forward_winograd<3>(g, x, w, bias, y) : conv_forward_winograd<2>(g, x, w, bias, y);
+      if (winograd_r(g) == 2) return conv_forward_winograd<2, 4>(g, x, w, bias, y);
+      return winograd_m(g) == 4 ? conv_forward_winograd<3, 4>(g, x, w, bias, y) : conv_forward_winograd<3, 3>(g, x, w, bias, y);
     }
   }
 #if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
