@@ -642,11 +642,12 @@ def test_winograd(k, stride, cin, cout, size, padding, dilation, layout, w_layou
 
 # Transformed weights larger than L3 holds (25 x 2048 x 96 floats, 19.7 MB, as ASPP's 2048 -> 256)
 # are written once, around the caches, and each thread's share of the tiles is one block, its
-# transformed inputs in memory; the input grad (96 -> 2048 channels) too, its GEMM results in
-# memory.
+# transformed inputs in memory: in the forward a point's, past L2 (162 tiles x 2048 channels),
+# pass once, channels outer; the input grad's (96 channels) stay in L2 for every panel of its
+# 2048 output channels.
 def test_winograd_weights_past_l3():
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 2048, 27, 27, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(4, 2048, 27, 27, generator=gen).contiguous(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(96, 2048, 3, 3, generator=gen)
     out = CF.conv2d(x, w, None, 1, 3, 3)
     gy = torch.randn(out.shape, generator=gen)
