@@ -818,3 +818,25 @@ def test_bf16_depthwise_skips_padding_rows(stride):
     w[:, 0, 0, 1] = float("inf")
     y = CF.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, stride, 1, 1, 64)
     assert y[:, :, 0].isfinite().all() and y[:, :, 1:].isposinf().all()
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels,size,padding", [(48, (9, 13), 1), (16, (6, 8), 0), (144, (7, 14), 2), (80, (5, 6), 1)])
+def test_bf16_depthwise_3x3_by_row_pairs(channels, size, padding, bias, layout):
+    # bf16 3x3 stride-1 depthwise forwards with an odd number of 16 channels (with vdpbf16ps) go
+    # two output rows at a time (an odd last one alone), 6 columns a block (a partial last one;
+    # the border ones read zeros past the row), padding rows as zeros (padding 2: whole rows).
+    # An infinity reaches only the outputs whose windows hold it (rows read alone meet zeros).
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, *size, generator=gen, dtype=torch.float64)
+    x[0, 3, 4, 5] = float("inf")
+    x[1, channels - 1, 0, size[1] - 1] = -float("inf")
+    w = torch.randn(channels, 1, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(channels, generator=gen, dtype=torch.float64) if bias else None
+    y = CF.conv2d(make_layout(x.bfloat16(), layout), w.bfloat16(), b.bfloat16() if bias else None, 1, padding, 1,
+                  channels)
+    expected = F.conv2d(x, w, b, 1, padding, 1, channels)
+    assert same_layout(y, make_layout(expected, layout))
+    assert 0 < (~expected.isfinite()).sum() <= 18  # two windows of 3 x 3 outputs at most
+    assert_close_to_reference(y, expected)

@@ -795,6 +795,172 @@ inline void depthwise_cl_block_dot(int64_t pairs, const c10::BFloat16* const* sr
     for (int b = 0; b < CB; ++b) store_dot(out + q * out_step + c0 + b * kDotChannels, lo[q][b], hi[q][b]);
   }
 }
+
+// bf16 3x3 stride-1 depthwise forwards, two output rows at a time: rows o and o + 1 read input
+// rows t = 0..3 (from o - pH); both read t = 1, 2, interleaved once as a pair (vpermt2w of two
+// 16-channel halves), with weights (w1, w2) for row o and (w0, w1) for row o + 1. Row o's t = 0
+// and row o + 1's t = 3 go alone, zero-extended (vpmovzxwd from memory) against (w0, 0) and
+// (w2, 0): no weight is zero against a value, so an infinite value meets only its own taps. Per
+// row, that is one load and one unpack a source vector where the pairs of kernel rows
+// (depthwise_cl_slide_dot_block) took two and two, and 16 channels a vector keep every load
+// inside a line (144 channels put every other position of 32 at 32 bytes past one: those
+// blocks of 32 took a fifth longer than at 128 or 160 channels). The sums of a block go tap by
+// tap over all its columns, 12 independent chains (vdpbf16ps's latency is 6 cycles, 2 a cycle
+// issue): by source vector, 6 at a time were in flight. 144 channels @56, 8 images: 0.285 ->
+// 0.240-0.248 ms (112: 0.216 -> 0.192, 208: 0.41 -> 0.37).
+constexpr int kRowPairCols = 6;
+constexpr int kRowPairVectors = kRowPairCols + 2;
+
+// [group][tap column][channel] of 32 bits, group 0: (w1, w2) for row o; 1: (w0, w1) for row
+// o + 1; 2: (w0, 0); 3: (w2, 0).
+template <typename T>
+void pack_depthwise_row_pairs(View4<const T> w, int64_t C, uint32_t* wt) {
+  const int rows_lo[4] = {1, 0, 0, 2}, rows_hi[4] = {2, 1, -1, -1};
+  for (int grp = 0; grp < 4; ++grp) {
+    for (int64_t kj = 0; kj < 3; ++kj) {
+      for (int64_t c = 0; c < C; ++c) {
+        const auto bits = [&](int ki) -> uint32_t { return ki < 0 ? 0 : w.data[c * w.sN + ki * w.sH + kj * w.sW].x; };
+        wt[(grp * 3 + kj) * C + c] = bits(rows_lo[grp]) | bits(rows_hi[grp]) << 16;
+      }
+    }
+  }
+}
+
+// Output rows o and o + 1 (out[1] null: o alone), columns [col0, col0 + cols) (cols <= 6), 16
+// channels from c0. Input row t's source vector e is in[t] + (first + e) * step[t] + c0 (a
+// padding row: zeros, step 0), inside the row for e in [e_lo, e_hi) (Clipped: not all are;
+// the others read as zeros). No branches: where the sums went through branches, they went
+// through the stack.
+template <bool Clipped>
+inline void depthwise_cl_row_pairs_block(const c10::BFloat16* const* in, const int64_t* step, int64_t first,
+                                         int e_lo, int e_hi, int64_t C, const uint32_t* wt, const float* bias,
+                                         int64_t c0, c10::BFloat16* const* out, int cols) {
+  __m512 acc[2][kRowPairCols];
+  const __m512 b = _mm512_loadu_ps(bias + c0);
+  for (int r = 0; r < 2; ++r) {
+    for (int q = 0; q < kRowPairCols; ++q) acc[r][q] = b;
+  }
+  const auto load = [&](int t, int e) {
+    const auto* p = reinterpret_cast<const __m256i*>(in[t] + (first + e) * step[t] + c0);
+    if constexpr (Clipped) return _mm256_maskz_loadu_epi16(e >= e_lo && e < e_hi ? 0xFFFF : 0, p);
+    return _mm256_loadu_si256(p);
+  };
+  const auto weights = [&](int grp, int kj) { return (__m512bh)_mm512_loadu_si512(wt + (grp * 3 + kj) * C + c0); };
+  {  // the shared pair
+    // Word i of the result: word i / 2 of a (even i) or of b (odd i).
+    const __m512i pairs = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38,
+                                           6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    __m512bh x[kRowPairVectors];
+#pragma GCC unroll 8
+    for (int e = 0; e < kRowPairVectors; ++e) {
+      x[e] = (__m512bh)_mm512_permutex2var_epi16(_mm512_castsi256_si512(load(1, e)), pairs,
+                                                 _mm512_castsi256_si512(load(2, e)));
+    }
+#pragma GCC unroll 3
+    for (int kj = 0; kj < 3; ++kj) {
+      const __m512bh w0 = weights(0, kj), w1 = weights(1, kj);
+#pragma GCC unroll 6
+      for (int q = 0; q < kRowPairCols; ++q) {
+        acc[0][q] = _mm512_dpbf16_ps(acc[0][q], x[q + kj], w0);
+        acc[1][q] = _mm512_dpbf16_ps(acc[1][q], x[q + kj], w1);
+      }
+    }
+  }
+  {  // the rows read alone: t = 0 for row o, t = 3 for row o + 1
+    __m512bh x[2][kRowPairVectors];
+#pragma GCC unroll 8
+    for (int e = 0; e < kRowPairVectors; ++e) {
+      x[0][e] = (__m512bh)_mm512_cvtepu16_epi32(load(0, e));
+      x[1][e] = (__m512bh)_mm512_cvtepu16_epi32(load(3, e));
+    }
+#pragma GCC unroll 3
+    for (int kj = 0; kj < 3; ++kj) {
+      const __m512bh w0 = weights(2, kj), w1 = weights(3, kj);
+#pragma GCC unroll 6
+      for (int q = 0; q < kRowPairCols; ++q) {
+        acc[0][q] = _mm512_dpbf16_ps(acc[0][q], x[0][q + kj], w0);
+        acc[1][q] = _mm512_dpbf16_ps(acc[1][q], x[1][q + kj], w1);
+      }
+    }
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < 2; ++r) {
+#pragma GCC unroll 6
+    for (int q = 0; q < kRowPairCols; ++q) {
+      if (out[r] && q < cols) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[r] + q * C + c0),
+                            (__m256i)bf16_bits(static_cast<Vec<float>::type>(acc[r][q])));
+      }
+    }
+  }
+}
+
+// Whether depthwise_forward_cl goes by pairs of output rows: bf16 3x3, stride and dilation 1,
+// an odd number of vectors of 16 channels (a position is not whole lines), and finite weights
+// (padding is read as zeros, and a zero against an infinite weight would make a NaN where the
+// other pass skips it). At multiples of 32 channels the blocks of 32 take as long or less with
+// 8 images (160 channels 0.26 against 0.27 ms, 192 0.31 against 0.32), their loads whole lines.
+template <typename T>
+bool use_depthwise_row_pairs(const ConvGeometry& g, View4<const T> w) {
+  if (!(g.KH == 3 && g.KW == 3 && g.sH == 1 && g.sW == 1 && g.dH == 1 && g.dW == 1 && g.C_in % 32 == 16)) return false;
+  for (int64_t c = 0; c < g.C_in; ++c) {
+    for (int64_t k = 0; k < 9; ++k) {
+      if (!std::isfinite(static_cast<float>(w.data[c * w.sN + k / 3 * w.sH + k % 3 * w.sW]))) return false;
+    }
+  }
+  return true;
+}
+
+void depthwise_forward_cl_row_pairs(const ConvGeometry& g, View4<const c10::BFloat16> x,
+                                    View4<const c10::BFloat16> w, const c10::BFloat16* bias,
+                                    View4<c10::BFloat16> y) {
+  const int64_t C = g.C_in, row_pairs = ceil_div(g.OH, 2);
+  Scratch<uint32_t> wt(4 * 3 * C);
+  Scratch<float> bias_f(C);
+  Scratch<c10::BFloat16> zeros(C);
+  pack_depthwise_row_pairs(w, C, wt.get());
+  for (int64_t c = 0; c < C; ++c) bias_f.get()[c] = bias ? static_cast<float>(bias[c]) : 0.0f;
+  fill_zero(zeros.get(), C);
+  // Large outputs go around the caches, a block's columns of both rows at a time (whole lines:
+  // 6 columns of 16k channels are 192k bytes), computed into a cached buffer first. Written in
+  // place, 12.8 MB of output at 256 channels (bf16 3x3 @56, 8 images) took 1.17 ms, against 0.5.
+  const int64_t row_bytes = y.sH * static_cast<int64_t>(sizeof(c10::BFloat16));
+  const bool stage = g.N * g.OH * row_bytes >= kStreamBytes && y.sH == g.OW * C && row_bytes % 64 == 0 &&
+                     reinterpret_cast<uintptr_t>(y.data) % 64 == 0;
+  at::parallel_for(0, g.N * row_pairs, 1, [&](int64_t begin, int64_t end) {
+    Scratch<c10::BFloat16> staging(stage ? 2 * kRowPairCols * C : 0);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / row_pairs, o = item % row_pairs * 2;
+      const c10::BFloat16* in[4];
+      int64_t step[4];
+      for (int t = 0; t < 4; ++t) {
+        const int64_t ih = o - g.pH + t;
+        const bool row = inside(ih, g.H);
+        in[t] = row ? x.data + n * x.sN + ih * x.sH : zeros.get();
+        step[t] = row ? x.sW : 0;
+      }
+      c10::BFloat16* const out[2] = {y.data + n * y.sN + o * y.sH, o + 1 < g.OH ? y.data + n * y.sN + (o + 1) * y.sH : nullptr};
+      for (int64_t col0 = 0; col0 < g.OW; col0 += kRowPairCols) {
+        const int64_t first = col0 - g.pW;
+        const int e_lo = static_cast<int>(max64(0, -first)), e_hi = static_cast<int>(min64(kRowPairVectors, g.W - first));
+        const int cols = static_cast<int>(min64(kRowPairCols, g.OW - col0));
+        c10::BFloat16* const block_out[2] = {stage ? staging.get() : out[0] + col0 * y.sW,
+                                             !out[1] ? nullptr : stage ? staging.get() + kRowPairCols * C : out[1] + col0 * y.sW};
+        for (int64_t c0 = 0; c0 < C; c0 += 16) {
+          if (e_lo > 0 || e_hi < kRowPairVectors) {
+            depthwise_cl_row_pairs_block<true>(in, step, first, e_lo, e_hi, C, wt.get(), bias_f.get(), c0, block_out, cols);
+          } else {
+            depthwise_cl_row_pairs_block<false>(in, step, first, e_lo, e_hi, C, wt.get(), bias_f.get(), c0, block_out, cols);
+          }
+        }
+        for (int r = 0; stage && r < 2; ++r) {
+          if (out[r]) stream_lines(out[r] + col0 * C, block_out[r], cols * C * static_cast<int64_t>(sizeof(c10::BFloat16)));
+        }
+      }
+    }
+    if (stage) stream_fence();
+  });
+}
 #endif
 
 // One dense channels_last depthwise pass: each destination position (N x rows x cols) sums,
@@ -1050,6 +1216,11 @@ void depthwise_cl_pass(const ConvGeometry& g, View4<const T> src, View4<const T>
 template <typename T>
 void depthwise_forward_cl(const ConvGeometry& g, View4<const T> x, View4<const T> w,
                           const T* bias, View4<T> y) {
+#if defined(CONVEXT_X86_DISPATCH) && defined(CONVEXT_BF16)
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (use_depthwise_row_pairs(g, w)) return depthwise_forward_cl_row_pairs(g, x, w, bias, y);
+  }
+#endif
   depthwise_cl_pass(g, x, w, bias, y, g.OH, g.OW, 1, [&](int64_t o, int64_t k, bool is_row) {
     const int64_t i = is_row ? o * g.sH - g.pH + k * g.dH : o * g.sW - g.pW + k * g.dW;
     return inside(i, is_row ? g.H : g.W) ? i : -1;
