@@ -141,6 +141,30 @@ def test_channels_last_forward_streamed_outputs(cin, k, padding, dilation, dtype
     assert_close_to_reference(out, F.conv2d(x, w, b, 1, padding, dilation))
 
 
+@pytest.mark.parametrize("cout,size", [(80, (5, 7)), (64, (128, 256))])
+def test_bf16_channels_last_forward_rounds_special_sums_as_c10(cout, size):
+    # The indirect bf16 forward converts a block's float sums to bf16 in one instruction a row,
+    # except where one of them is a NaN (whose sign that instruction keeps) or a denormal (which
+    # it flushes): such blocks round as c10::BFloat16 converts float, NaN to 0x7FC0 (torch's
+    # vectorised conversions make NaN 0xFFFF; convext's kernels all take c10's). x holds small
+    # integers (exact sums, so the bits must match), a negative NaN, and positions of zeros
+    # (and sums of 0) whose outputs are the bias alone, a denormal. 80 output channels: two whole panels of 32 in one
+    # call, then a partial one; 4 MiB of outputs (64 channels, 128 x 256) are streamed.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-2, 3, (1, 16, *size), generator=gen).float()
+    x[..., 0, :3] = 0
+    x[0, 3, 1, 2] = -float("nan")
+    w = torch.randint(-2, 3, (cout, 16, 1, 1), generator=gen).float()
+    b = torch.full((cout,), 2e-39).bfloat16().float()
+    b[1::2] = 5
+    assert b[0].item() != 0 and abs(b[0].item()) < torch.finfo(torch.float32).tiny
+    out = CF.conv2d(make_layout(x.bfloat16(), "channels_last"), w.bfloat16(), b.bfloat16())
+    expected = (F.conv2d(x.double(), w.double()) + b.double().view(-1, 1, 1)).bfloat16()  # the bias last, as convext adds it
+    expected_bits = torch.where(expected.isnan(), 0x7FC0, expected.view(torch.int16)).to(torch.int16)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert out.isnan().sum() == cout and torch.equal(out.view(torch.int16), expected_bits)
+
+
 @pytest.mark.parametrize("dtype,cout", [(torch.float32, 80), (torch.bfloat16, 160)], ids=str)
 def test_grouped_forward_streamed_outputs_unaligned_groups(dtype, cout):
     # Outputs of 4 MiB or more go around the caches only where every block starts on a whole

@@ -2476,63 +2476,87 @@ constexpr bool kBf16DotBuilt = true;
 
 // indirect_microkernel with bf16 rows and weights and float sums: weights packed in pairs of
 // channels, [channel pair][NR][2], and each row's pair of channels broadcast as one 32-bit value.
-// `channels` and c0 are even. With out_bf16, row m goes to out_bf16[m] as bf16 (store_narrowed;
-// c_out unused), with stream as one non-temporal store of its 64-byte line (see store_stream).
+// `channels` and c0 are even. With out_bf16, row m goes to out_bf16[m] as bf16 (rounded as
+// store_narrowed rounds; c_out unused), with stream as one non-temporal store of its 64-byte
+// line (see store_stream).
+// With panels > 1 (out_bf16 only), the rows meet that many panels of weights, panel_stride apart,
+// each into the next NR columns of c_in, bias and the out rows: one call per block of positions
+// instead of one per panel (see conv_forward_indirect's panels_inner).
 void indirect_microkernel_bf16(int64_t taps, int64_t channels, const c10::BFloat16* const* rows,
-                               const bool* padding, int64_t c0, const c10::BFloat16* __restrict b,
+                               const bool* padding, int64_t c0, const c10::BFloat16* __restrict b_first,
                                const float* c_in, int64_t ld_in, const float* bias, float* c_out,
-                               int64_t ld_out, c10::BFloat16* const* out_bf16 = nullptr, bool stream = false) {
+                               int64_t ld_out, c10::BFloat16* const* out_bf16 = nullptr, bool stream = false,
+                               int64_t panels = 1, int64_t panel_stride = 0) {
   static_assert(kMR == 8 && kNR<float> == 32);
-  __m512 acc0[kMR], acc1[kMR];
-#pragma GCC unroll 16
-  for (int m = 0; m < kMR; ++m) {
-    acc0[m] = c_in ? _mm512_loadu_ps(c_in + m * ld_in) : _mm512_setzero_ps();
-    acc1[m] = c_in ? _mm512_loadu_ps(c_in + m * ld_in + 16) : _mm512_setzero_ps();
-  }
-  for (int64_t t = 0; t < taps; ++t) {
-    if (padding[t]) {
-      b += channels * 32;
-      continue;
-    }
-    const c10::BFloat16* r[kMR];
-#pragma GCC unroll 16
-    for (int m = 0; m < kMR; ++m) r[m] = rows[t * kMR + m] + c0;
-    for (int64_t i = 0; i < channels; i += 2) {
-      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
-      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 32);
-      __builtin_prefetch(b + 16 * 64);  // 16 steps ahead, as in indirect_microkernel
-      __builtin_prefetch(b + 16 * 64 + 32);
-#pragma GCC unroll 16
-      for (int m = 0; m < kMR; ++m) {
-        int32_t pair;
-        __builtin_memcpy(&pair, r[m] + i, sizeof(pair));
-        const __m512bh am = (__m512bh)_mm512_set1_epi32(pair);
-        acc0[m] = _mm512_dpbf16_ps(acc0[m], am, b0);
-        acc1[m] = _mm512_dpbf16_ps(acc1[m], am, b1);
-      }
-      b += 64;
-    }
-  }
-  if (bias) {
-    const __m512 b0 = _mm512_loadu_ps(bias), b1 = _mm512_loadu_ps(bias + 16);
+  for (int64_t panel = 0; panel < panels; ++panel) {
+    const int64_t col = panel * 32;
+    const c10::BFloat16* __restrict b = b_first + panel * panel_stride;
+    __m512 acc0[kMR], acc1[kMR];
 #pragma GCC unroll 16
     for (int m = 0; m < kMR; ++m) {
-      acc0[m] = _mm512_add_ps(acc0[m], b0);
-      acc1[m] = _mm512_add_ps(acc1[m], b1);
+      acc0[m] = c_in ? _mm512_loadu_ps(c_in + m * ld_in + col) : _mm512_setzero_ps();
+      acc1[m] = c_in ? _mm512_loadu_ps(c_in + m * ld_in + col + 16) : _mm512_setzero_ps();
     }
-  }
+    for (int64_t t = 0; t < taps; ++t) {
+      if (padding[t]) {
+        b += channels * 32;
+        continue;
+      }
+      const c10::BFloat16* r[kMR];
 #pragma GCC unroll 16
-  for (int m = 0; m < kMR; ++m) {
-    if (out_bf16 && stream) {
-      const __m256i lo = (__m256i)bf16_bits(static_cast<Vec<float>::type>(acc0[m]));
-      const __m256i hi = (__m256i)bf16_bits(static_cast<Vec<float>::type>(acc1[m]));
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(out_bf16[m]), _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
-    } else if (out_bf16) {
-      store_narrowed(out_bf16[m], static_cast<Vec<float>::type>(acc0[m]));
-      store_narrowed(out_bf16[m] + 16, static_cast<Vec<float>::type>(acc1[m]));
-    } else {
-      _mm512_storeu_ps(c_out + m * ld_out, acc0[m]);
-      _mm512_storeu_ps(c_out + m * ld_out + 16, acc1[m]);
+      for (int m = 0; m < kMR; ++m) r[m] = rows[t * kMR + m] + c0;
+      for (int64_t i = 0; i < channels; i += 2) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 32);
+        __builtin_prefetch(b + 16 * 64);  // 16 steps ahead, as in indirect_microkernel
+        __builtin_prefetch(b + 16 * 64 + 32);
+#pragma GCC unroll 16
+        for (int m = 0; m < kMR; ++m) {
+          int32_t pair;
+          __builtin_memcpy(&pair, r[m] + i, sizeof(pair));
+          const __m512bh am = (__m512bh)_mm512_set1_epi32(pair);
+          acc0[m] = _mm512_dpbf16_ps(acc0[m], am, b0);
+          acc1[m] = _mm512_dpbf16_ps(acc1[m], am, b1);
+        }
+        b += 64;
+      }
+    }
+    if (bias) {
+      const __m512 b0 = _mm512_loadu_ps(bias + col), b1 = _mm512_loadu_ps(bias + col + 16);
+#pragma GCC unroll 16
+      for (int m = 0; m < kMR; ++m) {
+        acc0[m] = _mm512_add_ps(acc0[m], b0);
+        acc1[m] = _mm512_add_ps(acc1[m], b1);
+      }
+    }
+    if (out_bf16) {
+      // Where no sum is a NaN or denormal (one check for the block), a row is one vcvtne2ps2bf16
+      // and one 64-byte store; otherwise its halves go through store_narrowed (plain stores).
+      __mmask16 special = 0;
+#pragma GCC unroll 16
+      for (int m = 0; m < kMR; ++m) special |= _mm512_fpclass_ps_mask(acc0[m], 0xA1) | _mm512_fpclass_ps_mask(acc1[m], 0xA1);
+      if (__builtin_expect(special == 0, 1)) {
+#pragma GCC unroll 16
+        for (int m = 0; m < kMR; ++m) {
+          const __m512i row = (__m512i)_mm512_cvtne2ps_pbh(acc1[m], acc0[m]);
+          if (stream) {
+            _mm512_stream_si512(reinterpret_cast<__m512i*>(out_bf16[m] + col), row);
+          } else {
+            _mm512_storeu_si512(out_bf16[m] + col, row);
+          }
+        }
+        continue;
+      }
+    }
+#pragma GCC unroll 16
+    for (int m = 0; m < kMR; ++m) {
+      if (out_bf16) {
+        store_narrowed(out_bf16[m] + col, static_cast<Vec<float>::type>(acc0[m]));
+        store_narrowed(out_bf16[m] + col + 16, static_cast<Vec<float>::type>(acc1[m]));
+      } else {
+        _mm512_storeu_ps(c_out + m * ld_out, acc0[m]);
+        _mm512_storeu_ps(c_out + m * ld_out + 16, acc1[m]);
+      }
     }
   }
 }
@@ -2604,6 +2628,7 @@ constexpr int64_t kPanelBytes = 512 * 1024;
 constexpr int64_t kTileRowsBytes = 1024 * 1024;
 constexpr int64_t kAccBytes = 512 * 1024;
 constexpr int64_t kItemPanels = 16;
+constexpr int64_t kPanelsInnerBytes = 256 * 1024;
 // Longest patch (values) the bf16 forward gathers whole rather than pad its odd taps (see flat).
 constexpr int64_t kFlatPatchValues = 256;
 
@@ -2818,6 +2843,12 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   // channel (bf16 3x3 512 @7 channels_last forward 4.5 -> 4.0 ms, ASPP's 68 -> 56-61 ms; float
   // ASPP NCHW 144 -> 125 ms).
   const bool regroup = padded_windows && !flat && taps > 1 && taps <= 64;
+  // Where whole blocks are summed in one step straight into channels_last y and an item's packed
+  // weights are few, each block of positions meets all of the item's panels in one call, its rows
+  // loaded once: a call per block and panel spent a fifth of the time setting up at 64 channels
+  // (bf16 1x1 64->256 @56: 32 pair steps a call).
+  const bool panels_inner = steps == 1 && (pairs ? y.sC == 1 : direct_store) &&
+                            item_panels * K * NR * static_cast<int64_t>(sizeof(D)) <= kPanelsInnerBytes;
 
   at::parallel_for(0, g.groups * tiles * oc_items, 1, [&](int64_t begin, int64_t end) {
     Scratch<const D*> rows(PT * row_taps);  // [block of MR positions][tap][MR]
@@ -2893,7 +2924,8 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
         const int64_t channels = min64(chunk, tap_ch - c0);
         const bool first = step == 0, last = step == steps - 1;
         // The step for MR positions from block mb and the NR output channels of panel jb.
-        auto block = [&](int64_t mb, int64_t jb) {
+        // With count > 1 (panels_inner, whole blocks and panels only), panels jb .. jb + count - 1.
+        auto block = [&](int64_t mb, int64_t jb, int64_t count) {
           const D* b = wpack.get() + ((grp * oc_panels + jb) * K + t0 * tap_ch + c0) * NR;
           const A* bias_here = last && bias ? bpack.get() + grp * Mp + jb * NR : nullptr;
           const int64_t oc0 = grp * Mg + jb * NR, cols = min64(NR, Mg - jb * NR);
@@ -2922,7 +2954,7 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
               }
               A* partial = acc.get() + mb * kMR * ld + (jb - jb0) * NR;
               indirect_microkernel_bf16(step_len, channels, step_rows, step_padding, c0, b, first ? nullptr : partial, ld,
-                                        bias_here, nullptr, 0, out_rows, stream);
+                                        bias_here, nullptr, 0, out_rows, stream, count, K * NR);
               return;
             }
           }
@@ -2940,9 +2972,14 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
               }
             }
             if constexpr (!pairs) {
-              indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b,
-                                      first ? nullptr : out, g.C_out, bias_here, out, g.C_out,
-                                      regrouped ? out_rows : nullptr, stream);
+              for (int64_t p = 0; p < count; ++p) {
+                if (p > 0) {
+                  for (int m = 0; m < kMR; ++m) out_rows[m] += NR;
+                }
+                indirect_microkernel<A>(step_len, channels, step_rows, step_padding, c0, b + p * K * NR,
+                                        first ? nullptr : out + p * NR, g.C_out, bias_here ? bias_here + p * NR : nullptr,
+                                        out + p * NR, g.C_out, regrouped ? out_rows : nullptr, stream);
+              }
             }
             return;
           }
@@ -2991,13 +3028,23 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
             }
           }
         };
-        if (panels_outer) {
+        if (panels_inner) {
+          const int64_t whole_end = max64(jb0, min64(jb1, Mg / NR));  // panels [jb0, whole_end) are whole
+          for (int64_t mb = 0; mb < mblocks; ++mb) {
+            int64_t jb = jb0;
+            if (whole_end - jb0 > 1 && pt - mb * kMR >= kMR) {
+              block(mb, jb0, whole_end - jb0);
+              jb = whole_end;
+            }
+            for (; jb < jb1; ++jb) block(mb, jb, 1);
+          }
+        } else if (panels_outer) {
           for (int64_t jb = jb0; jb < jb1; ++jb) {
-            for (int64_t mb = 0; mb < mblocks; ++mb) block(mb, jb);
+            for (int64_t mb = 0; mb < mblocks; ++mb) block(mb, jb, 1);
           }
         } else {
           for (int64_t mb = 0; mb < mblocks; ++mb) {
-            for (int64_t jb = jb0; jb < jb1; ++jb) block(mb, jb);
+            for (int64_t jb = jb0; jb < jb1; ++jb) block(mb, jb, 1);
           }
         }
       }
