@@ -2846,9 +2846,12 @@ void conv_forward_indirect(const ConvGeometry& g, View4<const T> x_any, View4<co
   // Where whole blocks are summed in one step straight into channels_last y and an item's packed
   // weights are few, each block of positions meets all of the item's panels in one call, its rows
   // loaded once: a call per block and panel spent a fifth of the time setting up at 64 channels
-  // (bf16 1x1 64->256 @56: 32 pair steps a call).
+  // (bf16 1x1 64->256 @56: 32 pair steps a call). Not with 2 or 3 panels of over 4 KB each: bf16
+  // 1x1 256->64 @56 took 1.0-1.1 ms against 0.91 (1 thread: 3.2 against 1.8), 128->64 0.51
+  // against 0.49, for reasons not found.
+  const int64_t panel_bytes = K * NR * static_cast<int64_t>(sizeof(D));
   const bool panels_inner = steps == 1 && (pairs ? y.sC == 1 : direct_store) &&
-                            item_panels * K * NR * static_cast<int64_t>(sizeof(D)) <= kPanelsInnerBytes;
+                            (item_panels >= 4 || panel_bytes <= 4096) && item_panels * panel_bytes <= kPanelsInnerBytes;
 
   at::parallel_for(0, g.groups * tiles * oc_items, 1, [&](int64_t begin, int64_t end) {
     Scratch<const D*> rows(PT * row_taps);  // [block of MR positions][tap][MR]
