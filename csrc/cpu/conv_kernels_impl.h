@@ -5262,7 +5262,9 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
     const T* gy_rows[kWeightGradBlock];
     // A position's values for the tap: x.data[first + v] for v in [lo, hi), zeros elsewhere.
     int64_t first[kWeightGradBlock], lo[kWeightGradBlock], hi[kWeightGradBlock];
-    int64_t ih0[kWeightGradBlock], iw0[kWeightGradBlock], image[kWeightGradBlock];
+    // Per block: a position's window origin (its offset in x, row, column), and the values
+    // [lo, hi0) its taps read where their rows (and columns) are inside x.
+    int64_t origin[kWeightGradBlock], ih0[kWeightGradBlock], iw0[kWeightGradBlock], hi0[kWeightGradBlock];
     Scratch<T> gy_packed(kWeightGradBlock * Mg);  // gy, once per block for all taps
     Scratch<T> reading_packed(kWeightGradBlock * Mg);  // gy of one tap's reading positions
     int64_t reading_at[kWeightGradBlock], run_at[kWeightGradBlock + 1];
@@ -5352,9 +5354,12 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
         const int64_t b = min64(kWeightGradBlock, count - b0);
         for (OutputPosition at(g, q0 + b0); at.i < b; at.next()) {
           if (!gy_by_positions) gy_rows[at.i] = gy.data + at.n * gy.sN + at.oh * gy.sH + at.ow * gy.sW + grp * Mg;
-          image[at.i] = at.n * x.sN + grp * Cg;
           ih0[at.i] = at.oh * g.sH - g.pH;
           iw0[at.i] = at.ow * g.sW - g.pW;
+          origin[at.i] = at.n * x.sN + grp * Cg + ih0[at.i] * x.sH + iw0[at.i] * x.sW;
+          // Row taps: the kernel row's columns from iw0 on, clipped to the row (x.sW == Cg).
+          lo[at.i] = row_taps ? max64(0, -iw0[at.i]) * Cg : 0;
+          hi0[at.i] = row_taps ? min64(run, (g.W - iw0[at.i]) * Cg) : Cg;
         }
         if (gy_by_positions) {
           // The part's rows of gy_t for the block, together: read in place, Mp apart, each call's
@@ -5383,14 +5388,15 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
             if (inside(ih, g.H) && inside(iw, g.W)) prefetch_l2(x.data + at.n * x.sN + grp * Cg + ih * x.sH + iw * x.sW, run);
           }
           const int64_t di = (row_taps ? tap : tap / g.KW) * g.dH, dj = row_taps ? 0 : (tap % g.KW) * g.dW;
-          int64_t reading = 0;  // positions whose tap reads x: reading_at[0, reading)
+          // Positions whose tap reads x: counted here, in a loop without multiplies or stores
+          // that depend on the count (so that it vectorises), and listed in reading_at only
+          // where they are gathered.
+          const int64_t delta = di * x.sH + dj * x.sW;
+          int64_t reading = 0;
           for (int64_t i = 0; i < b; ++i) {
-            const int64_t ih = ih0[i] + di, iw = iw0[i] + dj;
-            first[i] = image[i] + ih * x.sH + iw * x.sW;
-            // Row taps: the kernel row's columns from iw on, clipped to the row (x.sW == Cg).
-            lo[i] = row_taps ? max64(0, -iw) * Cg : 0;
-            hi[i] = !inside(ih, g.H) ? 0 : row_taps ? min64(run, (g.W - iw) * Cg) : inside(iw, g.W) ? Cg : 0;
-            if (hi[i] > lo[i]) reading_at[reading++] = i;
+            first[i] = origin[i] + delta;
+            hi[i] = inside(ih0[i] + di, g.H) && (row_taps || inside(iw0[i] + dj, g.W)) ? hi0[i] : 0;
+            reading += hi[i] > lo[i];
           }
           // The whole block reads padding at this tap (ASPP's dilation 12: a fifth of the GEMMs):
           // nothing to add, or for the first block, sums of no positions (zeros) to store.
@@ -5406,6 +5412,11 @@ void conv_weight_grad_indirect(const ConvGeometry& g, View4<const T> x_any, View
           // only where a third of the positions read padding (value by value, from an eighth up,
           // 3x3 256 @14 spent longer gathering than the sums it saved).
           const bool gather = gy_by_positions ? 3 * reading <= 2 * b : 8 * reading <= 7 * b;
+          if (gather) {
+            for (int64_t i = 0, r = 0; i < b; ++i) {
+              if (hi[i] > lo[i]) reading_at[r++] = i;
+            }
+          }
           T* const gathered = reading_packed.get();
           if (gather && gy_by_positions) {  // rows of the reading positions (and a zero after an odd last)
             int64_t runs = 0;  // runs of reading positions: run_at[r] of them from the reading_at[r]th
