@@ -266,6 +266,33 @@ def test_wide_planes_bitwise(kernel, stride, padding, ceil_mode, dtype, rows_apa
             assert torch.equal(ours.view(bits), theirs.view(bits))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_long_rows_nan_payloads_and_signed_zeros(kernel, stride, dtype):
+    """NCHW rows of 150 columns, whose outputs go in groups of several vectors and a rest, with
+    windows that hold NaNs of different payloads (torch keeps the last), a NaN before larger
+    values (it stays), and runs of +0 and -0 (torch keeps the first of equals): max pooling's
+    values, with and without indices, and average pooling's equal torch's bit for bit."""
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    x = torch.randn(2, 3, 5, 150, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    x[..., 40:60] = 0.0
+    x[..., 41:60:2] = -0.0
+    x[1, :, 1:4, 90:97] = -0.0
+    nan = torch.tensor(float("nan"), dtype=dtype).view(bits)
+    for col, payload in ((70, 1), (71, 2), (100, 3), (101, 4), (102, 5), (149, 6)):
+        x.view(bits)[0, 1, 2, col] = nan | payload
+    x[1, 2, :, 120] = float("nan")
+    args = (kernel, stride, kernel // 2)
+    theirs = F.max_pool2d(x, *args, return_indices=True)
+    assert torch.equal(CF.max_pool2d(x, *args).view(bits), theirs[0].view(bits))
+    ours = CF.max_pool2d(x, *args, return_indices=True)
+    assert torch.equal(ours[0].view(bits), theirs[0].view(bits))
+    assert torch.equal(ours[1], theirs[1])
+    finite = x.nan_to_num(0.0)
+    assert torch.equal(CF.avg_pool2d(finite, *args).view(bits), F.avg_pool2d(finite, *args).view(bits))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("kernel,stride,padding,ceil_mode", WIDE_WINDOWS, ids=str)
 def test_channels_last_max_pool_bitwise(kernel, stride, padding, ceil_mode, dtype):

@@ -159,6 +159,15 @@ inline void store_narrowed(S* p, const V& v) {
   }
 }
 
+// A value the compiler must hold as computed: it does not merge the selects before and after
+// into one (see max_pool_fixed_rows).
+template <typename V>
+inline void keep_in_register(V& v) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+v"(v));
+#endif
+}
+
 // Lane l is p[l * S]: at S = 2, the even lanes of two loads.
 template <typename V, int S, typename A>
 inline V load_every(const A* p) {
