@@ -273,7 +273,8 @@ def test_long_rows_nan_payloads_and_signed_zeros(kernel, stride, dtype):
     """NCHW rows of 150 columns, whose outputs go in groups of several vectors and a rest, with
     windows that hold NaNs of different payloads (torch keeps the last), a NaN before larger
     values (it stays), and runs of +0 and -0 (torch keeps the first of equals): max pooling's
-    values, with and without indices, and average pooling's equal torch's bit for bit."""
+    values, with and without indices (and on channels_last copies), and average pooling's equal
+    torch's bit for bit."""
     bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
     x = torch.randn(2, 3, 5, 150, generator=torch.Generator().manual_seed(0), dtype=dtype)
     x[..., 40:60] = 0.0
@@ -286,6 +287,8 @@ def test_long_rows_nan_payloads_and_signed_zeros(kernel, stride, dtype):
     args = (kernel, stride, kernel // 2)
     theirs = F.max_pool2d(x, *args, return_indices=True)
     assert torch.equal(CF.max_pool2d(x, *args).view(bits), theirs[0].view(bits))
+    x_cl = x.contiguous(memory_format=torch.channels_last)  # channels in the lanes
+    assert torch.equal(CF.max_pool2d(x_cl, *args).view(bits), theirs[0].view(bits))
     ours = CF.max_pool2d(x, *args, return_indices=True)
     assert torch.equal(ours[0].view(bits), theirs[0].view(bits))
     assert torch.equal(ours[1], theirs[1])
