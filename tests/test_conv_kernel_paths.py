@@ -844,6 +844,32 @@ def test_bf16_depthwise_skips_padding_rows(stride):
     assert y[:, :, 0].isfinite().all() and y[:, :, 1:].isposinf().all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("channels", [8, 32])
+@pytest.mark.parametrize("size,k,stride,op", [(16, 3, 1, "conv2d"), (16, 3, 1, "conv_transpose2d"), (16, 5, 1, "conv2d"),
+                                              (16, 5, 1, "conv_transpose2d"), (56, 7, 1, "conv2d"),
+                                              (56, 7, 1, "conv_transpose2d"), (28, 3, 2, "conv2d")])
+def test_depthwise_infinite_weights_skip_padding(size, k, stride, op, channels, layout, dtype):
+    # Padding is skipped, as torch's float and bf16 depthwise convs skip it, not multiplied by
+    # zeros: an infinite weight makes infinite the outputs whose tap reads x and leaves finite the
+    # border ones whose tap reads padding, in both layouts (NCHW tensors with such weights go
+    # through the channels_last kernels; the NCHW ones made NaN there).
+    gen = torch.Generator().manual_seed(0)
+    x = make_layout(torch.randn(2, channels, size, size, generator=gen).to(dtype), layout)
+    w = torch.randn(channels, 1, k, k, generator=gen).to(dtype)
+    w[4, 0, 0, 0] = float("inf")
+    w[5, 0, k - 1, k // 2] = -float("inf")
+    extra = (stride - 1, channels) if op == "conv_transpose2d" else (1, channels)  # output_padding or dilation
+    y = getattr(CF, op)(x, w, None, stride, k // 2, *extra)
+    expected = getattr(F, op)(x, w, None, stride, k // 2, *extra)
+    assert not expected.isnan().any() and expected.isinf().any()
+    assert torch.equal(y.isnan(), expected.isnan()) and torch.equal(y.isinf(), expected.isinf())
+    finite = expected.isfinite()
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(y[finite].float(), expected[finite].float(), rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("channels,size,padding", [(48, (9, 13), 1), (16, (6, 8), 0), (144, (7, 14), 2), (80, (5, 6), 1)])

@@ -489,6 +489,18 @@ class NextPlanePrefetch {
   NextRowsPrefetch rows_;
 };
 
+// Whether a depthwise conv's weights are all finite: kernels that read padding as zeros skip it
+// only then (an infinite weight against a zero makes NaN).
+template <typename T>
+bool finite_depthwise_weights(const ConvGeometry& g, View4<const T> w) {
+  for (int64_t c = 0; c < g.C_out; ++c) {
+    for (int64_t k = 0; k < g.KH * g.KW; ++k) {
+      if (!std::isfinite(static_cast<float>(w.data[c * w.sN + k / g.KW * w.sH + k % g.KW * w.sW]))) return false;
+    }
+  }
+  return true;
+}
+
 // Depthwise convolution with one output channel per input channel on dense channels_last tensors:
 // channels are innermost in memory and in the loops, so every inner loop is a contiguous,
 // vectorised run over channels. Weights are first transposed to [kernel row, col][channel].
@@ -911,13 +923,8 @@ inline void depthwise_cl_row_pairs_block(const c10::BFloat16* const* in, const i
 // 8 images (160 channels 0.26 against 0.27 ms, 192 0.31 against 0.32), their loads whole lines.
 template <typename T>
 bool use_depthwise_row_pairs(const ConvGeometry& g, View4<const T> w) {
-  if (!(g.KH == 3 && g.KW == 3 && g.sH == 1 && g.sW == 1 && g.dH == 1 && g.dW == 1 && g.C_in % 32 == 16)) return false;
-  for (int64_t c = 0; c < g.C_in; ++c) {
-    for (int64_t k = 0; k < 9; ++k) {
-      if (!std::isfinite(static_cast<float>(w.data[c * w.sN + k / 3 * w.sH + k % 3 * w.sW]))) return false;
-    }
-  }
-  return true;
+  return g.KH == 3 && g.KW == 3 && g.sH == 1 && g.sW == 1 && g.dH == 1 && g.dW == 1 && g.C_in % 32 == 16 &&
+         finite_depthwise_weights(g, w);
 }
 
 void depthwise_forward_cl_row_pairs(const ConvGeometry& g, View4<const c10::BFloat16> x,
@@ -1844,6 +1851,18 @@ bool use_depthwise_via_channels_last(const ConvGeometry& g, const View4<T>& inpu
          dense_nchw(output_side, g.C_out, g.OH, g.OW);
 }
 
+// So do the forwards and input grads of float and bf16 ones with weights that are not all
+// finite: the NCHW kernels read padding as zeros, and an infinite weight makes NaN of them where
+// torch's float and bf16 depthwise convs (and the channels_last kernels) skip the padding.
+// (torch's double ones multiply it, as the NCHW kernels do.)
+template <typename T, typename U, typename W>
+bool use_depthwise_via_channels_last(const ConvGeometry& g, const View4<T>& input_side, const View4<U>& output_side,
+                                     const View4<W>& w) {
+  return use_depthwise_via_channels_last(g, input_side, output_side) ||
+         (!std::is_same_v<W, const double> && g.C_out_g() == 1 && dense_nchw(input_side, g.C_in, g.H, g.W) &&
+          dense_nchw(output_side, g.C_out, g.OH, g.OW) && !finite_depthwise_weights(g, w));
+}
+
 // Dense NCHW images as [C][P] matrices (P = H x W) to channels_last [P][C] and back, 8 x 8
 // blocks through registers.
 template <typename T>
@@ -1979,7 +1998,7 @@ void depthwise_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w
     return depthwise_forward_cl(g, x, w, bias, y);
   }
   if constexpr (kWidenedVectors<T>) {  // the kernels' whole vectors
-    if (use_depthwise_via_channels_last(g, x, y)) {
+    if (use_depthwise_via_channels_last(g, x, y, w)) {
       return via_channels_last(x, g.N, g.C_in, g.H, g.W, y, g.C_out, g.OH, g.OW,
                                [&](View4<const T> x_cl, View4<T> y_cl) { depthwise_forward_cl(g, x_cl, w, bias, y_cl); });
     }
@@ -2142,7 +2161,7 @@ void depthwise_input_grad(const ConvGeometry& g, View4<const T> gy, View4<const 
     return depthwise_input_grad_cl(g, gy, w, bias, gx);
   }
   if constexpr (kWidenedVectors<T>) {  // the kernels' whole vectors
-    if (use_depthwise_via_channels_last(g, gx, gy)) {
+    if (use_depthwise_via_channels_last(g, gx, gy, w)) {
       return via_channels_last(gy, g.N, g.C_out, g.OH, g.OW, gx, g.C_in, g.H, g.W,
                                [&](View4<const T> gy_cl, View4<T> gx_cl) { depthwise_input_grad_cl(g, gy_cl, w, bias, gx_cl); });
     }
