@@ -716,11 +716,12 @@ _ISA_SCRIPT = textwrap.dedent("""
                 for a, b in zip(ours, ref):
                     torch.testing.assert_close(a, b, **({} if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)))
     # Passes writing 4 MiB or more store around the caches, with each ISA's instructions:
-    # channels_last depthwise (forward and input grad), 1x1, max pooling with indices and the
-    # average's input grad.
+    # channels_last depthwise (forward and input grad), 1x1 (and on NCHW, with a bias), max
+    # pooling with indices and the average's input grad.
     x = torch.randn(2, 32, 256, 260, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
-    wd, w1 = torch.randn(32, 1, 3, 3, generator=g), torch.randn(64, 32, 1, 1, generator=g)
+    wd, w1, b1 = torch.randn(32, 1, 3, 3, generator=g), torch.randn(64, 32, 1, 1, generator=g), torch.randn(64, generator=g)
     for call in (lambda m: m.conv2d(x, wd, None, 1, 1, 1, 32), lambda m: m.conv2d(x, w1),
+                 lambda m: m.conv2d(x.contiguous(), w1, b1),
                  lambda m: m.max_pool2d(x, 3, 2, 1, return_indices=True), lambda m: m.avg_pool2d(x, 2)):
         ours, ref = call(CF), call(F)
         ours, ref = (ours if isinstance(ours, tuple) else (ours,)), (ref if isinstance(ref, tuple) else (ref,))

@@ -141,6 +141,19 @@ def test_channels_last_forward_streamed_outputs(cin, k, padding, dilation, dtype
     assert_close_to_reference(out, F.conv2d(x, w, b, 1, padding, dilation))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("cin", [16, 300])
+def test_nchw_gemm_forward_streamed_outputs(cin, dtype):
+    # The NCHW GEMM forward sums whole blocks in y; where y is 4 MiB or more (64 channels of
+    # 128 x 136, 2 images), their last step (the only one at 16 input channels, the third of
+    # three at 300) stores around the caches, the bias added in registers first.
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=gen, dtype=torch.float64) for shape in ((2, cin, 128, 136), (64, cin, 1, 1), (64,)))
+    out = CF.conv2d(*(t.to(dtype) for t in (x, w, b)))
+    assert out.is_contiguous()
+    assert_close_to_reference(out, F.conv2d(x, w, b))
+
+
 @pytest.mark.parametrize("cout,size", [(80, (5, 7)), (64, (128, 256))])
 def test_bf16_channels_last_forward_rounds_special_sums_as_c10(cout, size):
     # The indirect bf16 forward converts a block's float sums to bf16 in one instruction a row,

@@ -263,10 +263,12 @@ inline void copy_run(A* __restrict dst, const T* __restrict src, int64_t n) {
 // c[MR][NR] (+)= sum over k of a[k][0..MR) (outer product) b[k][0..NR), accumulated in
 // registers; rows of c are ldc apart, rows of b ldb apart. With Accumulate, c's values are the
 // starting sums. a is 64-byte aligned; b and c need not be. With Half, only c's and b's first
-// vector of columns (a last panel of at most that many columns: half the FMAs).
-template <typename A, bool Accumulate = false, bool Half = false>
+// vector of columns (a last panel of at most that many columns: half the FMAs). With row_bias,
+// row m's sums get row_bias[m] added before they are stored; with Stream, rows are stored around
+// the caches (store_stream: c's rows must be whole aligned vectors).
+template <typename A, bool Accumulate = false, bool Half = false, bool Stream = false>
 inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b, A* __restrict c,
-                        int64_t ldc, int64_t ldb = kNR<A>) {
+                        int64_t ldc, int64_t ldb = kNR<A>, const A* row_bias = nullptr) {
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
   V acc0[kMR], acc1[kMR];
@@ -293,8 +295,17 @@ inline void microkernel(int64_t K, const A* __restrict a, const A* __restrict b,
   }
 #pragma GCC unroll 16
   for (int m = 0; m < kMR; ++m) {
-    __builtin_memcpy(c + m * ldc, &acc0[m], sizeof(V));
-    if constexpr (!Half) __builtin_memcpy(c + m * ldc + VL, &acc1[m], sizeof(V));
+    if (row_bias) {
+      acc0[m] += splat<V>(row_bias[m]);
+      acc1[m] += splat<V>(row_bias[m]);
+    }
+    if constexpr (Stream) {
+      store_stream(c + m * ldc, acc0[m]);
+      if constexpr (!Half) store_stream(c + m * ldc + VL, acc1[m]);
+    } else {
+      __builtin_memcpy(c + m * ldc, &acc0[m], sizeof(V));
+      if constexpr (!Half) __builtin_memcpy(c + m * ldc + VL, &acc1[m], sizeof(V));
+    }
   }
 }
 
@@ -4550,6 +4561,12 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
   const int64_t KC = min64(K, in_place ? kKC / 2 : kKC);
   const int64_t PT = tile_length((KC + m_blocks * kMR) * sizeof(A), P, NR, g.N * g.groups);
   const int64_t tiles = ceil_div(P, PT);
+  // Blocks summed in y go around the caches in their last step where y is large and its
+  // channels' runs whole aligned vectors: stored in place, each line of y was read in first.
+  const bool stream = mfull > 0 && stream_aligned(y.data) && y.sC * sizeof(A) % CONVEXT_VEC_BYTES == 0 &&
+                      y.sN * sizeof(A) % CONVEXT_VEC_BYTES == 0 && PT % NR == 0 &&
+                      g.N * g.C_out * P * static_cast<int64_t>(sizeof(A)) >= kStreamBytes;
+  const A* bias_a = std::is_same_v<T, A> ? reinterpret_cast<const A*>(bias) : nullptr;  // y's blocks only
   at::parallel_for(0, g.N * g.groups * tiles, 1, [&](int64_t begin, int64_t end) {
     Scratch<A> panel(KC * PT);
     Scratch<A> acc(m_blocks * kMR * PT);
@@ -4590,18 +4607,16 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
                                                pos.out_offset[j * NR])
                         : acc.get() + mb * kMR * ld + j * NR;
             const int64_t ldc = in_y ? y.sC : ld;
+            const A* row_bias = in_y && last && bias_a ? bias_a + grp * Mg + mb * kMR : nullptr;
             if (half && j + 1 == panels) {  // in acc: its columns past pt are never read
               k0 == 0 ? microkernel<A, false, true>(kc, a, b, c, ldc, ldb) : microkernel<A, true, true>(kc, a, b, c, ldc, ldb);
+            } else if (in_y && last && stream) {
+              k0 == 0 ? microkernel<A, false, false, true>(kc, a, b, c, ldc, ldb, row_bias)
+                      : microkernel<A, true, false, true>(kc, a, b, c, ldc, ldb, row_bias);
             } else if (k0 == 0) {
-              microkernel<A>(kc, a, b, c, ldc, ldb);
+              microkernel<A>(kc, a, b, c, ldc, ldb, row_bias);
             } else {
-              microkernel<A, true>(kc, a, b, c, ldc, ldb);
-            }
-            if (in_y && last && bias) {
-              for (int m = 0; m < kMR; ++m) {
-                const A b = static_cast<A>(bias[grp * Mg + mb * kMR + m]);
-                for (int r = 0; r < NR; ++r) c[m * ldc + r] += b;
-              }
+              microkernel<A, true>(kc, a, b, c, ldc, ldb, row_bias);
             }
           }
         }
@@ -4625,6 +4640,7 @@ void conv_forward(const ConvGeometry& g, View4<const T> x, View4<const T> w, con
         });
       }
     }
+    if (stream) stream_fence();
   });
 }
 
