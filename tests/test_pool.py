@@ -238,12 +238,18 @@ def test_wide_planes_bitwise(kernel, stride, padding, ceil_mode, dtype, rows_apa
     summed or compared in float, as torch does; a NaN maximum comes out 0x7FC0 whatever its
     payload, as torch's conversion leaves it). One exception: torch adds a bf16 input's grads from
     overlapping windows in bf16, convext in float, rounding once, so those are checked against
-    exact sums."""
+    exact sums. Disjoint windows (2x2 s2) write each input's grad once, with the zero torch adds
+    it to: grads of -0 come out +0, inputs no window reads +0."""
     x = _wide_planes(dtype, rows_apart)
     bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}[dtype]
     if dtype == torch.bfloat16:
         x.view(bits)[1, 2, 0, 2] = -63  # 0xFFC1: a negative NaN with a payload
-    gy_of = lambda y: torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+
+    def gy_of(y):  # -0 in one channel: added to zero, torch's grads there are +0
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        gy[:, 1] = -0.0
+        return gy
+
     for dilation in (1, 2):
         args = (kernel, stride, padding, dilation, ceil_mode, True)
         ours, theirs = CF.max_pool2d(x, *args), F.max_pool2d(x, *args)
