@@ -386,6 +386,26 @@ def test_channels_last_avg_pool_backward_bitwise(kernel, stride, padding, ceil_m
         assert torch.equal(ours.view(bits), theirs.view(bits)), args
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_nchw_scattered_planes_streamed(dtype):
+    """NCHW max pooling grads and max_unpool2d outputs of 4 MiB or more: each plane, summed (or
+    assigned) in a buffer, is stored a line at a time around the caches, and planes of 255 x 255
+    start off the lines, so most have a head and a tail stored through them. Float grads equal
+    torch's bit for bit; bf16 ones are torch's float sums rounded once, and unpooling keeps the
+    last of the values sent to one place."""
+    channels = {torch.float32: 9, torch.bfloat16: 17}[dtype]
+    x = torch.randn(2, channels, 255, 255, generator=torch.Generator().manual_seed(0)).to(dtype)
+    y, indices = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ours = x.clone().requires_grad_()
+    ours = torch.autograd.grad(CF.max_pool2d(ours, 3, 2, 1), ours, gy)[0]
+    theirs = x.float().requires_grad_()
+    theirs = torch.autograd.grad(F.max_pool2d(theirs, 3, 2, 1), theirs, gy.float())[0].to(dtype)
+    assert torch.equal(ours, theirs)
+    ours, theirs = (f(y, indices, 3, 2, 1, output_size=x.shape[-2:]) for f in (CF.max_unpool2d, F.max_unpool2d))
+    assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_channels_last_pooling_streamed_outputs(dtype):
     """channels_last passes writing 4 MiB or more store around the caches: max pooling's values,

@@ -5,6 +5,7 @@
 // max_pool2d and adaptive_max_pool2d and one average kernel avg_pool2d and adaptive_avg_pool2d.
 // `channels_last`: x and the outputs are dense channels_last (channels innermost); otherwise any
 // strides, walked one (n, c) plane at a time.
+#include <ATen/OpMathType.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -29,6 +30,9 @@ struct PoolKernels {
   // whole); g holds the pooling's kernel, stride, padding and dilation.
   void (*max_pool_backward_channels_last)(const PoolGeometry&, View4<const T> gy,
                                           View4<const int64_t> indices, View4<T> gx);
+  // dst[0..n) = acc[0..n) converted to T, as static_cast rounds: a plane accumulated in a buffer,
+  // part of an output of `output_bytes` (large ones go around the caches).
+  void (*store_accumulated)(T* dst, const at::opmath_type<T>* acc, int64_t n, int64_t output_bytes);
 };
 
 struct PoolKernelSet {

@@ -932,10 +932,29 @@ void max_pool_backward_channels_last(const PoolGeometry& g, View4<const T> gy, V
   });
 }
 
+// Outputs of kStreamBytes or more get their whole lines stored around the caches, so that each
+// line is written once, not read in first (float max pool 3x3 s2 64 @112 NCHW grads: 2.0-2.2 ->
+// 1.8 ms). bf16 is converted in vectors: value by value it took a third of that pass (2.55 ms).
+template <typename T>
+void store_accumulated(T* dst, const at::opmath_type<T>* acc, int64_t n, int64_t output_bytes) {
+  if (output_bytes < kStreamBytes) return copy_run(dst, acc, n);
+  constexpr int64_t kLine = 64 / sizeof(T);
+  const int64_t head = min64(n, (64 - reinterpret_cast<uintptr_t>(dst) % 64) % 64 / sizeof(T));
+  const int64_t lines = (n - head) / kLine, tail = head + lines * kLine;
+  copy_run(dst, acc, head);
+  for (int64_t at = head; at < tail; at += kLine) {
+    alignas(64) T line[kLine];
+    copy_run(line, acc + at, kLine);
+    stream_lines(dst + at, line, 64);
+  }
+  copy_run(dst + tail, acc + tail, n - tail);
+  stream_fence();
+}
+
 template <typename T>
 PoolKernels<T> pool_kernels_for_type() {
   return {&max_pool<T>, &avg_pool<T>, &global_avg_pool<T>, &avg_pool_backward<T>,
-          &max_pool_backward_channels_last<T>};
+          &max_pool_backward_channels_last<T>, &store_accumulated<T>};
 }
 
 }  // namespace

@@ -171,20 +171,21 @@ class IndexErrors {
 };
 
 // Large plane = small values scattered to their indices: added (add) or assigned, the last write
-// winning, as torch's unpooling does.
+// winning, as torch's unpooling does. Each plane is accumulated in a buffer (a few dozen KB, in
+// cache) and then stored whole.
 template <typename T>
 void scatter_planes(View4<const T> small, View4<const int64_t> ind, View4<T> large,
                     const PoolGeometry& g, bool add) {
   using A = acc_t<T>;
   IndexErrors errors(g);
-  // Dense planes of T = A are their own accumulators.
-  const bool in_place = std::is_same_v<T, A> && large.sW == 1 && large.sH == g.W;
+  const bool dense_planes = large.sW == 1 && large.sH == g.W, unit_rows = small.sW == 1 && ind.sW == 1;
+  const auto store_accumulated = cpu::pool_kernels_for<T>().store_accumulated;
+  const int64_t output_bytes = g.N * g.C * g.H * g.W * static_cast<int64_t>(sizeof(T));
   at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> buffer(in_place ? 0 : g.H * g.W);
+    std::vector<A> buffer(g.H * g.W);
+    A* acc = buffer.data();
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / g.C, c = plane % g.C;
-      T* dst = large.data + n * large.sN + c * large.sC;
-      A* acc = in_place ? reinterpret_cast<A*>(dst) : buffer.data();
       std::fill(acc, acc + g.H * g.W, A(0));
       const T* src = small.data + n * small.sN + c * small.sC;
       const int64_t* idx = ind.data + n * ind.sN + c * ind.sC;
@@ -196,6 +197,13 @@ void scatter_planes(View4<const T> small, View4<const int64_t> ind, View4<T> lar
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           valid &= static_cast<uint64_t>(idx_row[ow * ind.sW]) < static_cast<uint64_t>(g.H * g.W);
         }
+        if (valid && unit_rows) {  // strides as constants: float max pool 3x3 s2 64 @112 grads 1.95 -> 1.7 ms
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            const A v = static_cast<A>(src_row[ow]);
+            acc[idx_row[ow]] = add ? acc[idx_row[ow]] + v : v;
+          }
+          continue;
+        }
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           const int64_t i = idx_row[ow * ind.sW];
           if (!valid && !errors.ok(plane, i)) continue;
@@ -203,7 +211,11 @@ void scatter_planes(View4<const T> small, View4<const int64_t> ind, View4<T> lar
           acc[i] = add ? acc[i] + v : v;
         }
       }
-      if (in_place) continue;
+      T* dst = large.data + n * large.sN + c * large.sC;
+      if (dense_planes) {
+        store_accumulated(dst, acc, g.H * g.W, output_bytes);
+        continue;
+      }
       for (int64_t h = 0; h < g.H; ++h) {
         for (int64_t w = 0; w < g.W; ++w) dst[h * large.sH + w * large.sW] = static_cast<T>(acc[h * g.W + w]);
       }
