@@ -237,7 +237,7 @@ inline V load_lanes(const S* p, int64_t count) {
 // value, the bf16 NCHW pooling passes ran at a quarter of their float speed.
 template <typename A, typename T>
 inline void copy_run(A* __restrict dst, const T* __restrict src, int64_t n) {
-  constexpr bool same = std::is_same_v<A, T>;
+  constexpr bool same = std::is_same_v<A, T> && sizeof(Lanes<A>) == sizeof(A);  // (not integers)
   constexpr bool widen = std::is_same_v<T, c10::BFloat16> && std::is_same_v<A, float>;
   constexpr bool narrow = std::is_same_v<T, float> && std::is_same_v<A, c10::BFloat16>;
   if constexpr (same || widen || narrow) {
