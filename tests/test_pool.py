@@ -704,6 +704,30 @@ def test_global_avg_pool_plane_sizes(hw, dtype):
     torch.testing.assert_close(CF.adaptive_avg_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name,kwargs", [
+    ("adaptive_avg_pool2d", dict(output_size=1)),
+    ("avg_pool2d", dict(kernel_size=(4, 5))),
+    ("avg_pool2d", dict(kernel_size=(5, 5), stride=(3, 2), padding=(1, 0), count_include_pad=False)),
+], ids=str)
+def test_whole_plane_average_grads_signed_zeros(name, kwargs, layout, dtype):
+    """Averages over whole planes, bit for bit with -0 grads: torch's avg_pool2d adds its grads
+    into zeros (-0 comes out +0), its adaptive_avg_pool2d writes them (-0 stays). avg_pool2d's
+    values too: torch sums its window in order (a mean's sum, in another order, differed in the
+    last bit)."""
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}[dtype]
+    x = make_layout(torch.randn(2, 3, 4, 5, dtype=dtype), layout).requires_grad_()
+    ours, theirs = getattr(CF, name)(x, **kwargs), getattr(F, name)(x, **kwargs)
+    assert ours.shape[-2:] == (1, 1)
+    if name == "avg_pool2d":
+        assert torch.equal(ours.view(bits), theirs.view(bits))
+    gy = torch.randn(ours.shape, dtype=dtype)
+    gy[:, 1] = -0.0
+    ours, theirs = torch.autograd.grad(ours, x, gy)[0], torch.autograd.grad(theirs, x, gy)[0]
+    assert torch.equal(ours.view(bits), theirs.view(bits))
+
+
 def test_convert_swaps_pools():
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3), torch.nn.MaxPool2d(2),

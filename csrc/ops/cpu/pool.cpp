@@ -120,7 +120,8 @@ class ImageAccumulator {
   T* image_ = nullptr;
 };
 
-// Global average pooling's backward: every element of a plane gets the plane's grad / (H*W). gx
+// Global average pooling's backward: every element of a plane gets the plane's grad / (H*W) (as
+// torch writes them: a mean's backward, -0 stays -0). gx
 // is dense, channels_last or contiguous (empty_pool_output): a copy of the channels' values per
 // position, or a fill per plane (16-bit types as their bits, so that it vectorises: element by
 // element through the strides, float 8 x 2048 x 7 x 7 took 0.2 ms with its forward, 0.13 so).
@@ -296,12 +297,6 @@ void gather_planes(View4<const T> large, View4<const int64_t> ind, View4<T> smal
 
 // --- op entry points ------------------------------------------------------------------------
 
-// Whether the average runs over each whole plane (one window, nothing clipped or padded).
-bool is_global_average(const PoolGeometry& g, const Windows& win, int64_t divisor) {
-  return divisor == 0 && g.OH == 1 && g.OW == 1 && win.h.lo[0] == 0 && win.h.hi[0] == g.H &&
-         win.w.lo[0] == 0 && win.w.hi[0] == g.W && win.h.count[0] == g.H && win.w.count[0] == g.W;
-}
-
 // Op names for the dtype dispatch's error message (template arguments: it needs constants).
 constexpr char kMaxPool2d[] = "max_pool2d";
 constexpr char kAdaptiveMaxPool2d[] = "adaptive_max_pool2d";
@@ -370,6 +365,15 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool2d_cpu(const at::Tensor& inp
 #define CONVEXT_DISPATCH_FLOATING(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+// adaptive_avg_pool2d to 1 x 1 is a mean, as in torch: summed in its own order, its grads written
+// (-0 stays -0). avg_pool2d over a whole plane keeps the window kernels, as torch sums each window
+// in order from zero and adds the grads into zeros (-0 becomes +0): as a mean, its sums differed
+// from torch's in the last bit and its -0 grads stayed -0.
+template <const char* name>
+bool is_global_mean(const PoolGeometry& g) {
+  return (name == kAdaptiveAvgPool2d || name == kAdaptiveAvgPool2dBackward) && g.OH == 1 && g.OW == 1;
+}
+
 // divisor: 0 for the windows' own counts.
 template <const char* name>
 at::Tensor avg_pool_impl(const at::Tensor& input, const PoolGeometry& g, const Windows& win,
@@ -381,7 +385,7 @@ at::Tensor avg_pool_impl(const at::Tensor& input, const PoolGeometry& g, const W
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kLong, input.scalar_type(), name, [&] {
     if (out.numel() == 0) return;
     const auto& kernels = cpu::pool_kernels_for<scalar_t>();
-    if (is_global_average(g, win, divisor)) {
+    if (is_global_mean<name>(g)) {
       kernels.global_avg_pool(g, cview4<scalar_t>(x4), view4<scalar_t>(out4), cl);
     } else {
       kernels.avg_pool(g, win.view(), cview4<scalar_t>(x4), view4<scalar_t>(out4), divisor, cl);
@@ -417,7 +421,7 @@ at::Tensor avg_pool_backward_impl(const at::Tensor& grad_output, const PoolGeome
                             : as_batched(grad_output);
   CONVEXT_DISPATCH_FLOATING(grad_output.scalar_type(), name, [&] {
     if (gx.numel() == 0) return;
-    if (is_global_average(g, win, divisor)) {
+    if (is_global_mean<name>(g)) {
       global_avg_pool_backward(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g);
     } else {
       cpu::pool_kernels_for<scalar_t>().avg_pool_backward(g, win.view(), cview4<scalar_t>(gy4),
