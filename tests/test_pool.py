@@ -19,6 +19,12 @@ from utils import (DEVICES, FLOAT_DTYPES, LAYOUTS, assert_close_to_reference, ma
                    same_layout)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}
+
+
+def _bits(t):
+    """t's bits, as integers of its width: for comparisons bit for bit (-0, NaN payloads)."""
+    return t.view(BITS[t.dtype])
 
 
 def _run(fn, x, kwargs):
@@ -241,7 +247,7 @@ def test_wide_planes_bitwise(kernel, stride, padding, ceil_mode, dtype, rows_apa
     exact sums. Disjoint windows (2x2 s2) write each input's grad once, with the zero torch adds
     it to: grads of -0 come out +0, inputs no window reads +0."""
     x = _wide_planes(dtype, rows_apart)
-    bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}[dtype]
+    bits = BITS[dtype]
     if dtype == torch.bfloat16:
         x.view(bits)[1, 2, 0, 2] = -63  # 0xFFC1: a negative NaN with a payload
 
@@ -281,7 +287,7 @@ def test_long_rows_nan_payloads_and_signed_zeros(kernel, stride, dtype):
     values (it stays), and runs of +0 and -0 (torch keeps the first of equals): max pooling's
     values, with and without indices (and on channels_last copies), and average pooling's equal
     torch's bit for bit."""
-    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    bits = BITS[dtype]
     x = torch.randn(2, 3, 5, 150, generator=torch.Generator().manual_seed(0), dtype=dtype)
     x[..., 40:60] = 0.0
     x[..., 41:60:2] = -0.0
@@ -316,7 +322,7 @@ def test_channels_last_max_pool_bitwise(kernel, stride, padding, ceil_mode, dtyp
     x[0, 17:30, 3:6, :] = float("-inf")
     x[1, :, 5:8, 2:6] = 0.5
     x = x.to(dtype).contiguous(memory_format=torch.channels_last)
-    bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}[dtype]
+    bits = BITS[dtype]
     x.view(bits)[1, 20, 0, 1] = -63 if dtype == torch.bfloat16 else x.view(bits)[1, 20, 0, 1] | 5  # NaN payloads
     for dilation in (1, 2):
         args = (kernel, stride, padding, dilation, ceil_mode, True)
@@ -359,7 +365,7 @@ def test_channels_last_avg_pool_bitwise(kernel, stride, padding, ceil_mode, dtyp
     in registers for blocks of channels (300: blocks, whole vectors and a partial one; 37: no
     block)."""
     x = torch.randn(2, channels, 9, 11, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    bits = BITS[dtype]
     for count_include_pad, divisor in ((True, None), (False, None), (True, 3)):
         args = (kernel, stride, padding, ceil_mode, count_include_pad, divisor)
         ours, theirs = CF.avg_pool2d(x, *args), F.avg_pool2d(x, *args)
@@ -374,7 +380,7 @@ def test_channels_last_avg_pool_backward_bitwise(kernel, stride, padding, ceil_m
     (2 at stride 2, or 3 apart) write each input once, others add into zeros. Grads of -0 come
     out +0, as torch adds them to zero; inputs no window reads get +0 too."""
     x = torch.randn(2, 37, 9, 11, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
-    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    bits = BITS[dtype]
     for count_include_pad, divisor in ((True, None), (False, None), (True, 3)):
         args = (kernel, stride, padding, ceil_mode, count_include_pad, divisor)
         ours, theirs = CF.avg_pool2d(x, *args), F.avg_pool2d(x, *args)
@@ -415,7 +421,7 @@ def test_channels_last_pooling_streamed_outputs(dtype):
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     ours, theirs = CF.max_pool2d(x, 3, 2, 1, return_indices=True), F.max_pool2d(x, 3, 2, 1, return_indices=True)
     assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
-    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    bits = BITS[dtype]
     gy = torch.randn(ours[0].shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
     ours, theirs = torch.autograd.grad(ours[0], x, gy)[0], torch.autograd.grad(theirs[0], x, gy)[0]
     assert ours.is_contiguous(memory_format=torch.channels_last)
@@ -694,14 +700,53 @@ def test_global_avg_pool(flatten):
         torch.testing.assert_close(layer(x), expected)
 
 
-# Plane sizes around multiples of the vector lengths (4 to 16 lanes): the contiguous-plane sum
-# takes whole vectors, pairs of them and a last vector overlapping the one before.
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("hw", [(1, 3), (2, 4), (3, 3), (1, 16), (1, 17), (5, 5), (4, 8), (3, 11), (7, 7), (8, 8), (5, 13)],
-                         ids=str)
-def test_global_avg_pool_plane_sizes(hw, dtype):
-    x = torch.randn(2, 5, *hw, dtype=dtype)
-    torch.testing.assert_close(CF.adaptive_avg_pool2d(x, 1), F.adaptive_avg_pool2d(x, 1))
+# Global average pooling is torch's mean, bit for bit: its sum's order (cascades carried every 16
+# terms, four interleaved, in 256-bit vectors, then the tail and the lanes) over plane sizes under a
+# vector, over 16 x 4 vectors, over 256 and 4096 positions, channels_last channel counts under 8,
+# of blocks of 32 and past them, planes that are rows of a wider tensor, columns, H and W swapped.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "rows", "strided"])
+@pytest.mark.parametrize("shape", [(2, 5, 1, 3), (2, 3, 7, 7), (1, 13, 9, 8), (2, 40, 17, 19),
+                                   (1, 70, 33, 40), (1, 40, 70, 70), (2, 6, 1, 1), (1, 9, 70, 1)], ids=str)
+def test_global_avg_pool_bitwise(shape, layout, dtype):
+    x = torch.randn(*shape[:3], shape[3] + 3, dtype=torch.float64).to(dtype)
+    x = x[..., :shape[3]] if layout == "rows" else make_layout(x[..., :shape[3]], layout)
+    assert torch.equal(_bits(CF.adaptive_avg_pool2d(x, 1)), _bits(F.adaptive_avg_pool2d(x, 1)))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_global_avg_pool_single_large_plane_bitwise(threads):
+    # One plane of 32768 values or more: torch sums a chunk per thread, then the chunks' sums.
+    x = torch.randn(1, 1, 150, 301)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for plane in (x[..., :300], x[..., :300].contiguous()):
+            assert torch.equal(CF.adaptive_avg_pool2d(plane, 1), F.adaptive_avg_pool2d(plane, 1))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("x_layout,gy_layout", [("contiguous", "contiguous"), ("channels_last", "channels_last"),
+                                                ("channels_last", "contiguous"), ("contiguous", "channels_last")])
+@pytest.mark.parametrize("channels", [3, 8, 13, 37])
+def test_adaptive_avg_pool_bitwise(channels, x_layout, gy_layout, dtype):
+    """Values and grads bit for bit: torch divides each window's sum (and grad) by its height and
+    then by its width, except where its channels_last kernel holds channels in whole 256-bit
+    vectors, which it divides by their product at once; gy's layout picks the grads' kernel (bf16
+    grads: summed in float and rounded once, so within an ulp of the exact ones)."""
+    x = make_layout(torch.randn(2, channels, 19, 17, dtype=torch.float64).to(dtype), x_layout).requires_grad_()
+    ours, theirs = CF.adaptive_avg_pool2d(x, (5, 7)), F.adaptive_avg_pool2d(x, (5, 7))
+    assert torch.equal(_bits(ours), _bits(theirs))
+    gy = make_layout(torch.randn(ours.shape, dtype=torch.float64).to(dtype), gy_layout)
+    ours, theirs = torch.autograd.grad(ours, x, gy)[0], torch.autograd.grad(theirs, x, gy)[0]
+    if dtype == torch.bfloat16:  # (torch rounds each step to bf16)
+        exact = x.detach().double().requires_grad_()
+        exact = torch.autograd.grad(F.adaptive_avg_pool2d(exact, (5, 7)), exact, gy.double())[0]
+        torch.testing.assert_close(ours.double(), exact, rtol=2 ** -8, atol=1e-6)
+    else:
+        assert torch.equal(_bits(ours), _bits(theirs))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
@@ -716,7 +761,7 @@ def test_whole_plane_average_grads_signed_zeros(name, kwargs, layout, dtype):
     into zeros (-0 comes out +0), its adaptive_avg_pool2d writes them (-0 stays). avg_pool2d's
     values too: torch sums its window in order (a mean's sum, in another order, differed in the
     last bit)."""
-    bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}[dtype]
+    bits = BITS[dtype]
     x = make_layout(torch.randn(2, 3, 4, 5, dtype=dtype), layout).requires_grad_()
     ours, theirs = getattr(CF, name)(x, **kwargs), getattr(F, name)(x, **kwargs)
     assert ours.shape[-2:] == (1, 1)

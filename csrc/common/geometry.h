@@ -40,6 +40,15 @@ struct PoolWindows {
   PoolAxis h, w;
 };
 
+// What an average divides each window's sum (and each output's grad) by: `divisor` (avg_pool2d's
+// divisor_override) or, where that is 0, the window's count; but channels from `twice_from` on
+// divide by the window's height and then by its width, as torch's adaptive_avg_pool2d does
+// (sum / kh / kw, in each rounding step).
+struct PoolDivisor {
+  int64_t divisor;
+  int64_t twice_from;
+};
+
 // A strided 4-D view (N, C, H, W) of a tensor in any memory format.
 template <typename T>
 struct View4 {

@@ -18,14 +18,14 @@ struct PoolKernels {
   // Max over each window, and the flat H*W index of the first maximum (of the last NaN, if any).
   void (*max_pool)(const PoolGeometry&, const PoolWindows&, View4<const T> x, View4<T> y,
                    View4<int64_t> indices, bool channels_last);
-  // Sum over each window divided by `divisor`, or by the window's count when divisor is 0.
+  // Sum over each window, divided as PoolDivisor says.
   void (*avg_pool)(const PoolGeometry&, const PoolWindows&, View4<const T> x, View4<T> y,
-                   int64_t divisor, bool channels_last);
+                   PoolDivisor divisor, bool channels_last);
   // The mean of each whole plane: global average pooling.
   void (*global_avg_pool)(const PoolGeometry&, View4<const T> x, View4<T> y, bool channels_last);
   // avg_pool's input grad (gx written whole).
   void (*avg_pool_backward)(const PoolGeometry&, const PoolWindows&, View4<const T> gy, View4<T> gx,
-                            int64_t divisor, bool channels_last);
+                            PoolDivisor divisor, bool channels_last);
   // max_pool's input grad from its indices, on dense channels_last gy, indices and gx (written
   // whole); g holds the pooling's kernel, stride, padding and dilation.
   void (*max_pool_backward_channels_last)(const PoolGeometry&, View4<const T> gy,

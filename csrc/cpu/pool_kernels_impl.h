@@ -22,9 +22,32 @@ inline bool takes_max(A v, A best) {
   return v > best;
 }
 
+// A window's divisors (see PoolDivisor): `once`, or its height `h` and then its width `w`. A
+// window that `once` is zero for (none of its taps in the input, padding not counted) averages
+// to zero.
 template <typename A>
-inline A window_divisor(const PoolWindows& win, int64_t oh, int64_t ow, int64_t divisor) {
-  return static_cast<A>(divisor ? divisor : win.h.count[oh] * win.w.count[ow]);
+struct WindowDivisor {
+  A once, h, w;
+  A mean(A sum, bool twice) const { return once == A(0) ? A(0) : twice ? sum / h / w : sum / once; }
+};
+
+template <typename A>
+inline WindowDivisor<A> window_divisor(const PoolWindows& win, int64_t oh, int64_t ow, const PoolDivisor& d) {
+  const int64_t h = win.h.count[oh], w = win.w.count[ow];
+  return {static_cast<A>(d.divisor ? d.divisor : h * w), static_cast<A>(h), static_cast<A>(w)};
+}
+
+// The means of a vector of channels c, c + 1, ... of one window (lanes of channels from
+// twice_from on divide twice).
+template <typename V, typename A>
+inline V channel_means(const V& sum, const WindowDivisor<A>& div, int64_t c, int64_t twice_from) {
+  if (div.once == A(0)) return V{};
+  if (c + kVL<A> <= twice_from) return sum / div.once;
+  const V twice = sum / div.h / div.w;
+  if (c >= twice_from) return twice;
+  LaneIndex<V> lane;
+  for (int j = 0; j < kVL<A>; ++j) lane[j] = j;
+  return lane < static_cast<typename std::remove_reference_t<decltype(lane[0])>>(twice_from - c) ? sum / div.once : twice;
 }
 
 // --- Fixed windows on planes with contiguous rows, column stride 1 or 2 ----------------------
@@ -221,20 +244,21 @@ void max_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<co
   });
 }
 
-// Each output's divisor, as the scalar loops convert it, in rows of `OWv` (ones past OW).
+// Each output's divisor, as the scalar loops convert it, in rows of `OWv` (ones past OW). Fixed
+// windows are avg_pool2d's, which divides each sum once (adaptive bins have no kernel size).
 template <typename A>
-std::vector<A> window_divisors(const PoolGeometry& g, const PoolWindows& win, int64_t divisor,
+std::vector<A> window_divisors(const PoolGeometry& g, const PoolWindows& win, const PoolDivisor& divisor,
                                int64_t OWv) {
   std::vector<A> divisors(g.OH * OWv, A(1));
   for (int64_t oh = 0; oh < g.OH; ++oh) {
-    for (int64_t ow = 0; ow < g.OW; ++ow) divisors[oh * OWv + ow] = window_divisor<A>(win, oh, ow, divisor);
+    for (int64_t ow = 0; ow < g.OW; ++ow) divisors[oh * OWv + ow] = window_divisor<A>(win, oh, ow, divisor).once;
   }
   return divisors;
 }
 
 template <typename T, int S, int KW>
 void avg_pool_fixed_rows(const PoolGeometry& g, const PoolWindows& win, View4<const T> x,
-                         View4<T> y, int64_t divisor) {
+                         View4<T> y, const PoolDivisor& divisor) {
   using A = typename AccOf<T>::type;
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
@@ -457,7 +481,7 @@ void max_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
 // position (a load and a store per tap) reached 60% of torch's rate on 2x2 s2 256 @56.
 template <typename A>
 void avg_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4<const A> x,
-                            View4<A> y, int64_t divisor) {
+                            View4<A> y, const PoolDivisor& divisor) {
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
   constexpr int kBlock = 16;
@@ -466,7 +490,7 @@ void avg_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / g.OH, oh = row % g.OH;
       for (int64_t ow = 0; ow < g.OW; ++ow) {
-        const A div = window_divisor<A>(win, oh, ow, divisor);
+        const WindowDivisor<A> div = window_divisor<A>(win, oh, ow, divisor);
         A* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
         int64_t c = 0;
         for (; c + kBlock * VL <= g.C; c += kBlock * VL) {
@@ -477,7 +501,9 @@ void avg_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
               for (int b = 0; b < kBlock; ++b) sum[b] += loadu<V>(in + b * VL);
             }
           }
-          for (int b = 0; b < kBlock; ++b) store_lanes(out + c + b * VL, div != A(0) ? sum[b] / div : V{}, VL);
+          for (int b = 0; b < kBlock; ++b) {
+            store_lanes(out + c + b * VL, channel_means(sum[b], div, c + b * VL, divisor.twice_from), VL);
+          }
         }
         for (; c < g.C; c += VL) {
           const int64_t lanes = min64(VL, g.C - c);
@@ -487,7 +513,7 @@ void avg_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
               sum += load_lanes<V>(x.data + n * x.sN + ih * x.sH + iw * x.sW + c, lanes);
             }
           }
-          store_lanes(out + c, div != A(0) ? sum / div : V{}, lanes);
+          store_lanes(out + c, channel_means(sum, div, c, divisor.twice_from), lanes);
         }
       }
     }
@@ -496,7 +522,7 @@ void avg_pool_channels_last(const PoolGeometry& g, const PoolWindows& win, View4
 
 template <typename T>
 void avg_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, View4<T> y,
-              int64_t divisor, bool channels_last) {
+              PoolDivisor divisor, bool channels_last) {
   using A = at::opmath_type<T>;
   const PoolAxis &wh = win.h, &ww = win.w;
   if constexpr (std::is_floating_point_v<T>) {
@@ -516,9 +542,11 @@ void avg_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
               for (int64_t c = 0; c < g.C; ++c) sum[c] += static_cast<A>(in[c]);
             }
           }
-          const A div = window_divisor<A>(win, oh, ow, divisor);
+          const WindowDivisor<A> div = window_divisor<A>(win, oh, ow, divisor);
           T* out = y.data + n * y.sN + oh * y.sH + ow * y.sW;
-          for (int64_t c = 0; c < g.C; ++c) out[c] = static_cast<T>(div != A(0) ? sum[c] / div : A(0));
+          const int64_t once = min64(g.C, divisor.twice_from);  // two loops, so that each vectorises
+          for (int64_t c = 0; c < once; ++c) out[c] = static_cast<T>(div.mean(sum[c], false));
+          for (int64_t c = once; c < g.C; ++c) out[c] = static_cast<T>(div.mean(sum[c], true));
         }
       }
     });
@@ -539,89 +567,269 @@ void avg_pool(const PoolGeometry& g, const PoolWindows& win, View4<const T> x, V
           for (int64_t ih = wh.lo[oh]; ih < wh.hi[oh]; ++ih) {
             for (int64_t iw = ww.lo[ow]; iw < ww.hi[ow]; ++iw) sum += static_cast<A>(in[ih * x.sH + iw * x.sW]);
           }
-          const A div = window_divisor<A>(win, oh, ow, divisor);
-          y.data[n * y.sN + c * y.sC + oh * y.sH + ow * y.sW] = static_cast<T>(div != A(0) ? sum / div : A(0));
+          y.data[n * y.sN + c * y.sC + oh * y.sH + ow * y.sW] =
+              static_cast<T>(window_divisor<A>(win, oh, ow, divisor).mean(sum, c >= divisor.twice_from));
         }
       }
     }
   });
 }
 
-// The sum of n >= kVL<A> contiguous values in vector partial sums. The last, partial vector is
-// the whole one ending at p + n with its lanes already summed zeroed, and the lanes are summed
-// by halves: with a scalar tail and reduction per plane, global average pooling of 7x7 planes
-// ran at two thirds of torch's speed.
-template <typename A, typename S>
-A contiguous_sum(const S* p, int64_t n) {
-  using V = typename Vec<A>::type;
-  using I = LaneIndex<V>;
-  constexpr int VL = kVL<A>;
-  I lane;
-  for (int l = 0; l < VL; ++l) lane[l] = l;
-  V s0{}, s1{};
-  int64_t i = 0;
-  for (; i + 2 * VL <= n; i += 2 * VL) {
-    s0 += load_widened<V>(p + i);
-    s1 += load_widened<V>(p + i + VL);
-  }
-  if (i + VL <= n) {
-    s0 += load_widened<V>(p + i);
-    i += VL;
-  }
-  if (i < n) s1 += lane >= static_cast<decltype(lane[0] + 0)>(i + VL - n) ? load_widened<V>(p + n - VL) : V{};
-  s0 += s1;
-  for (int half = VL / 2; half > 0; half /= 2) s0 += __builtin_shuffle(s0, lane ^ half);
-  return s0[0];
+// --- Global average pooling, summed in torch's order -------------------------------------------
+// torch's adaptive_avg_pool2d to 1 x 1 is x.mean((-1, -2)): a sum in the order of its SumKernel.cpp
+// (built for 256-bit vectors, whichever the CPU: its dispatch skips the AVX-512 build there), then
+// divided by H * W; bf16 and fp16 sum as a float copy. The order decides the last bit, so these
+// sums keep it. Its two shapes, over terms t(0..n):
+// - a cascade: a running sum that every 2^k terms (k = max(4, ceil(log2 n) / 4)) is carried into a
+//   second, that one every 2^k carries into a third, and so on four levels deep, the levels added
+//   together at the end (vectors: each lane its own cascade);
+// - an interleaved sum: four cascades side by side, of the terms 4i, 4i + 1, 4i + 2 and 4i + 3, the
+//   terms past the last whole four added to the first, then the four added in order.
+// (Summed in other orders, 1 x 1 pools differed from torch's in the last bit in a fuzz.)
+
+inline int64_t cascade_power(int64_t n) {
+  const int64_t ceil_log2 = n <= 2 ? 1 : 64 - __builtin_clzll(static_cast<uint64_t>(n - 1));
+  return max64(4, ceil_log2 / 4);
 }
 
-// One mean per plane, reading each plane (or, channels_last, each image) front to back.
+template <typename S, typename F>
+[[gnu::always_inline]] inline S cascade_sum(int64_t n, const F& term) {
+  if (n < 16) {  // no carries: a sum from zero (the empty levels then add nothing, as +0)
+    S sum{};
+    for (int64_t i = 0; i < n; ++i) sum += term(i);
+    return sum;
+  }
+  const int64_t power = cascade_power(n), step = int64_t(1) << power, mask = step - 1;
+  S level1{}, level2{}, level3{};  // (torch's levels 1 to 3; level 0 is each chunk's own sum)
+  int64_t i = 0;
+  for (; i + step <= n;) {
+    S level0{};
+    for (const int64_t end = i + step; i < end; ++i) level0 += term(i);
+    level1 += level0;
+    if ((i & (mask << power)) != 0) continue;
+    level2 += level1;
+    level1 = S{};
+    if ((i & (mask << (2 * power))) != 0) continue;
+    level3 += level2;
+    level2 = S{};
+  }
+  S level0{};
+  for (; i < n; ++i) level0 += term(i);
+  level0 += level1;
+  level0 += level2;
+  level0 += level3;
+  return level0;
+}
+
+// Four sums side by side (members, not an array: GCC kept an array's vectors on the stack).
+template <typename S>
+struct Four {
+  S k0, k1, k2, k3;
+  Four& operator+=(const Four& o) {
+    k0 += o.k0, k1 += o.k1, k2 += o.k2, k3 += o.k3;
+    return *this;
+  }
+};
+
+template <typename S, typename F>
+[[gnu::always_inline]] inline S interleaved_sum(int64_t n, const F& term) {
+  const Four<S> four = cascade_sum<Four<S>>(n / 4, [&](int64_t i) {
+    return Four<S>{term(4 * i), term(4 * i + 1), term(4 * i + 2), term(4 * i + 3)};
+  });
+  S first = four.k0;
+  for (int64_t i = n / 4 * 4; i < n; ++i) first += term(i);
+  return first + four.k1 + four.k2 + four.k3;
+}
+
+// count (at most a vector's) values from p as a vector of A, zeros past them: any T.
+template <typename V, typename T>
+inline V load_converted(const T* p, int64_t count) {
+  if constexpr (kWidenedVectors<T>) {
+    return load_lanes<V>(p, count);
+  } else {
+    V v{};
+    for (int64_t l = 0; l < min64(count, kLanes<V>); ++l) v[l] = static_cast<std::remove_reference_t<decltype(v[0])>>(p[l]);
+    return v;
+  }
+}
+
+// torch's vector: 8 floats, 4 doubles.
+template <typename A> struct TorchVec { typedef A type __attribute__((vector_size(32))); };
+template <typename A> constexpr int kTorchLanes = 32 / sizeof(A);
+
+// torch's sum of a run of n >= kTorchLanes<A> contiguous values is, in order, the sum from zero of
+// the values past its last whole vector (run_tail) plus each lane of its vectors' interleaved sum
+// (run_lanes).
+template <typename A, typename T>
+[[gnu::always_inline]] inline typename TorchVec<A>::type run_lanes(const T* p, int64_t n) {
+  using V32 = typename TorchVec<A>::type;
+  return interleaved_sum<V32>(n / kTorchLanes<A>, [&](int64_t i) { return load_converted<V32>(p + i * kTorchLanes<A>, kTorchLanes<A>); });
+}
+
+template <typename A, typename T>
+inline A run_tail(const T* p, int64_t n) {
+  A tail = A(0);
+  for (int64_t i = n / kTorchLanes<A> * kTorchLanes<A>; i < n; ++i) tail += static_cast<A>(p[i]);
+  return tail;
+}
+
+// torch's sum of a run of n contiguous values (under a vector's worth, interleaved).
+template <typename A, typename T>
+A torch_run_sum(const T* p, int64_t n) {
+  if (n < kTorchLanes<A>) return interleaved_sum<A>(n, [&](int64_t i) { return static_cast<A>(p[i]); });
+  const auto lanes = run_lanes<A>(p, n);
+  A total = run_tail<A>(p, n);
+  for (int l = 0; l < kTorchLanes<A>; ++l) total += lanes[l];
+  return total;
+}
+
+// One mean per plane, summed as torch sums it (above). NCHW: by runs (below). channels_last:
+// each channel over the positions, as a cascade for the channels of whole blocks of four of
+// torch's vectors (under a vector's worth of channels, of whole fours), interleaved for the others.
 template <typename T>
 void global_avg_pool(const PoolGeometry& g, View4<const T> x, View4<T> y, bool channels_last) {
   using A = at::opmath_type<T>;
   const int64_t HW = g.H * g.W;
-  if (channels_last) {
-    at::parallel_for(0, g.N, 1, [&](int64_t begin, int64_t end) {
-      Scratch<A> sum_mem(g.C);
-      A* __restrict sum = sum_mem.get();
-      for (int64_t n = begin; n < end; ++n) {
-        fill_zero(sum, g.C);
-        const T* __restrict in = x.data + n * x.sN;
-        for (int64_t p = 0; p < HW; ++p) {
-          for (int64_t c = 0; c < g.C; ++c) sum[c] += static_cast<A>(in[p * g.C + c]);
+  const auto mean = [&](A sum) { return static_cast<T>((A(0) + sum) / A(HW)); };  // torch adds its sum to 0
+  if (channels_last && g.C > 1) {  // (one channel: dense planes, summed as such)
+    using V = typename Vec<A>::type;
+    constexpr int64_t VL = kVL<A>, L = 32 / sizeof(A);
+    // The means of `lanes` channels' sums at out, in vectors (dividing value by value took a
+    // third of the float 2048 @7 pass).
+    const auto store_means = [&](T* out, const V& sum, int64_t lanes) {
+      const V means = (V{} + sum) / A(HW);
+      if constexpr (kWidenedVectors<T>) {
+        if (y.sC == 1) return store_lanes(out, means, lanes);
+      }
+      for (int64_t l = 0; l < lanes; ++l) out[l * y.sC] = static_cast<T>(means[l]);
+    };
+    const int64_t cascaded = g.C >= L ? g.C / (4 * L) * (4 * L) : g.C / 4 * 4;
+    // Work items: a run of cascaded channels of an image (all of them, unless the images are
+    // fewer than the threads), or a vector of the others. A run's four levels of sums are arrays
+    // and x is read position by position, front to back: four vectors of channels at a time
+    // through all positions, in registers, read 256 bytes from each position, and runs of 512
+    // channels 2 KB, where the prefetchers had to start again at each (float 2048 @7, N = 8, one
+    // thread: 0.077 ms in short runs, 0.058 in whole rows).
+    const int64_t run_length = round_up(max64(1, ceil_div(cascaded, ceil_div(at::get_num_threads(), g.N))), VL);
+    const int64_t runs = ceil_div(cascaded, run_length), blocks = runs + ceil_div(g.C - cascaded, VL);
+    const int64_t power = cascade_power(HW), step = int64_t(1) << power, mask = step - 1;
+    at::parallel_for(0, g.N * blocks, 1, [&](int64_t begin, int64_t end) {
+      Scratch<A> level_mem(4 * run_length);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n = item / blocks, b = item % blocks;
+        const int64_t c = b < runs ? b * run_length : cascaded + (b - runs) * VL;
+        const T* in = x.data + n * x.sN + c;
+        T* out = y.data + n * y.sN + c * y.sC;
+        if (b >= runs) {
+          const int64_t lanes = min64(VL, g.C - c);
+          store_means(out, interleaved_sum<V>(HW, [&](int64_t p) { return load_converted<V>(in + p * x.sW, lanes); }), lanes);
+          continue;
         }
-        for (int64_t c = 0; c < g.C; ++c) y.data[n * y.sN + c * y.sC] = static_cast<T>(sum[c] / A(HW));
+        // cascade_sum with arrays for levels: level[j] += level[j - 1], level[j - 1] = 0.
+        const int64_t len = min64(run_length, cascaded - c), padded = round_up(len, VL);
+        A* level[4] = {level_mem.get(), level_mem.get() + padded, level_mem.get() + 2 * padded, level_mem.get() + 3 * padded};
+        fill_zero(level_mem.get(), 4 * padded);
+        const auto add_position = [&](int64_t p) {
+          const T* __restrict row = in + p * x.sW;
+          A* __restrict sums = level[0];
+          int64_t k = 0;
+          for (; k + VL <= len; k += VL) {
+            const V sum = loadu<V>(sums + k) + load_converted<V>(row + k, VL);
+            __builtin_memcpy(sums + k, &sum, sizeof(V));
+          }
+          if (k < len) {
+            const V sum = loadu<V>(sums + k) + load_converted<V>(row + k, len - k);
+            __builtin_memcpy(sums + k, &sum, sizeof(V));
+          }
+        };
+        const auto carry = [&](int j) {
+          for (int64_t k = 0; k < padded; k += VL) {
+            const V sum = loadu<V>(level[j] + k) + loadu<V>(level[j - 1] + k);
+            __builtin_memcpy(level[j] + k, &sum, sizeof(V));
+          }
+          fill_zero(level[j - 1], padded);
+        };
+        int64_t p = 0;
+        while (p + step <= HW) {
+          for (const int64_t chunk_end = p + step; p < chunk_end; ++p) add_position(p);
+          carry(1);
+          if ((p & (mask << power)) != 0) continue;
+          carry(2);
+          if ((p & (mask << (2 * power))) != 0) continue;
+          carry(3);
+        }
+        for (; p < HW; ++p) add_position(p);
+        for (int64_t k = 0; k < len; k += VL) {
+          const V sum = loadu<V>(level[0] + k) + loadu<V>(level[1] + k) + loadu<V>(level[2] + k) + loadu<V>(level[3] + k);
+          store_means(out + k * y.sC, sum, len - k);
+        }
       }
     });
     return;
   }
-  at::parallel_for(0, g.N * g.C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane / g.C, c = plane % g.C;
-      const T* in = x.data + n * x.sN + c * x.sC;
-      A sum = A(0);
-      if constexpr (kWidenedVectors<T>) {
-        if (x.sW == 1 && x.sH == g.W && HW >= kVL<A>) {
-          y.data[n * y.sN + c * y.sC] = static_cast<T>(contiguous_sum<A>(in, HW) / A(HW));
-          continue;
-        }
+  // torch walks a plane's axes by their strides, the smaller inner (one axis where the other is 1
+  // long or where they coalesce), summing each inner run (in vectors where its stride is 1) and
+  // adding the runs in order from zero. plane_sum: the values [b, e) in that order.
+  const bool w_inner = g.H == 1 || (g.W > 1 && x.sW <= x.sH);
+  const int64_t s_in = w_inner ? x.sW : x.sH, s_out = w_inner ? x.sH : x.sW;
+  const int64_t inner = g.H == 1 || g.W == 1 || s_out == (w_inner ? g.W : g.H) * s_in ? HW : (w_inner ? g.W : g.H);
+  const auto run_sum = [&](const T* p, int64_t n) {
+    return s_in == 1 ? torch_run_sum<A>(p, n) : interleaved_sum<A>(n, [&](int64_t i) { return static_cast<A>(p[i * s_in]); });
+  };
+  const auto plane_sum = [&](const T* in, int64_t b, int64_t e) {
+    if (inner == HW) return run_sum(in + b * s_in, e - b);
+    A sum = A(0);
+    for (int64_t i = b; i < e;) {
+      const int64_t len = min64(inner - i % inner, e - i);
+      sum += run_sum(in + i / inner * s_out + i % inner * s_in, len);
+      i += len;
+    }
+    return sum;
+  };
+  // A single plane of torch's grain (32768 values) or more on several threads: torch sums a chunk
+  // per thread from zero, then the threads' sums (a run, one per thread, zero where it had none).
+  const int64_t threads = at::get_num_threads();
+  if (g.N * g.C == 1 && HW >= 32768 && threads > 1 && !at::in_parallel_region()) {
+    const int64_t chunks = min64(threads, ceil_div(HW, int64_t(32768))), chunk = ceil_div(HW, chunks);
+    Scratch<A> parts(threads);
+    fill_zero(parts.get(), threads);
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) parts.get()[t] = A(0) + plane_sum(x.data, t * chunk, min64(HW, (t + 1) * chunk));
+    });
+    y.data[0] = mean(torch_run_sum<A>(parts.get(), threads));
+    return;
+  }
+  const auto plane_at = [&](int64_t plane) { return x.data + plane / g.C * x.sN + plane % g.C * x.sC; };
+  const auto out_at = [&](int64_t plane) { return y.data + plane / g.C * y.sN + plane % g.C * y.sC; };
+  constexpr int L = kTorchLanes<A>;
+  // Dense planes of a vector's worth or more go L at a time, so that the sequential adds of each
+  // plane's lanes overlap the other planes' and the means divide as a vector. Plane by plane,
+  // those adds took 2.5 times as long as reading the planes (float 2048 @7, N = 8); with the
+  // planes' lanes transposed to add across planes as vectors, 1.3 times (the shuffles).
+  const bool grouped = inner == HW && s_in == 1 && HW >= L;
+  const int64_t groups = grouped ? g.N * g.C / L : 0;
+  at::parallel_for(0, groups + (g.N * g.C - groups * L), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      if (item >= groups) {
+        const int64_t plane = groups * L + (item - groups);
+        *out_at(plane) = mean(plane_sum(plane_at(plane), 0, HW));
+        continue;
       }
-      if (x.sW == 1 && x.sH == g.W) {
-        // Independent partial sums: a single running sum is a dependency chain that cannot be
-        // vectorised without reassociation.
-        constexpr int kLanes = 8;
-        A part[kLanes] = {};
-        int64_t p = 0;
-        for (; p + kLanes <= HW; p += kLanes) {
-          for (int j = 0; j < kLanes; ++j) part[j] += static_cast<A>(in[p + j]);
-        }
-        for (; p < HW; ++p) sum += static_cast<A>(in[p]);
-        for (int j = 0; j < kLanes; ++j) sum += part[j];
-      } else {
-        for (int64_t h = 0; h < g.H; ++h) {
-          for (int64_t w = 0; w < g.W; ++w) sum += static_cast<A>(in[h * x.sH + w * x.sW]);
-        }
+      using V32 = typename TorchVec<A>::type;
+      const T* plane[L];
+      int64_t n = item * L / g.C, c = item * L % g.C;
+      for (int p = 0; p < L; ++p, c = c + 1 < g.C ? c + 1 : (++n, 0)) plane[p] = x.data + n * x.sN + c * x.sC;
+      V32 lanes[L], total;
+#pragma GCC unroll 8
+      for (int p = 0; p < L; ++p) lanes[p] = run_lanes<A>(plane[p], HW);
+      for (int p = 0; p < L; ++p) total[p] = run_tail<A>(plane[p], HW);
+#pragma GCC unroll 8
+      for (int p = 0; p < L; ++p) {
+        for (int l = 0; l < L; ++l) total[p] += lanes[p][l];
       }
-      y.data[n * y.sN + c * y.sC] = static_cast<T>(sum / A(HW));
+      total = (V32{} + total) / A(HW);  // (torch adds its sum to 0)
+      n = item * L / g.C, c = item * L % g.C;
+      for (int p = 0; p < L; ++p, c = c + 1 < g.C ? c + 1 : (++n, 0)) y.data[n * y.sN + c * y.sC] = static_cast<T>(total[p]);
     }
   });
 }
@@ -649,7 +857,7 @@ inline bool disjoint_windows(const PoolAxis& axis, int64_t outputs, int64_t n, s
 // the zeroed plane, 2x2 s2 256 @56 took 2.7 ms (float), 2.1 (bf16).
 template <typename T, int S>
 void avg_pool_backward_fixed_rows(const PoolGeometry& g, const PoolWindows& win,
-                                  View4<const T> gy, View4<T> gx, int64_t divisor) {
+                                  View4<const T> gy, View4<T> gx, const PoolDivisor& divisor) {
   using A = typename AccOf<T>::type;
   using V = typename Vec<A>::type;
   constexpr int VL = kVL<A>;
@@ -725,8 +933,9 @@ void avg_pool_backward_fixed_rows(const PoolGeometry& g, const PoolWindows& win,
 // took longer than torch.) Overlapping windows add into the zeroed image, in torch's order.
 template <typename T>
 void avg_pool_backward_channels_last(const PoolGeometry& g, const PoolWindows& win, View4<const T> gy,
-                                     View4<T> gx, int64_t divisor) {
+                                     View4<T> gx, const PoolDivisor& divisor) {
   using A = at::opmath_type<T>;
+  const int64_t once = min64(g.C, divisor.twice_from);  // channels below divide once
   std::vector<int64_t> row_window, col_window;
   if (disjoint_windows(win.h, g.OH, g.H, row_window) && disjoint_windows(win.w, g.OW, g.W, col_window)) {
     // A large gx goes around the caches, a vector at a time.
@@ -761,9 +970,10 @@ void avg_pool_backward_channels_last(const PoolGeometry& g, const PoolWindows& w
           have = n * g.OH + oh;
           for (int64_t ow = 0; ow < g.OW; ++ow) {
             const T* __restrict src = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW;
-            const A div = window_divisor<A>(win, oh, ow, divisor);
+            const WindowDivisor<A> div = window_divisor<A>(win, oh, ow, divisor);
             A* __restrict v = grads.get() + ow * g.C;
-            for (int64_t c = 0; c < g.C; ++c) v[c] = A(0) + static_cast<A>(src[c]) / div;
+            for (int64_t c = 0; c < once; ++c) v[c] = A(0) + div.mean(static_cast<A>(src[c]), false);
+            for (int64_t c = once; c < g.C; ++c) v[c] = A(0) + div.mean(static_cast<A>(src[c]), true);
           }
         }
         write_row(dst, grads.get());
@@ -781,10 +991,11 @@ void avg_pool_backward_channels_last(const PoolGeometry& g, const PoolWindows& w
       fill_zero(acc, g.H * g.W * g.C);
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const A div = window_divisor<A>(win, oh, ow, divisor);
-          if (div == A(0)) continue;
+          const WindowDivisor<A> div = window_divisor<A>(win, oh, ow, divisor);
+          if (div.once == A(0)) continue;
           const T* __restrict src = gy.data + n * gy.sN + oh * gy.sH + ow * gy.sW;
-          for (int64_t c = 0; c < g.C; ++c) v[c] = static_cast<A>(src[c]) / div;
+          for (int64_t c = 0; c < once; ++c) v[c] = div.mean(static_cast<A>(src[c]), false);
+          for (int64_t c = once; c < g.C; ++c) v[c] = div.mean(static_cast<A>(src[c]), true);
           for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
             for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) {
               A* __restrict dst = acc + (ih * g.W + iw) * g.C;
@@ -805,7 +1016,7 @@ void avg_pool_backward_channels_last(const PoolGeometry& g, const PoolWindows& w
 // forward, spread over its window.
 template <typename T>
 void avg_pool_backward(const PoolGeometry& g, const PoolWindows& win, View4<const T> gy, View4<T> gx,
-                       int64_t divisor, bool channels_last) {
+                       PoolDivisor divisor, bool channels_last) {
   using A = at::opmath_type<T>;
   if (channels_last) return avg_pool_backward_channels_last(g, win, gy, gx, divisor);
   if constexpr (kWidenedVectors<T>) {
@@ -822,9 +1033,9 @@ void avg_pool_backward(const PoolGeometry& g, const PoolWindows& win, View4<cons
       const T* src = gy.data + n * gy.sN + c * gy.sC;
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const A div = window_divisor<A>(win, oh, ow, divisor);
-          if (div == A(0)) continue;
-          const A v = static_cast<A>(src[oh * gy.sH + ow * gy.sW]) / div;
+          const WindowDivisor<A> div = window_divisor<A>(win, oh, ow, divisor);
+          if (div.once == A(0)) continue;
+          const A v = div.mean(static_cast<A>(src[oh * gy.sH + ow * gy.sW]), c >= divisor.twice_from);
           for (int64_t ih = win.h.lo[oh]; ih < win.h.hi[oh]; ++ih) {
             for (int64_t iw = win.w.lo[ow]; iw < win.w.hi[ow]; ++iw) acc[ih * g.W + iw] += v;
           }

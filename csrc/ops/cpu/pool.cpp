@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -374,6 +375,16 @@ bool is_global_mean(const PoolGeometry& g) {
   return (name == kAdaptiveAvgPool2d || name == kAdaptiveAvgPool2dBackward) && g.OH == 1 && g.OW == 1;
 }
 
+// How `name` divides its window sums (and grads): avg_pool2d once, by `divisor` (0: the window's
+// count); adaptive_avg_pool2d as torch, by each window's height and then its width, but where
+// torch's channels_last kernel holds channels in whole 256-bit vectors, at once by their product.
+template <const char* name, typename T>
+PoolDivisor pool_divisor(int64_t divisor, bool channels_last, int64_t C) {
+  if (name == kAvgPool2d || name == kAvgPool2dBackward) return {divisor, std::numeric_limits<int64_t>::max()};
+  constexpr int64_t torch_lanes = 32 / sizeof(T);
+  return {0, channels_last ? C - C % torch_lanes : 0};
+}
+
 // divisor: 0 for the windows' own counts.
 template <const char* name>
 at::Tensor avg_pool_impl(const at::Tensor& input, const PoolGeometry& g, const Windows& win,
@@ -388,7 +399,8 @@ at::Tensor avg_pool_impl(const at::Tensor& input, const PoolGeometry& g, const W
     if (is_global_mean<name>(g)) {
       kernels.global_avg_pool(g, cview4<scalar_t>(x4), view4<scalar_t>(out4), cl);
     } else {
-      kernels.avg_pool(g, win.view(), cview4<scalar_t>(x4), view4<scalar_t>(out4), divisor, cl);
+      kernels.avg_pool(g, win.view(), cview4<scalar_t>(x4), view4<scalar_t>(out4),
+                       pool_divisor<name, scalar_t>(divisor, cl, g.C), cl);
     }
   });
   return out;
@@ -419,13 +431,15 @@ at::Tensor avg_pool_backward_impl(const at::Tensor& grad_output, const PoolGeome
   const bool cl = channels_last && grad_output.dim() == 4;
   const at::Tensor gy4 = cl ? grad_output.contiguous(at::MemoryFormat::ChannelsLast)
                             : as_batched(grad_output);
+  // torch divides as its kernel for gy's memory format does, whatever gx's.
+  const bool gy_channels_last = pool_prefers_channels_last(grad_output);
   CONVEXT_DISPATCH_FLOATING(grad_output.scalar_type(), name, [&] {
     if (gx.numel() == 0) return;
     if (is_global_mean<name>(g)) {
       global_avg_pool_backward(cview4<scalar_t>(gy4), view4<scalar_t>(gx4), g);
     } else {
-      cpu::pool_kernels_for<scalar_t>().avg_pool_backward(g, win.view(), cview4<scalar_t>(gy4),
-                                                          view4<scalar_t>(gx4), divisor, cl);
+      cpu::pool_kernels_for<scalar_t>().avg_pool_backward(g, win.view(), cview4<scalar_t>(gy4), view4<scalar_t>(gx4),
+                                                          pool_divisor<name, scalar_t>(divisor, gy_channels_last, g.C), cl);
     }
   });
   return gx;
